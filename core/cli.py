@@ -1,0 +1,3 @@
+def main() -> int:
+    print("tunedeck")
+    return 0
