@@ -1,3 +1,434 @@
-def main() -> int:
-    print("tunedeck")
+"""The `tunedeck` command: the full-screen app with no subcommand, headless subcommands otherwise.
+
+User mistakes print a message to stderr and exit 1 (usage errors exit 2); never a traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from collections.abc import Callable
+from pathlib import Path
+
+from . import backend
+
+Handler = Callable[[argparse.Namespace], int]
+
+
+class UserError(Exception):
+    """A mistake the user can fix: printed as one message, exit status 1."""
+
+
+def _fail(msg: str) -> int:
+    print(f"tunedeck: error: {msg}", file=sys.stderr)
+    return 1
+
+
+# --- app -------------------------------------------------------------------------------------
+
+
+def app_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="tunedeck",
+        description="Keyboard-driven workbench for LoRA fine-tuning (SFT and KTO) of chat models on MLX. "
+        "With no subcommand, opens the full-screen app on WORKSPACE (default: the current directory); "
+        "with nothing configured there it opens the bundled sample dataset with the demo model.",
+        epilog="subcommands: data check, config init|check, train, runs, stop, chat, eval, export, demo-model "
+        "(`tunedeck SUBCOMMAND --help` for each)",
+    )
+    p.add_argument("workspace", nargs="?", default=".", help="workspace directory (holds tunedeck.toml and runs/)")
+    p.add_argument("--data", metavar="FILE", help="dataset to open (JSONL)")
+    p.add_argument("--config", metavar="FILE", help="training config (TOML)")
+    p.add_argument("--model", metavar="PATH", help="base model: local directory, Hugging Face id, or 'demo'")
+    p.add_argument("--version", action="version", version=_version())
+    return p
+
+
+def _version() -> str:
+    import tunedeck
+
+    return f"tunedeck {tunedeck.__version__}"
+
+
+def cmd_app(args: argparse.Namespace) -> int:
+    from tunedeck.tui.app import run_app
+
+    workspace = Path(args.workspace)
+    if not workspace.is_dir():
+        raise UserError(f"workspace {workspace} is not a directory")
+    return run_app(workspace, data=args.data, config=args.config, model=args.model)
+
+
+# --- config ----------------------------------------------------------------------------------
+
+
+def add_config_parser(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("config", help="create or check a training config (TOML)")
+    csub = p.add_subparsers(dest="config_cmd", required=True, metavar="{init,check}")
+    init = csub.add_parser("init", help="write a commented starter config")
+    init.add_argument("path", help="where to write the TOML file")
+    from .config import PRESETS
+
+    init.add_argument("--preset", choices=PRESETS, default="mac-24gb",
+                      help="mac-24gb: Mistral-7B 4-bit KTO for a 24 GB Mac (default); demo: the tiny offline model")
+    init.add_argument("--data", metavar="FILE", help="dataset path to put in [data].path")
+    init.add_argument("--force", action="store_true", help="overwrite an existing file")
+    init.set_defaults(func=cmd_config_init)
+    check = csub.add_parser("check", help="validate a config and list every problem")
+    check.add_argument("path")
+    check.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                       help="override a key, e.g. train.iters=50 (repeatable)")
+    check.add_argument("--json", action="store_true", help="print the resolved config as JSON")
+    check.set_defaults(func=cmd_config_check)
+
+
+def cmd_config_init(args: argparse.Namespace) -> int:
+    from .config import preset, save
+
+    path = Path(args.path)
+    if path.exists() and not args.force:
+        raise UserError(f"{path} already exists (use --force to overwrite)")
+    save(preset(args.preset, args.data), path, comments=True)
+    print(f"wrote {path} (preset {args.preset})")
     return 0
+
+
+def cmd_config_check(args: argparse.Namespace) -> int:
+    from .config import ConfigError, load
+
+    try:
+        cfg, warnings = load(args.path, args.overrides)
+    except ConfigError as e:
+        for p in e.problems:
+            print(f"{args.path}: {p}", file=sys.stderr)
+        print(f"{args.path}: {len(e.problems)} problem(s)", file=sys.stderr)
+        return 1
+    for w in warnings:
+        print(f"{args.path}: warning: {w}", file=sys.stderr)
+    if args.json:
+        print(json.dumps(cfg.to_dict(), indent=2))
+    else:
+        print(f"{args.path}: ok ({cfg.train.method}, model {cfg.model.path}, data {cfg.data.path})")
+    return 0
+
+
+# --- data (owned by the data engineer) ---
+
+
+def add_data_parser(sub: argparse._SubParsersAction) -> None:
+    from .data import FORMATS
+
+    p = sub.add_parser("data", help="check a dataset file")
+    dsub = p.add_subparsers(dest="data_cmd", required=True, metavar="{check}")
+    check = dsub.add_parser(
+        "check", help="validate a dataset and print its stats",
+        description="Validate a dataset (JSONL or a .json list) and print its stats. Exit 0 if no line "
+        "has an error (warnings are listed); otherwise exit 1 and list every bad line as PATH:LINE: reason.")
+    check.add_argument("path", metavar="PATH")
+    check.add_argument("--format", choices=FORMATS, help="force a format instead of auto-detecting it")
+    check.add_argument("--model", metavar="PATH", help="model or tokenizer directory, for token stats")
+    check.add_argument("--max-seq-len", type=int, metavar="N", help="report examples longer than N tokens")
+    check.add_argument("--lenient", action="store_true",
+                       help="set bad lines aside: exit 0 if any example is usable, still listing the bad lines")
+    check.add_argument("--json", action="store_true", help="print one JSON document")
+    check.set_defaults(func=cmd_data_check)
+
+
+def _load_tokenizer(path: str):
+    """Only the tokenizer of a local model directory (mlx-lm's loader, else transformers)."""
+    if not Path(path).is_dir():
+        raise UserError(f"--model {path}: not a directory (give a local model or tokenizer directory)")
+    if not any((Path(path) / f).is_file() for f in ("tokenizer.json", "tokenizer.model", "tokenizer_config.json")):
+        raise UserError(f"--model {path}: no tokenizer.json, tokenizer.model or tokenizer_config.json there")
+    try:
+        try:
+            from mlx_lm.utils import load_tokenizer
+        except ImportError:
+            from transformers import AutoTokenizer
+
+            return AutoTokenizer.from_pretrained(path)
+        return load_tokenizer(Path(path))
+    except Exception as e:  # noqa: BLE001 - any loader failure is the user's directory
+        raise UserError(f"cannot load a tokenizer from {path}: {e}") from None
+
+
+def _problem_line(p) -> str:
+    """`PATH:LINE: reason` for an error; warnings say so."""
+    if p.severity == "error":
+        return str(p)
+    return f"{p.path}:{p.line}: warning: " + (f"{p.field}: {p.message}" if p.field else p.message)
+
+
+def _print_stats(st: dict) -> None:
+    total = st["total"] or 1
+    t, c = st["turns"], st["chars"]
+    print(f"{st['path']}: {st['total']} examples, format {st['format']}")
+    print(f"  desirable    {st['desirable']} ({100 * st['desirable'] / total:.1f}%)")
+    print(f"  undesirable  {st['undesirable']} ({100 * st['undesirable'] / total:.1f}%)")
+    print(f"  turns        min {t['min']}, mean {t['mean']:.1f}, max {t['max']}")
+    print(f"  chars        p50 {c['p50']}, p90 {c['p90']}, p99 {c['p99']}, max {c['max']}")
+    if tk := st["tokens"]:
+        print(f"  tokens       p50 {tk['p50']}, p90 {tk['p90']}, p99 {tk['p99']}, max {tk['max']}")
+    if st["max_seq_len"] and tk is None:
+        print("  (token lengths need --model)")
+    if st["over_max_seq_len"] is not None:
+        print(f"  over {st['max_seq_len']} tokens: {st['over_max_seq_len']} examples; "
+              f"{st['truncated_tokens']} prompt tokens would be cut; "
+              f"{st['completion_too_long']} completions too long")
+    w = st["suggested_kto_weights"]
+    print(f"  suggested KTO weights: desirable_weight={w['desirable_weight']}, "
+          f"undesirable_weight={w['undesirable_weight']}")
+    if st["skipped"]:
+        print(f"  set aside    {st['skipped']} lines ({st['duplicates']} duplicates)")
+
+
+def cmd_data_check(args: argparse.Namespace) -> int:
+    from .data import DataError, compute_stats, load
+
+    if args.max_seq_len is not None and args.max_seq_len < 1:
+        raise UserError("--max-seq-len must be a positive number")
+    try:
+        ds = load(args.path, format=args.format, strict=False)
+    except DataError as e:
+        if args.json:
+            print(json.dumps({"ok": False, "path": args.path, "format": None, "total": 0, "desirable": 0,
+                              "undesirable": 0, "errors": [p.to_dict() for p in e.problems], "warnings": []},
+                             indent=2))
+        else:
+            for p in e.problems:
+                print(_problem_line(p))
+        print(f"{args.path}: cannot check the dataset", file=sys.stderr)
+        return 1
+    tokenizer = _load_tokenizer(args.model) if args.model else None
+    st = compute_stats(ds, tokenizer, args.max_seq_len)
+    ok = not ds.errors or (args.lenient and bool(ds.examples))
+    if args.json:
+        counts = {"error_count": st.pop("errors"), "warning_count": st.pop("warnings")}
+        print(json.dumps({"ok": ok, **st, **counts, "errors": [p.to_dict() for p in ds.errors],
+                          "warnings": [p.to_dict() for p in ds.warnings]}, indent=2, ensure_ascii=False))
+    else:
+        for p in ds.problems:
+            print(_problem_line(p))
+        if ok:
+            _print_stats(st)
+    lines = len({p.line for p in ds.errors})
+    if ds.errors:
+        print(f"{args.path}: {len(ds.errors)} error(s) on {lines} line(s), {len(ds.warnings)} warning(s)"
+              + ("; those lines were set aside" if ok else ""), file=sys.stderr)
+    return 0 if ok else 1
+
+
+# --- end data ---
+
+
+
+# --- training --------------------------------------------------------------------------------
+
+
+def add_train_parsers(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("train", help="train (foreground with a progress bar, or --detach)")
+    src = p.add_mutually_exclusive_group(required=True)
+    src.add_argument("config", nargs="?", help="training config (TOML)")
+    src.add_argument("--resume", metavar="RUN_DIR", help="continue a stopped/failed run from its newest verified checkpoint")
+    p.add_argument("--run-dir", metavar="DIR", help="where to put the run (default: runs/<timestamp>-<method> beside the config)")
+    p.add_argument("--detach", action="store_true", help="start in the background (survives the terminal) and print the run dir")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a config key, e.g. train.iters=50 (repeatable)")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.set_defaults(func=cmd_train)
+
+    r = sub.add_parser("runs", help="list runs and their status")
+    r.add_argument("root", nargs="?", default="runs", help="runs directory (default: ./runs)")
+    r.add_argument("--json", action="store_true")
+    r.set_defaults(func=cmd_runs)
+
+    s = sub.add_parser("stop", help="stop a running run gracefully (checkpoint, then exit)")
+    s.add_argument("run_dir")
+    s.add_argument("--timeout", type=float, default=300.0, help="seconds to wait (default 300)")
+    s.set_defaults(func=cmd_stop)
+
+    # internal: the detached training process
+    i = sub.add_parser("_run", help=argparse.SUPPRESS)
+    i.add_argument("run_dir")
+    i.add_argument("--resume", action="store_true")
+    i.set_defaults(func=cmd_internal_run)
+
+
+def _config_for_run(args: argparse.Namespace) -> tuple[Path, bool]:
+    """Create (or, with --resume, check) the run directory; returns (run_dir, resume)."""
+    from .config import ConfigError, load, save
+    from .runs import RunError, is_locked
+    from .trainer import prepare_run
+
+    if args.resume:
+        run_dir = Path(args.resume)
+        if not (run_dir / "config.toml").is_file():
+            raise UserError(f"{run_dir} is not a run directory (no config.toml)")
+        if is_locked(run_dir):
+            raise UserError(f"{run_dir} is already running")
+        if args.overrides:
+            try:
+                cfg, _ = load(run_dir / "config.toml", args.overrides)
+            except ConfigError as e:
+                raise UserError(str(e)) from None
+            save(cfg, run_dir / "config.toml")
+        return run_dir, True
+    config_path = Path(args.config)
+    try:
+        cfg, warnings = load(config_path, args.overrides)
+    except ConfigError as e:
+        raise UserError(f"invalid config:\n{e}") from None
+    for w in warnings:
+        print(f"{config_path}: warning: {w}", file=sys.stderr)
+    try:
+        run_dir = prepare_run(cfg, config_path, config_path.parent / "runs",
+                              Path(args.run_dir) if args.run_dir else None)
+    except (RunError, OSError) as e:
+        raise UserError(str(e)) from None
+    return run_dir, False
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    from . import runs
+    from .progress import ProgressPrinter
+    from .trainer import Trainer
+
+    run_dir, resume = _config_for_run(args)
+    if args.detach:
+        pid = runs.spawn_detached(run_dir, resume=resume)
+        if not runs.wait_started(run_dir, pid):
+            tail = "\n".join(runs.tail_log(run_dir, 15))
+            raise UserError(f"training process exited at start; {run_dir / 'train.log'}:\n{tail}")
+        print(run_dir)
+        return 0
+    print(f"run: {run_dir}", file=sys.stderr)
+    printer = None if args.quiet else ProgressPrinter(sys.stderr)
+    code = Trainer(run_dir, resume=resume, progress=printer).run()
+    if printer:
+        printer.close()
+    info = runs.run_info(run_dir)
+    if code != 0 and info.error:
+        print(f"tunedeck: error: {info.error}", file=sys.stderr)
+    print(run_dir)
+    return code
+
+
+def cmd_internal_run(args: argparse.Namespace) -> int:
+    from .trainer import Trainer
+
+    return Trainer(Path(args.run_dir), resume=args.resume).run()
+
+
+def cmd_runs(args: argparse.Namespace) -> int:
+    from .runs import list_runs
+
+    infos = list_runs(Path(args.root))
+    if args.json:
+        print(json.dumps([i.to_json() for i in infos], indent=2))
+        return 0
+    if not infos:
+        print(f"no runs in {args.root}")
+        return 0
+    print(f"{'RUN':40} {'STATUS':9} {'METHOD':6} {'STEP':>11} {'LOSS':>8} {'VAL':>8}")
+    for i in infos:
+        loss = f"{i.last_loss:.4f}" if i.last_loss is not None else "-"
+        val = f"{i.last_val_loss:.4f}" if i.last_val_loss is not None else "-"
+        print(f"{str(i.run_dir):40} {i.status:9} {i.method:6} {f'{i.step}/{i.total_steps}':>11} {loss:>8} {val:>8}")
+    return 0
+
+
+def cmd_stop(args: argparse.Namespace) -> int:
+    from .runs import RunError, stop_run
+
+    try:
+        info = stop_run(Path(args.run_dir), timeout=args.timeout)
+    except RunError as e:
+        raise UserError(str(e)) from None
+    print(f"{args.run_dir}: {info.status} at step {info.step}")
+    return 0
+
+
+# --- demo model ------------------------------------------------------------------------------
+
+
+def add_demo_parser(sub: argparse._SubParsersAction) -> None:
+    from .demo import SIZES
+
+    p = sub.add_parser("demo-model", help="build the tiny offline demo model")
+    p.add_argument("dir", nargs="?", help="destination (default: the user cache, reused by the app)")
+    p.add_argument("--size", choices=list(SIZES), default="tiny", help="architecture (default tiny, ~4M params)")
+    p.add_argument("--tokenizer", choices=["demo", "mistral-v3"], default="demo",
+                   help="demo: BPE trained on the sample data; mistral-v3: Mistral's real tokenizer (needs mistral-common)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--force", action="store_true", help="rebuild even if the directory exists")
+    p.set_defaults(func=cmd_demo_model)
+
+
+def cmd_demo_model(args: argparse.Namespace) -> int:
+    import shutil
+
+    from . import demo
+
+    dest = Path(args.dir) if args.dir else demo.default_dir()
+    if dest.exists():
+        if not args.force:
+            if (dest / "config.json").is_file():
+                print(dest)
+                return 0
+            raise UserError(f"{dest} exists and is not a model directory (use --force to replace it)")
+        shutil.rmtree(dest)
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        demo.build(dest, size=args.size, seed=args.seed, tokenizer=args.tokenizer,
+                   progress=lambda m: print(m, file=sys.stderr))
+    except ImportError as e:
+        raise UserError(f"{e}; install it with `pip install mistral-common`") from e
+    print(dest)
+    return 0
+
+
+# --- dispatch --------------------------------------------------------------------------------
+
+SUBCOMMAND_PARSERS = [add_config_parser, add_train_parsers, add_demo_parser]
+
+
+def command_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="tunedeck", description="tunedeck headless commands")
+    sub = p.add_subparsers(dest="command", required=True)
+    for add in SUBCOMMAND_PARSERS:
+        add(sub)
+    if "add_data_parser" in globals():
+        globals()["add_data_parser"](sub)
+    return p
+
+
+def subcommands() -> set[str]:
+    sub = next(a for a in command_parser()._actions if isinstance(a, argparse._SubParsersAction))
+    return set(sub.choices)
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    reexec = backend.reexec_argv_env(argv)
+    if reexec is not None and argv[:1] not in (["--help"], ["-h"], ["--version"]):
+        os.execve(reexec[0][0], reexec[0], reexec[1])
+    first = next((a for a in argv if not a.startswith("-")), None)
+    try:
+        if first is not None and first in subcommands():
+            args = command_parser().parse_args(argv)
+        else:
+            args = app_parser().parse_args(argv)
+            args.func = cmd_app
+        return args.func(args)
+    except UserError as e:
+        return _fail(str(e))
+    except KeyboardInterrupt:
+        return 130
+    except BrokenPipeError:
+        return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

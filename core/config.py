@@ -1,0 +1,468 @@
+"""Training configuration: typed sections, TOML load/save, validation with key-level errors.
+
+Sections `[model] [data] [lora] [train] [kto]`. Defaults are the Mac-24GB preset: Mistral-7B-Instruct
+-v0.3 in 4 bits, LoRA r16 on the attention projections, gradient checkpointing on. Validation reports
+every problem at once, each naming the dotted key, the bad value and what was expected.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import re
+import tomllib
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import tomli_w
+
+from .fsutil import atomic_write_text
+
+DEFAULT_MODEL = "mistralai/Mistral-7B-Instruct-v0.3"
+DEMO_MODEL = "demo"  # resolved by core.demo to the cached tiny model
+
+# LoRA + KTO wants a far lower learning rate than LoRA + SFT: the KTO loss saturates (sigmoid of a
+# reward margin) and its gradients scale with beta; at SFT rates the policy drifts from the reference
+# within a few dozen steps, the KL estimate explodes and rewards collapse. TRL's KTO default is 5e-7
+# for full fine-tuning; LoRA updates are low-rank and scaled, so ~10x higher is the usual choice.
+DEFAULT_LR = {"sft": 1e-4, "kto": 5e-6}
+
+
+@dataclass
+class ModelConfig:
+    path: str = DEFAULT_MODEL  # local directory, Hugging Face id, or "demo"
+    quantize: int = 4  # 0 = keep the checkpoint's precision; 4 or 8 = QLoRA
+    dtype: str = "auto"  # auto | float32 | bfloat16 | float16
+    adapter: str = ""  # warm-start from this adapter directory
+    trust_remote_code: bool = False
+
+
+@dataclass
+class DataConfig:
+    path: str = "data.jsonl"
+    format: str = "auto"
+    max_seq_len: int = 2048
+    valid_fraction: float = 0.1
+    strict: bool = True  # False: set bad lines aside (reported) instead of refusing the file
+
+
+@dataclass
+class LoraConfig:
+    type: str = "lora"  # lora | dora
+    rank: int = 16
+    scale: float = 2.0  # alpha / rank: alpha 32 at rank 16
+    dropout: float = 0.05
+    keys: list[str] = field(default_factory=lambda: ["q_proj", "k_proj", "v_proj", "o_proj"])
+    num_layers: int = -1  # -1 = every layer
+
+
+@dataclass
+class TrainConfig:
+    method: str = "kto"  # sft | kto
+    iters: int = 600
+    epochs: float = 0.0  # > 0 overrides iters: epochs over the training split
+    batch_size: int = 4
+    grad_accumulation: int = 1
+    learning_rate: float = 0.0  # 0 = the method's default (DEFAULT_LR)
+    lr_schedule: str = "cosine"  # cosine | linear | constant
+    warmup_steps: int = 20
+    min_lr_ratio: float = 0.1
+    weight_decay: float = 0.0
+    max_grad_norm: float = 1.0  # 0 = no clipping
+    grad_checkpoint: bool = True
+    save_every: int = 100
+    eval_every: int = 100
+    eval_batches: int = 16  # 0 = the whole validation split
+    report_every: int = 1
+    seed: int = 0
+
+
+@dataclass
+class KtoConfig:
+    beta: float = 0.1
+    desirable_weight: float = 1.0
+    undesirable_weight: float = 1.0
+    loss_type: str = "kto"  # kto | apo_zero_unpaired
+
+
+@dataclass
+class Config:
+    model: ModelConfig = field(default_factory=ModelConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    lora: LoraConfig = field(default_factory=LoraConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    kto: KtoConfig = field(default_factory=KtoConfig)
+
+    @property
+    def learning_rate(self) -> float:
+        """The learning rate in effect: the configured one, or the method's default."""
+        return self.train.learning_rate or DEFAULT_LR.get(self.train.method, 1e-5)
+
+    def to_dict(self) -> dict[str, dict[str, Any]]:
+        return dataclasses.asdict(self)
+
+    def to_toml(self) -> str:
+        return tomli_w.dumps(self.to_dict())
+
+
+SECTIONS: dict[str, type] = {f.name: f.type for f in dataclasses.fields(Config)}  # type: ignore[misc]
+_SECTION_TYPES = typing.get_type_hints(Config)
+
+CHOICES: dict[str, tuple[Any, ...]] = {
+    "model.quantize": (0, 4, 8),
+    "model.dtype": ("auto", "float32", "bfloat16", "float16"),
+    "data.format": ("auto", "kto", "messages", "trl_unpaired", "sharegpt", "prompt_completion", "text"),
+    "lora.type": ("lora", "dora"),
+    "train.method": ("sft", "kto"),
+    "train.lr_schedule": ("cosine", "linear", "constant"),
+    "kto.loss_type": ("kto", "apo_zero_unpaired"),
+}
+
+# (minimum, maximum, minimum inclusive?) for numeric keys
+RANGES: dict[str, tuple[float | None, float | None, bool]] = {
+    "data.max_seq_len": (8, 131072, True),
+    "data.valid_fraction": (0.0, 0.9, True),
+    "lora.rank": (1, 1024, True),
+    "lora.scale": (0.0, None, False),
+    "lora.dropout": (0.0, 0.9, True),
+    "lora.num_layers": (-1, None, True),
+    "train.iters": (1, None, True),
+    "train.epochs": (0.0, None, True),
+    "train.batch_size": (1, 4096, True),
+    "train.grad_accumulation": (1, 1024, True),
+    "train.learning_rate": (0.0, 1.0, True),
+    "train.warmup_steps": (0, None, True),
+    "train.min_lr_ratio": (0.0, 1.0, True),
+    "train.weight_decay": (0.0, 1.0, True),
+    "train.max_grad_norm": (0.0, None, True),
+    "train.save_every": (1, None, True),
+    "train.eval_every": (1, None, True),
+    "train.eval_batches": (0, None, True),
+    "train.report_every": (1, None, True),
+    "train.seed": (0, None, True),
+    "kto.beta": (0.0, None, False),
+    "kto.desirable_weight": (0.0, None, False),
+    "kto.undesirable_weight": (0.0, None, False),
+}
+
+
+@dataclass(frozen=True)
+class ConfigProblem:
+    key: str  # dotted path, e.g. "train.batch_size"; "" for the whole file
+    message: str
+    line: int | None = None
+    column: int | None = None
+    severity: str = "error"  # error | warning
+
+    def __str__(self) -> str:
+        where = self.key or "config"
+        if self.line is not None:
+            where += f" (line {self.line}, column {self.column})"
+        return f"{where}: {self.message}"
+
+
+class ConfigError(Exception):
+    """A config that cannot be used; `problems` lists every reason."""
+
+    def __init__(self, problems: list[ConfigProblem], source: str = "") -> None:
+        self.problems = problems
+        self.source = source
+        head = f"{source}: " if source else ""
+        super().__init__("\n".join(head + str(p) for p in problems))
+
+
+def field_types() -> dict[str, Any]:
+    """Map every dotted key ("train.iters") to its Python type."""
+    out: dict[str, Any] = {}
+    for section, cls in _SECTION_TYPES.items():
+        for name, tp in typing.get_type_hints(cls).items():
+            out[f"{section}.{name}"] = tp
+    return out
+
+
+FIELD_TYPES = field_types()
+
+
+def _type_name(tp: Any) -> str:
+    if typing.get_origin(tp) is list:
+        return "a list of strings"
+    return {bool: "true or false", int: "an integer", float: "a number", str: "a string"}[tp]
+
+
+def _coerce(key: str, value: Any, tp: Any) -> tuple[Any, str | None]:
+    """Check `value` against `tp`; return (value, None) or (None, what was expected)."""
+    expected = f"expected {_type_name(tp)}, got {_describe(value)}"
+    if tp is bool:
+        return (value, None) if isinstance(value, bool) else (None, expected)
+    if tp is int:
+        ok = isinstance(value, int) and not isinstance(value, bool)
+        return (value, None) if ok else (None, expected)
+    if tp is float:
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value), None
+        return None, expected
+    if tp is str:
+        return (value, None) if isinstance(value, str) else (None, expected)
+    if typing.get_origin(tp) is list:
+        if isinstance(value, list) and all(isinstance(v, str) for v in value):
+            return list(value), None
+        return None, expected
+    raise TypeError(f"unsupported field type for {key}: {tp}")
+
+
+def _describe(value: Any) -> str:
+    kind = {bool: "boolean", int: "integer", float: "number", str: "string", list: "list", dict: "table"}
+    return f"{kind.get(type(value), type(value).__name__)} {value!r}"
+
+
+def from_dict(raw: dict[str, Any]) -> tuple[Config, list[ConfigProblem]]:
+    """Build a Config from parsed TOML, collecting every problem (unknown keys, types, ranges, combos)."""
+    cfg = Config()
+    problems: list[ConfigProblem] = []
+    for section, body in raw.items():
+        if section not in _SECTION_TYPES:
+            problems.append(ConfigProblem(section, f"unknown section; expected one of {', '.join(_SECTION_TYPES)}"))
+            continue
+        if not isinstance(body, dict):
+            problems.append(ConfigProblem(section, f"expected a table [{section}], got {_describe(body)}"))
+            continue
+        target = getattr(cfg, section)
+        for name, value in body.items():
+            key = f"{section}.{name}"
+            if key not in FIELD_TYPES:
+                known = ", ".join(f.name for f in dataclasses.fields(target))
+                problems.append(ConfigProblem(key, f"unknown key; [{section}] accepts {known}"))
+                continue
+            coerced, err = _coerce(key, value, FIELD_TYPES[key])
+            if err:
+                problems.append(ConfigProblem(key, err))
+            else:
+                setattr(target, name, coerced)
+    problems += validate(cfg)
+    return cfg, problems
+
+
+def validate(cfg: Config) -> list[ConfigProblem]:
+    """Range, choice and cross-field checks on a typed config (errors and warnings)."""
+    problems: list[ConfigProblem] = []
+    for key, choices in CHOICES.items():
+        value = get_value(cfg, key)
+        if value not in choices:
+            opts = ", ".join(repr(c) for c in choices)
+            problems.append(ConfigProblem(key, f"got {value!r}; expected one of {opts}"))
+    for key, (lo, hi, inclusive) in RANGES.items():
+        value = get_value(cfg, key)
+        if isinstance(value, float) and not math.isfinite(value):
+            problems.append(ConfigProblem(key, f"got {value!r}; expected a finite number"))
+            continue
+        if lo is not None and (value < lo if inclusive else value <= lo):
+            rel = ">=" if inclusive else ">"
+            problems.append(ConfigProblem(key, f"got {value!r}; expected {rel} {lo}"))
+        elif hi is not None and value > hi:
+            problems.append(ConfigProblem(key, f"got {value!r}; expected <= {hi}"))
+    if not cfg.model.path.strip():
+        problems.append(ConfigProblem("model.path", "is empty; expected a local directory, a Hugging Face id or \"demo\""))
+    if not cfg.data.path.strip():
+        problems.append(ConfigProblem("data.path", "is empty; expected the path of a JSONL dataset"))
+    if not cfg.lora.keys:
+        problems.append(ConfigProblem("lora.keys", "is empty; expected at least one layer name such as \"q_proj\""))
+    if cfg.train.method == "kto":
+        if cfg.train.batch_size < 2:
+            problems.append(ConfigProblem(
+                "train.batch_size",
+                f"got {cfg.train.batch_size}; KTO needs a micro-batch of at least 2 (the KL estimate pairs "
+                "each prompt with another example's completion)",
+            ))
+        elif cfg.train.batch_size < 4:
+            problems.append(ConfigProblem(
+                "train.batch_size",
+                f"got {cfg.train.batch_size}; KTO's KL estimate is noisy below 4 examples per micro-batch",
+                severity="warning",
+            ))
+        if cfg.train.learning_rate > 1e-4:
+            problems.append(ConfigProblem(
+                "train.learning_rate",
+                f"got {cfg.train.learning_rate:g}; KTO with LoRA usually diverges above 1e-4 (default {DEFAULT_LR['kto']:g})",
+                severity="warning",
+            ))
+    if cfg.train.warmup_steps >= cfg.train.iters and cfg.train.epochs == 0:
+        problems.append(ConfigProblem(
+            "train.warmup_steps",
+            f"got {cfg.train.warmup_steps}; expected fewer than train.iters ({cfg.train.iters})",
+            severity="warning",
+        ))
+    return problems
+
+
+def errors(problems: list[ConfigProblem]) -> list[ConfigProblem]:
+    return [p for p in problems if p.severity == "error"]
+
+
+def get_value(cfg: Config, key: str) -> Any:
+    section, name = key.split(".", 1)
+    return getattr(getattr(cfg, section), name)
+
+
+_TOML_POS = re.compile(r"\(at line (\d+), column (\d+)\)")
+
+
+def parse_toml(text: str) -> tuple[dict[str, Any] | None, list[ConfigProblem]]:
+    """Parse TOML text; a syntax error becomes one problem with its line and column."""
+    try:
+        return tomllib.loads(text), []
+    except tomllib.TOMLDecodeError as e:
+        msg = str(e)
+        m = _TOML_POS.search(msg)
+        line, col = (int(m.group(1)), int(m.group(2))) if m else (None, None)
+        return None, [ConfigProblem("", f"invalid TOML: {_TOML_POS.sub('', msg).strip()}", line, col)]
+
+
+def loads(text: str) -> tuple[Config | None, list[ConfigProblem]]:
+    """Parse and validate TOML text; the Config is None when the TOML itself is invalid."""
+    raw, problems = parse_toml(text)
+    if raw is None:
+        return None, problems
+    return from_dict(raw)
+
+
+def load(path: str | Path, overrides: list[str] | None = None) -> tuple[Config, list[ConfigProblem]]:
+    """Load a config file, apply `--set` overrides; raise ConfigError on any error, return warnings."""
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise ConfigError([ConfigProblem("", "file not found")], str(path)) from None
+    except IsADirectoryError:
+        raise ConfigError([ConfigProblem("", "is a directory; expected a TOML file")], str(path)) from None
+    except (OSError, UnicodeDecodeError) as e:
+        raise ConfigError([ConfigProblem("", f"cannot read: {e}")], str(path)) from None
+    cfg, problems = loads(text)
+    if cfg is not None and overrides:
+        problems += apply_overrides(cfg, overrides)
+        problems += validate(cfg)
+        problems = list(dict.fromkeys(problems))
+    if cfg is None or errors(problems):
+        raise ConfigError(errors(problems), str(path))
+    return cfg, problems
+
+
+def parse_override(item: str) -> tuple[str, Any]:
+    """Parse `key.path=value`: the value as TOML if it parses (numbers, booleans, arrays), else a string."""
+    if "=" not in item:
+        raise ValueError(f"--set {item!r}: expected key=value, e.g. train.iters=50")
+    key, text = (s.strip() for s in item.split("=", 1))
+    try:
+        value = tomllib.loads(f"v = {text}")["v"]
+    except tomllib.TOMLDecodeError:
+        value = text
+    return key, value
+
+
+def apply_overrides(cfg: Config, items: list[str]) -> list[ConfigProblem]:
+    """Apply `--set key=value` overrides in place, converting values to each key's type."""
+    problems: list[ConfigProblem] = []
+    for item in items:
+        try:
+            key, value = parse_override(item)
+        except ValueError as e:
+            problems.append(ConfigProblem("", str(e)))
+            continue
+        if key not in FIELD_TYPES:
+            problems.append(ConfigProblem(key, "unknown key for --set; see `tunedeck config init` for the keys"))
+            continue
+        tp = FIELD_TYPES[key]
+        if typing.get_origin(tp) is list and isinstance(value, str):
+            value = [v.strip() for v in value.split(",") if v.strip()]
+        elif tp is str and not isinstance(value, str):
+            value = str(value).lower() if isinstance(value, bool) else str(value)
+        coerced, err = _coerce(key, value, tp)
+        if err:
+            problems.append(ConfigProblem(key, f"--set {err}"))
+            continue
+        section, name = key.split(".", 1)
+        setattr(getattr(cfg, section), name, coerced)
+    return problems
+
+
+HELP: dict[str, str] = {
+    "model.path": "base model: local directory, Hugging Face id, or \"demo\" (the tiny offline model)",
+    "model.quantize": "0 = train on the checkpoint's weights; 4 or 8 = quantize the base first (QLoRA)",
+    "model.dtype": "auto = bfloat16 on Apple/CUDA GPUs, float32 on CPUs",
+    "model.adapter": "warm-start from this adapter directory (empty = fresh LoRA)",
+    "model.trust_remote_code": "allow custom code shipped with the model (off: such models are refused)",
+    "data.path": "JSONL dataset (relative paths are relative to this file)",
+    "data.format": "auto, kto, messages, trl_unpaired, sharegpt, prompt_completion or text",
+    "data.max_seq_len": "longer examples lose prompt tokens from the left; the completion is kept",
+    "data.valid_fraction": "share of examples held out for validation (stratified by label)",
+    "data.strict": "true: refuse a file with bad lines; false: set them aside and report them",
+    "lora.type": "lora or dora",
+    "lora.rank": "rank of the low-rank update",
+    "lora.scale": "multiplier of the update (alpha / rank)",
+    "lora.dropout": "dropout on the adapter input during training",
+    "lora.keys": "linear layers that get adapters, by name (q_proj, k_proj, v_proj, o_proj, gate_proj, up_proj, down_proj)",
+    "lora.num_layers": "adapt the last N transformer blocks (-1 = all)",
+    "train.method": "sft (assistant tokens of desirable examples) or kto (desirable and undesirable)",
+    "train.iters": "optimizer steps",
+    "train.epochs": "> 0 overrides iters: passes over the training split",
+    "train.batch_size": "examples per micro-batch (KTO needs >= 2)",
+    "train.grad_accumulation": "micro-batches per optimizer step",
+    "train.learning_rate": "0 = the method's default (1e-4 for SFT, 5e-6 for KTO)",
+    "train.lr_schedule": "cosine, linear or constant, after a linear warmup",
+    "train.warmup_steps": "steps of linear warmup from 0",
+    "train.min_lr_ratio": "final learning rate as a fraction of the peak (cosine/linear)",
+    "train.weight_decay": "AdamW weight decay",
+    "train.max_grad_norm": "clip the global gradient norm (0 = off)",
+    "train.grad_checkpoint": "recompute activations in the backward pass: much less memory, ~30% slower",
+    "train.save_every": "checkpoint every N steps",
+    "train.eval_every": "validation loss every N steps",
+    "train.eval_batches": "validation batches per evaluation (0 = all)",
+    "train.report_every": "write a step event every N steps",
+    "train.seed": "seed for data order, dropout and initialisation",
+    "kto.beta": "KTO temperature: larger keeps the policy closer to the reference",
+    "kto.desirable_weight": "lambda_D; with undesirable_weight keep (lD*nD)/(lU*nU) in [1, 4/3]",
+    "kto.undesirable_weight": "lambda_U",
+    "kto.loss_type": "kto (TRL's, with the KL baseline) or apo_zero_unpaired (no KL)",
+}
+
+
+def to_commented_toml(cfg: Config) -> str:
+    """TOML with a comment above each key (for `config init`); parses back to the same config."""
+    lines = ["# tunedeck training config. `tunedeck config check FILE` validates it.", ""]
+    for section, values in cfg.to_dict().items():
+        lines.append(f"[{section}]")
+        for name, value in values.items():
+            lines.append(f"# {HELP[f'{section}.{name}']}")
+            lines.append(tomli_w.dumps({name: value}).strip())
+        lines.append("")
+    return "\n".join(lines)
+
+
+def save(cfg: Config, path: str | Path, comments: bool = False) -> None:
+    """Write the config as TOML, atomically (with a comment per key if asked)."""
+    atomic_write_text(path, to_commented_toml(cfg) if comments else cfg.to_toml())
+
+
+PRESETS = ("mac-24gb", "demo")
+
+
+def preset(name: str = "mac-24gb", data_path: str | None = None) -> Config:
+    """A ready-to-edit config: `mac-24gb` (Mistral-7B 4-bit, KTO) or `demo` (tiny model, CPU-friendly)."""
+    if name not in PRESETS:
+        raise ValueError(f"unknown preset {name!r}; expected one of {', '.join(PRESETS)}")
+    cfg = Config()
+    if name == "demo":
+        cfg.model.path = DEMO_MODEL
+        cfg.model.quantize = 0
+        cfg.data.max_seq_len = 512
+        cfg.lora.rank = 8
+        cfg.train.iters = 200
+        cfg.train.warmup_steps = 10
+        cfg.train.save_every = 50
+        cfg.train.eval_every = 50
+        cfg.train.eval_batches = 4
+        cfg.train.learning_rate = 1e-4
+    if data_path is not None:
+        cfg.data.path = data_path
+    return cfg

@@ -1,0 +1,100 @@
+"""Losses: masked SFT cross-entropy and KTO with TRL's KTOTrainer semantics.
+
+KTO (Ethayarajh et al. 2024; TRL `KTOTrainer`, loss_type "kto"): with sequence log-probs summed over
+completion tokens and r = log π(y|x) − log π_ref(y|x),
+
+    z = max(0, mean(log π(y'|x) − log π_ref(y'|x)))        over mismatched pairs (x, y'), no gradient
+    desirable:   1 − σ(β (r − z))          undesirable:   1 − σ(β (z − r))
+    loss = mean(λ_D · desirable…, λ_U · undesirable…),  rewards = β · r
+
+"apo_zero_unpaired" drops the KL term: desirable 1 − σ(β r), undesirable σ(β r).
+"""
+
+from __future__ import annotations
+
+import mlx.core as mx
+import mlx.nn as nn
+
+
+def token_logps(logits: mx.array, targets: mx.array) -> mx.array:
+    """log p(target) per position, computed in float32: [B, L, V] × [B, L] → [B, L]."""
+    logits = logits.astype(mx.float32)
+    picked = mx.take_along_axis(logits, targets[..., None], axis=-1).squeeze(-1)
+    return picked - mx.logsumexp(logits, axis=-1)
+
+
+def sequence_logps(model: nn.Module, tokens: mx.array, mask: mx.array) -> mx.array:
+    """Sum of log-probs of the masked (completion) tokens of each sequence. mask is over targets [B, L-1]."""
+    logits = model(tokens[:, :-1])
+    return (token_logps(logits, tokens[:, 1:]) * mask).sum(axis=-1)
+
+
+def sft_loss(model: nn.Module, tokens: mx.array, mask: mx.array) -> tuple[mx.array, mx.array]:
+    """Mean cross-entropy over the completion tokens of the batch; returns (loss, number of tokens)."""
+    logits = model(tokens[:, :-1])
+    ntoks = mask.sum()
+    nll = -(token_logps(logits, tokens[:, 1:]) * mask).sum()
+    return nll / mx.maximum(ntoks, 1), ntoks
+
+
+def kto_kl(policy_kl_logps: mx.array, reference_kl_logps: mx.array) -> mx.array:
+    """TRL's KL baseline z: the batch mean of the KL-pair log-ratios, clamped at 0, without gradient."""
+    return mx.maximum(mx.stop_gradient(mx.mean(policy_kl_logps - reference_kl_logps)), 0.0)
+
+
+def kto_losses_masked(
+    policy_logps: mx.array,
+    reference_logps: mx.array,
+    desirable: mx.array,
+    kl: mx.array,
+    beta: float,
+    desirable_weight: float,
+    undesirable_weight: float,
+    loss_type: str = "kto",
+) -> tuple[mx.array, mx.array]:
+    """Per-example weighted KTO losses and rewards for a mixed batch (`desirable` is a bool mask).
+
+    Shape-static form of `kto_loss` (no boolean indexing), used inside the compiled training step.
+    """
+    logratios = policy_logps - reference_logps
+    if loss_type == "kto":
+        chosen = 1 - mx.sigmoid(beta * (logratios - kl))
+        rejected = 1 - mx.sigmoid(beta * (kl - logratios))
+    elif loss_type == "apo_zero_unpaired":
+        chosen = 1 - mx.sigmoid(beta * logratios)
+        rejected = mx.sigmoid(beta * logratios)
+    else:
+        raise ValueError(f"unknown KTO loss_type {loss_type!r}")
+    losses = mx.where(desirable, desirable_weight * chosen, undesirable_weight * rejected)
+    return losses, mx.stop_gradient(beta * logratios)
+
+
+def kto_loss(
+    policy_chosen_logps: mx.array,
+    policy_rejected_logps: mx.array,
+    policy_kl_logps: mx.array,
+    reference_chosen_logps: mx.array,
+    reference_rejected_logps: mx.array,
+    reference_kl_logps: mx.array,
+    beta: float,
+    desirable_weight: float = 1.0,
+    undesirable_weight: float = 1.0,
+    loss_type: str = "kto",
+) -> tuple[mx.array, mx.array, mx.array, mx.array]:
+    """TRL's `KTOTrainer.kto_loss`: returns (losses, chosen_rewards, rejected_rewards, kl).
+
+    losses concatenates the weighted desirable losses then the undesirable ones; the training loss is
+    their mean. kl is 0 for "apo_zero_unpaired".
+    """
+    if loss_type == "kto":
+        kl = kto_kl(policy_kl_logps, reference_kl_logps)
+    else:
+        kl = mx.array(0.0)
+    n_chosen = policy_chosen_logps.shape[0]
+    policy = mx.concatenate([policy_chosen_logps, policy_rejected_logps])
+    reference = mx.concatenate([reference_chosen_logps, reference_rejected_logps])
+    desirable = mx.arange(policy.shape[0]) < n_chosen
+    losses, rewards = kto_losses_masked(
+        policy, reference, desirable, kl, beta, desirable_weight, undesirable_weight, loss_type
+    )
+    return losses, rewards[:n_chosen], rewards[n_chosen:], kl

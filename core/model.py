@@ -1,0 +1,204 @@
+"""Base model loading, quantization (QLoRA) and LoRA/DoRA adapters, through mlx-lm.
+
+Adapters are saved in mlx-lm's layout (`adapters.safetensors` + `adapter_config.json`) so that
+`mlx_lm.generate --model BASE --adapter-path DIR` loads them unchanged.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import mlx.core as mx
+import mlx.nn as nn
+from mlx.utils import tree_flatten, tree_unflatten
+
+from .config import DEMO_MODEL, LoraConfig, ModelConfig
+
+ADAPTER_FILE = "adapters.safetensors"
+ADAPTER_CONFIG = "adapter_config.json"
+
+
+class ModelError(Exception):
+    """A model or adapter that cannot be used, with the reason."""
+
+
+def resolve_path(path: str) -> str:
+    """"demo" → the cached demo model; an existing directory → itself; otherwise a Hugging Face id."""
+    if path == DEMO_MODEL:
+        from . import demo
+
+        return str(demo.ensure())
+    p = Path(path).expanduser()
+    if p.exists():
+        if not p.is_dir():
+            raise ModelError(f"model path {path} is a file; expected a model directory with config.json")
+        if not (p / "config.json").is_file():
+            raise ModelError(f"model directory {path} has no config.json")
+        if not any((p / n).exists() for n in ("tokenizer.json", "tokenizer.model", "tokenizer_config.json")):
+            raise ModelError(f"model directory {path} has no tokenizer (tokenizer.json or tokenizer.model)")
+        return str(p)
+    if path.startswith((".", "/", "~")) or path.count("/") != 1:
+        raise ModelError(f"model path {path} does not exist (and is not a Hugging Face id like org/name)")
+    return path
+
+
+def check_remote_code(model_dir: Path, trust_remote_code: bool) -> None:
+    """Refuse a model whose config references custom code unless the user opted in."""
+    cfg_path = model_dir / "config.json"
+    if not cfg_path.is_file():
+        return
+    cfg = json.loads(cfg_path.read_text(encoding="utf-8"))
+    if ("auto_map" in cfg or any(model_dir.glob("*.py"))) and not trust_remote_code:
+        raise ModelError(
+            f"{model_dir} ships custom code (auto_map / *.py); tunedeck never runs it implicitly. "
+            "Set model.trust_remote_code = true only if you trust its author."
+        )
+
+
+def load_base(cfg: ModelConfig, dtype: str) -> tuple[nn.Module, Any, Path]:
+    """Load the base model and tokenizer, cast floating weights to `dtype`, quantize if asked."""
+    import mlx_lm
+    from mlx_lm.utils import _download
+
+    path = resolve_path(cfg.path)
+    try:
+        model_dir = Path(_download(path))
+    except Exception as e:  # hub errors, offline mode
+        raise ModelError(f"cannot find model {cfg.path!r}: {e}") from e
+    check_remote_code(model_dir, cfg.trust_remote_code)
+    try:
+        model, tokenizer = mlx_lm.load(str(model_dir), tokenizer_config={"trust_remote_code": cfg.trust_remote_code})
+    except (FileNotFoundError, ValueError, KeyError, OSError) as e:
+        raise ModelError(f"cannot load model from {model_dir}: {e}") from e
+    model.set_dtype(getattr(mx, dtype))
+    if cfg.quantize and not is_quantized(model):
+        nn.quantize(
+            model, group_size=64, bits=cfg.quantize,
+            class_predicate=lambda _p, m: isinstance(m, nn.Linear) and m.weight.shape[-1] % 64 == 0,
+        )
+    mx.eval(model.parameters())
+    return model, tokenizer, model_dir
+
+
+def is_quantized(model: nn.Module) -> bool:
+    return any(isinstance(m, (nn.QuantizedLinear, nn.QuantizedEmbedding)) for _, m in model.named_modules())
+
+
+def full_keys(model: nn.Module, keys: list[str]) -> list[str]:
+    """Map short names ("q_proj") to the module paths inside a block ("self_attn.q_proj")."""
+    names = [n for n, m in model.layers[0].named_modules() if isinstance(m, (nn.Linear, nn.QuantizedLinear))]
+    out: list[str] = []
+    for key in keys:
+        hits = [n for n in names if n == key or n.endswith("." + key)]
+        if not hits:
+            raise ModelError(f"lora.keys: no linear layer named {key!r}; this model has {', '.join(sorted(names))}")
+        out += [h for h in hits if h not in out]
+    return out
+
+
+def adapter_config(lora: LoraConfig, model: nn.Module, base: str) -> dict[str, Any]:
+    """mlx-lm's adapter_config.json for these LoRA settings."""
+    n = len(model.layers) if lora.num_layers < 0 else min(lora.num_layers, len(model.layers))
+    return {
+        "fine_tune_type": lora.type,
+        "num_layers": n,
+        "lora_parameters": {
+            "rank": lora.rank,
+            "scale": lora.scale,
+            "dropout": lora.dropout,
+            "keys": full_keys(model, lora.keys),
+        },
+        "base_model": base,
+    }
+
+
+def apply_adapters(model: nn.Module, lora: LoraConfig, base: str, warm_start: str = "") -> dict[str, Any]:
+    """Freeze the base and add LoRA/DoRA layers (fresh, or loaded from `warm_start`). Returns the adapter config."""
+    from mlx_lm.tuner.utils import linear_to_lora_layers, load_adapters
+
+    model.freeze()
+    if warm_start:
+        path = Path(warm_start).expanduser()
+        if not (path / ADAPTER_CONFIG).is_file():
+            raise ModelError(f"model.adapter: {path} has no {ADAPTER_CONFIG}")
+        try:
+            load_adapters(model, str(path))
+        except ValueError as e:
+            raise ModelError(f"model.adapter: {e}") from e
+        cfg = json.loads((path / ADAPTER_CONFIG).read_text(encoding="utf-8"))
+        cfg["base_model"] = base
+    else:
+        cfg = adapter_config(lora, model, base)
+        linear_to_lora_layers(model, cfg["num_layers"], cfg["lora_parameters"], use_dora=lora.type == "dora")
+    model.unfreeze(keys=["lora_a", "lora_b", "m"], strict=False)
+    mx.eval(model.parameters())
+    return cfg
+
+
+def parameter_counts(model: nn.Module) -> tuple[int, int]:
+    """(trainable, total) parameter counts; quantized weights count their unpacked size."""
+    from mlx_lm.utils import get_total_parameters
+
+    trainable = sum(v.size for _, v in tree_flatten(model.trainable_parameters()))
+    return trainable, get_total_parameters(model)
+
+
+def adapter_weights(model: nn.Module) -> dict[str, mx.array]:
+    return dict(tree_flatten(model.trainable_parameters()))
+
+
+def write_adapters(model: nn.Module, cfg: dict[str, Any], dest: Path) -> None:
+    """Write adapter weights + config into the (existing, usually temporary) directory `dest`."""
+    mx.save_safetensors(str(dest / ADAPTER_FILE), adapter_weights(model))
+    (dest / ADAPTER_CONFIG).write_text(json.dumps(cfg, indent=2) + "\n", encoding="utf-8")
+
+
+def load_for_inference(base: str, adapter: str | Path | None = None, dtype: str | None = None) -> tuple[nn.Module, Any]:
+    """Base model (+ adapter) for generation or evaluation, in eval mode."""
+    import mlx_lm
+
+    from . import backend
+
+    path = resolve_path(base)
+    check_remote_code(Path(path), False) if Path(path).is_dir() else None
+    model, tok = mlx_lm.load(path, adapter_path=str(adapter) if adapter else None)
+    if not is_quantized(model) or dtype:
+        model.set_dtype(getattr(mx, dtype or backend.detect().dtype))
+    model.eval()
+    return model, tok
+
+
+@contextlib.contextmanager
+def adapters_disabled(model: nn.Module) -> Iterator[nn.Module]:
+    """Temporarily swap LoRA/DoRA layers for their base layers (the reference / base model)."""
+    from mlx_lm.tuner.dora import DoRALinear
+    from mlx_lm.tuner.lora import LoRALinear
+
+    swapped = [(n, m) for n, m in model.named_modules() if isinstance(m, (LoRALinear, DoRALinear))]
+    model.update_modules(tree_unflatten([(n, m.linear) for n, m in swapped]))
+    try:
+        yield model
+    finally:
+        model.update_modules(tree_unflatten(swapped))
+
+
+@dataclass
+class Loaded:
+    model: nn.Module
+    tokenizer: Any
+    model_dir: Path
+    adapter_config: dict[str, Any]
+    trainable: int
+    total: int
+
+
+def load_for_training(mcfg: ModelConfig, lora: LoraConfig, dtype: str) -> Loaded:
+    model, tok, model_dir = load_base(mcfg, dtype)
+    cfg = apply_adapters(model, lora, mcfg.path if mcfg.path != DEMO_MODEL else str(model_dir), mcfg.adapter)
+    trainable, total = parameter_counts(model)
+    return Loaded(model, tok, model_dir, cfg, trainable, total)

@@ -1,0 +1,60 @@
+"""Backend choice: the pure decision table, and what this machine gets."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+from tunedeck.core import backend as B
+
+BLAS = "/usr/lib/x86_64-linux-gnu/openblas-pthread/libblas.so.3"
+
+
+def test_metal_and_cuda_train_in_bf16() -> None:
+    assert B.decide("Darwin", True, False, None, "").dtype == "bfloat16"
+    b = B.decide("Linux", False, True, BLAS, "")
+    assert (b.kind, b.dtype, b.blas, b.env) == ("cuda", "bfloat16", None, {})
+
+
+def test_linux_cpu_float32_with_openblas_preload() -> None:
+    b = B.decide("Linux", False, False, BLAS, "")
+    assert (b.kind, b.dtype, b.blas, b.blas_active) == ("cpu", "float32", BLAS, False)
+    assert BLAS in b.env["LD_PRELOAD"]
+    assert B.decide("Linux", False, False, BLAS, f"/x.so {BLAS}").blas_active
+
+
+def test_missing_openblas_is_reported_with_the_fix() -> None:
+    b = B.decide("Linux", False, False, None, "")
+    assert b.blas is None and b.dtype == "float32"
+    assert B.OPENBLAS_HINT in b.note and "slower" in b.note
+
+
+def test_preload_is_not_duplicated(monkeypatch) -> None:
+    monkeypatch.setenv("LD_PRELOAD", BLAS)
+    b = B.decide("Linux", False, False, BLAS, BLAS)
+    assert b.env["LD_PRELOAD"].split().count(BLAS) == 1
+
+
+def test_dtype_override() -> None:
+    b = B.decide("Linux", False, False, BLAS, "")
+    assert B.dtype_for(b) == "float32" and B.dtype_for(b, "bfloat16") == "bfloat16"
+
+
+def test_find_openblas(tmp_path) -> None:
+    lib = tmp_path / "libblas.so.3"
+    assert B.find_openblas((str(lib),)) is None
+    lib.write_bytes(b"")
+    assert B.find_openblas(("/nope", str(lib))) == str(lib)
+
+
+def test_this_machine_detects_cpu_and_subprocess_env_preloads() -> None:
+    b = B.detect()
+    assert b.kind == "cpu" and b.dtype == "float32"
+    env = B.subprocess_env()
+    if B.find_openblas():
+        code = "import os; print(open('/proc/self/maps').read().count('openblas'))"
+        out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True)
+        assert int(out.stdout) > 0
+    else:
+        assert "LD_PRELOAD" not in env or env["LD_PRELOAD"] == os.environ.get("LD_PRELOAD")

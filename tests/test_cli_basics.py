@@ -1,0 +1,85 @@
+"""The console script in real subprocesses: help, usage errors, config commands, import hygiene."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import run_cli
+
+
+def test_help_lists_subcommands() -> None:
+    r = run_cli("--help")
+    assert r.returncode == 0
+    for word in ("data check", "config init", "train", "demo-model"):
+        assert word in r.stdout
+
+
+@pytest.mark.parametrize("cmd", [["config", "init"], ["config", "check"], ["demo-model"], ["data", "check"]])
+def test_every_subcommand_has_help(cmd: list[str]) -> None:
+    r = run_cli(*cmd, "--help")
+    assert r.returncode == 0, r.stderr
+    assert "usage: tunedeck" in r.stdout
+
+
+def test_usage_error_exits_2_without_traceback() -> None:
+    r = run_cli("config", "frobnicate")
+    assert r.returncode == 2 and "Traceback" not in r.stderr
+
+
+def test_config_init_and_check(tmp_path: Path) -> None:
+    path = tmp_path / "c.toml"
+    assert run_cli("config", "init", str(path), "--preset", "demo").returncode == 0
+    assert path.read_text().startswith("# tunedeck")
+    r = run_cli("config", "init", str(path))
+    assert r.returncode == 1 and "already exists" in r.stderr
+    r = run_cli("config", "check", str(path), "--set", "train.iters=7", "--json")
+    assert r.returncode == 0 and '"iters": 7' in r.stdout
+
+
+def test_wrong_config_prints_every_problem(tmp_path: Path) -> None:
+    path = tmp_path / "bad.toml"
+    path.write_text('[train]\nbatch_size = "x"\niters = 0\nfoo = 1\n[lora]\nrank = -3\n')
+    r = run_cli("config", "check", str(path))
+    assert r.returncode == 1 and "Traceback" not in r.stderr
+    for key in ("train.batch_size", "train.iters", "train.foo", "lora.rank"):
+        assert f"{path}: {key}:" in r.stderr
+    assert "4 problem(s)" in r.stderr
+
+
+def test_missing_config_is_a_clean_error(tmp_path: Path) -> None:
+    r = run_cli("config", "check", str(tmp_path / "none.toml"))
+    assert r.returncode == 1 and "file not found" in r.stderr and "Traceback" not in r.stderr
+
+
+def test_core_never_imports_textual_or_rich() -> None:
+    code = (
+        "import sys, tunedeck.core, tunedeck.core.cli, tunedeck.core.config, tunedeck.core.backend, "
+        "tunedeck.core.demo, tunedeck.core.data, tunedeck.core.template\n"
+        "import pkgutil, importlib\n"
+        "for m in pkgutil.iter_modules(tunedeck.core.__path__):\n"
+        "    importlib.import_module('tunedeck.core.' + m.name)\n"
+        "bad = [m for m in sys.modules if m.split('.')[0] in ('textual', 'rich')]\n"
+        "print(bad); sys.exit(1 if bad else 0)"
+    )
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd="/")
+    assert r.returncode == 0, r.stdout + r.stderr
+
+
+def test_no_bare_top_level_packages_in_the_wheel(tmp_path: Path) -> None:
+    import zipfile
+
+    root = Path(__file__).resolve().parents[1]
+    subprocess.run(
+        [sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q", "-w", str(tmp_path), str(root)],
+        check=True, capture_output=True,
+    )
+    (wheel,) = tmp_path.glob("tunedeck-*.whl")
+    names = zipfile.ZipFile(wheel).namelist()
+    tops = {n.split("/")[0] for n in names}
+    assert {t for t in tops if not t.endswith(".dist-info")} == {"tunedeck"}
+    for sub in ("core/cli.py", "tui/app.py", "themes/__init__.py", "sample_data/notes_tool_use.jsonl"):
+        assert f"tunedeck/{sub}" in names
