@@ -391,7 +391,13 @@ def cmd_demo_model(args: argparse.Namespace) -> int:
 
 # --- dispatch --------------------------------------------------------------------------------
 
-SUBCOMMAND_PARSERS = [add_config_parser, add_train_parsers, add_demo_parser]
+# Each headless command group registers itself here (keep one line per group).
+SUBCOMMAND_PARSERS = [
+    add_data_parser,
+    add_config_parser,
+    add_train_parsers,
+    add_demo_parser,
+]
 
 
 def command_parser() -> argparse.ArgumentParser:
@@ -399,8 +405,6 @@ def command_parser() -> argparse.ArgumentParser:
     sub = p.add_subparsers(dest="command", required=True)
     for add in SUBCOMMAND_PARSERS:
         add(sub)
-    if "add_data_parser" in globals():
-        globals()["add_data_parser"](sub)
     return p
 
 
