@@ -68,12 +68,14 @@ def tokenize(tokenizer, examples: list[Example], max_seq_len: int, kto: bool, se
     return seqs
 
 
-def pad(ids: list[np.ndarray], starts: np.ndarray, pad_to: int = 16) -> tuple[np.ndarray, np.ndarray]:
+def pad(ids: list[np.ndarray], starts: np.ndarray, pad_to: int = 16, longest: int = 0) -> tuple[np.ndarray, np.ndarray]:
     """Right-pad to one more than a multiple of `pad_to` (so model inputs are a multiple of it).
 
-    Returns tokens [B, L] and the float32 target mask [B, L-1]: 1 where target t+1 is a completion token.
+    `longest` widens the batch to at least that length (KTO pads examples and KL pairs alike, so a
+    compiled step sees one shape per batch). Returns tokens [B, L] and the float32 target mask
+    [B, L-1]: 1 where target t+1 is a completion token.
     """
-    longest = max(len(s) for s in ids)
+    longest = max(longest, *(len(s) for s in ids))
     width = pad_to * -(-(longest - 1) // pad_to) + 1
     tokens = np.zeros((len(ids), width), dtype=np.int32)
     mask = np.zeros((len(ids), width - 1), dtype=np.float32)
@@ -81,6 +83,32 @@ def pad(ids: list[np.ndarray], starts: np.ndarray, pad_to: int = 16) -> tuple[np
         tokens[b, : len(seq)] = seq
         mask[b, max(start - 1, 0) : len(seq) - 1] = 1.0
     return tokens, mask
+
+
+def pack(ids: list[np.ndarray], starts: np.ndarray, pad_to: int = 16, longest: int = 0,
+         k_min: int = 0, k_to: int = 8) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Padded tokens plus the completion positions only: (tokens [B, L], positions [B, K], targets [B, K], mask [B, K]).
+
+    positions[b, j] is the input position whose next token, targets[b, j], is the j-th trained token
+    of sequence b; K is the longest completion rounded up to `k_to` (at least `k_min`). The loss then
+    needs logits at B×K positions rather than B×L.
+    """
+    longest = max(longest, *(len(s) for s in ids))
+    width = pad_to * -(-(longest - 1) // pad_to) + 1
+    first = [max(int(st), 1) for st in starts]
+    comp = [len(s) - f for s, f in zip(ids, first)]
+    k = max(k_min, k_to * -(-max(max(comp), 1) // k_to))
+    tokens = np.zeros((len(ids), width), dtype=np.int32)
+    positions = np.zeros((len(ids), k), dtype=np.int32)
+    targets = np.zeros((len(ids), k), dtype=np.int32)
+    mask = np.zeros((len(ids), k), dtype=np.float32)
+    for b, (seq, f, n) in enumerate(zip(ids, first, comp)):
+        tokens[b, : len(seq)] = seq
+        positions[b] = f - 1
+        positions[b, :n] = np.arange(f - 1, f - 1 + n)
+        targets[b, :n] = seq[f:]
+        mask[b, :n] = 1.0
+    return tokens, positions, targets, mask
 
 
 class BatchPlan:

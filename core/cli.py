@@ -350,6 +350,166 @@ def cmd_stop(args: argparse.Namespace) -> int:
     return 0
 
 
+# --- chat ----------------------------------------------------------------------------------
+
+
+def add_chat_parser(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "chat", help="talk to a run's adapter (or a checkpoint, adapter or fused model)",
+        description="Chat with a run's adapter. With --prompt, print the reply and exit; otherwise read "
+        "prompts from stdin, one a line (/clear forgets the conversation, /quit or EOF ends).")
+    src = p.add_mutually_exclusive_group(required=True)
+    src.add_argument("run_dir", nargs="?", metavar="RUN_DIR",
+                     help="run directory (its adapters and base model); a checkpoint or fused model directory also works")
+    src.add_argument("--adapter", metavar="DIR", help="adapter directory (adapters.safetensors + adapter_config.json)")
+    p.add_argument("--model", metavar="PATH", help="base model (default: the run's model.path or the adapter's base_model)")
+    p.add_argument("--prompt", metavar="TEXT", help="one prompt: print the reply and exit")
+    p.add_argument("--max-tokens", type=int, default=256, metavar="N", help="reply length limit (default 256)")
+    p.add_argument("--temperature", type=float, default=0.7, metavar="T", help="0 = greedy (default 0.7)")
+    p.add_argument("--top-p", type=float, default=1.0, metavar="P", help="nucleus sampling (default 1.0 = off)")
+    p.add_argument("--compare", action="store_true",
+                   help="answer with the base model (adapter off), then with the adapter")
+    p.set_defaults(func=cmd_chat)
+
+
+def _chat_turn(cm, histories: dict[str, list[dict[str, str]]], prompt: str, args: argparse.Namespace) -> None:
+    """Stream one reply per history (base first, then the adapter) to stdout; speed to stderr."""
+    from .chat import visible
+
+    for name, history in histories.items():
+        history.append({"role": "user", "content": prompt})
+        if len(histories) > 1:
+            print("=== base (adapter off) ===" if name == "base" else "=== adapter ===", flush=True)
+        text, speed = "", 0.0
+        for chunk in cm.reply(history, adapter=name != "base", max_tokens=args.max_tokens,
+                              temperature=args.temperature, top_p=args.top_p):
+            text += chunk.text
+            speed = chunk.tokens_per_sec
+            sys.stdout.write(visible(chunk.text))
+            sys.stdout.flush()
+        print(flush=True)
+        print(f"({speed:.1f} tokens/s)", file=sys.stderr, flush=True)
+        history.append({"role": "assistant", "content": text})
+
+
+def cmd_chat(args: argparse.Namespace) -> int:
+    from .chat import ChatError, load_chat_model, resolve_target
+
+    if args.max_tokens < 1:
+        raise UserError("--max-tokens must be at least 1")
+    try:
+        base, adapter = resolve_target(Path(args.run_dir or args.adapter), args.model)
+        cm = load_chat_model(base, adapter)
+    except ChatError as e:
+        raise UserError(str(e)) from None
+    if args.compare and adapter is None:
+        raise UserError(f"{args.run_dir or args.adapter} has no adapter to compare with its base")
+    histories: dict[str, list[dict[str, str]]] = {"base": [], "adapter": []} if args.compare else {"adapter": []}
+    if args.prompt is not None:
+        _chat_turn(cm, histories, args.prompt, args)
+        return 0
+    while True:
+        print("> ", end="", file=sys.stderr, flush=True)
+        line = sys.stdin.readline()
+        if not line or line.strip() in ("/quit", "/exit"):
+            return 0
+        if line.strip() == "/clear":
+            for h in histories.values():
+                h.clear()
+        elif line.strip():
+            _chat_turn(cm, histories, line.strip(), args)
+
+
+# --- eval and export -------------------------------------------------------------------------
+
+
+def add_eval_parsers(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "eval", help="score a run's adapter against its base on held-out examples",
+        description="Score the base model (adapter off) and the adapter on held-out examples: completion "
+        "loss and perplexity (desirable), KTO implicit rewards beta*(logp_adapter - logp_base) with margin "
+        "and accuracy, and for tool-use data the share of greedy answers that are well-formed tool calls "
+        "and name the reference's tool. Prints a table (metric | base | adapter | delta) and writes "
+        "RUN_DIR/eval.json; progress goes to stderr.")
+    p.add_argument("run_dir", metavar="RUN_DIR")
+    p.add_argument("--split", default="valid", metavar="valid|FILE",
+                   help="'valid': the run's validation split, as training computed it (default); or a dataset file")
+    p.add_argument("--json", action="store_true", help="print the report as JSON instead of the table")
+    p.add_argument("--max-examples", type=int, default=0, metavar="N",
+                   help="score at most N examples, labels in proportion (default: all)")
+    p.add_argument("--max-tokens", type=int, default=128, metavar="N",
+                   help="generation length for the tool-call score (default 128; 0 skips generation)")
+    p.add_argument("--checkpoint", metavar="NAME", help="a checkpoint (step-NNNNNN, 'latest') instead of RUN_DIR/adapters")
+    p.add_argument("--model", metavar="PATH", help="base model instead of the run's model.path (e.g. a moved or fused model)")
+    p.set_defaults(func=cmd_eval)
+
+    e = sub.add_parser(
+        "export", help="fuse the adapter into the base, or export it as GGUF or a PEFT adapter",
+        description="--fuse: base + adapter as one model directory that mlx_lm.load loads, verified by comparing "
+        "its logits with base + adapter (a quantized base is de-quantized unless --requantize). --gguf: a "
+        "float16 GGUF through mlx-lm's converter (llama/mistral/mixtral; a quantized base is de-quantized "
+        "first). --hf: a PEFT LoRA adapter (adapter_model.safetensors + adapter_config.json; A = lora_a.T, "
+        "B = lora_b.T, lora_alpha = scale * r) for transformers/PEFT; not for DoRA adapters.")
+    e.add_argument("run_dir", metavar="RUN_DIR")
+    what = e.add_mutually_exclusive_group(required=True)
+    what.add_argument("--fuse", metavar="OUT_DIR", help="write a fused model directory")
+    what.add_argument("--gguf", metavar="FILE", help="write a GGUF file (.gguf)")
+    what.add_argument("--hf", metavar="OUT_DIR", help="write a PEFT (Hugging Face) LoRA adapter directory")
+    e.add_argument("--checkpoint", metavar="NAME", help="a checkpoint (step-NNNNNN, 'latest') instead of RUN_DIR/adapters")
+    e.add_argument("--model", metavar="PATH", help="base model instead of the run's model.path")
+    e.add_argument("--requantize", action="store_true",
+                   help="--fuse with a quantized base: keep the fused model quantized (smaller, less exact)")
+    e.add_argument("--tolerance", type=float, metavar="X",
+                   help="--fuse: max abs logit difference allowed (default: by dtype, relative to the logits)")
+    e.add_argument("--force", action="store_true", help="replace an existing output")
+    e.add_argument("--json", action="store_true", help="print the report as JSON")
+    e.set_defaults(func=cmd_export)
+
+
+def _say(msg: str) -> None:
+    print(msg, file=sys.stderr, flush=True)
+
+
+def cmd_eval(args: argparse.Namespace) -> int:
+    from .evaluate import EvalError, evaluate, format_table
+
+    if args.max_examples < 0 or args.max_tokens < 0:
+        raise UserError("--max-examples and --max-tokens must not be negative")
+    try:
+        report = evaluate(args.run_dir, split=args.split, max_examples=args.max_examples, max_tokens=args.max_tokens,
+                          checkpoint=args.checkpoint, model=args.model, progress=_say)
+    except EvalError as e:
+        raise UserError(str(e)) from None
+    print(json.dumps(report, indent=2, ensure_ascii=False) if args.json else format_table(report))
+    return 0
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    from .evaluate import EvalError
+    from .export import export_gguf, export_hf, fuse
+
+    try:
+        if args.fuse:
+            report = fuse(args.run_dir, args.fuse, checkpoint=args.checkpoint, model=args.model,
+                          requantize=args.requantize, tolerance=args.tolerance, force=args.force, progress=_say)
+        elif args.gguf:
+            report = export_gguf(args.run_dir, args.gguf, checkpoint=args.checkpoint, model=args.model,
+                                 force=args.force, progress=_say)
+        else:
+            report = export_hf(args.run_dir, args.hf, checkpoint=args.checkpoint, force=args.force, progress=_say)
+    except EvalError as e:
+        raise UserError(str(e)) from None
+    except OSError as e:
+        raise UserError(f"export failed: {e}") from None
+    if args.json:
+        print(json.dumps(report, indent=2))
+    else:
+        for note in report.get("notes", []):
+            print(f"note: {note}", file=sys.stderr)
+        print(report["out"])
+    return 0
+
+
 # --- demo model ------------------------------------------------------------------------------
 
 
@@ -396,6 +556,8 @@ SUBCOMMAND_PARSERS = [
     add_data_parser,
     add_config_parser,
     add_train_parsers,
+    add_chat_parser,
+    add_eval_parsers,
     add_demo_parser,
 ]
 

@@ -72,6 +72,7 @@ class TrainConfig:
     weight_decay: float = 0.0
     max_grad_norm: float = 1.0  # 0 = no clipping
     grad_checkpoint: bool = True
+    compile: str = "auto"  # auto | on | off: mx.compile the step (auto: on GPUs, off on CPUs)
     save_every: int = 100
     eval_every: int = 100
     eval_batches: int = 16  # 0 = the whole validation split
@@ -117,6 +118,7 @@ CHOICES: dict[str, tuple[Any, ...]] = {
     "lora.type": ("lora", "dora"),
     "train.method": ("sft", "kto"),
     "train.lr_schedule": ("cosine", "linear", "constant"),
+    "train.compile": ("auto", "on", "off"),
     "kto.loss_type": ("kto", "apo_zero_unpaired"),
 }
 
@@ -415,6 +417,7 @@ HELP: dict[str, str] = {
     "train.weight_decay": "AdamW weight decay",
     "train.max_grad_norm": "clip the global gradient norm (0 = off)",
     "train.grad_checkpoint": "recompute activations in the backward pass: much less memory, ~30% slower",
+    "train.compile": "mx.compile the training step: auto = on for GPUs, off for CPUs (where it is slower)",
     "train.save_every": "checkpoint every N steps",
     "train.eval_every": "validation loss every N steps",
     "train.eval_batches": "validation batches per evaluation (0 = all)",
@@ -463,6 +466,7 @@ def preset(name: str = "mac-24gb", data_path: str | None = None) -> Config:
         cfg.train.eval_every = 50
         cfg.train.eval_batches = 4
         cfg.train.learning_rate = 1e-4
+        cfg.train.grad_checkpoint = False  # a 4M-parameter model needs no activation savings
     if data_path is not None:
         cfg.data.path = data_path
     return cfg

@@ -23,6 +23,40 @@ def token_logps(logits: mx.array, targets: mx.array) -> mx.array:
     return picked - mx.logsumexp(logits, axis=-1)
 
 
+# Architectures whose logits are exactly `lm_head(model.model(x))` (or the tied embedding), so the
+# vocabulary projection can be applied to the completion positions alone.
+PLAIN_HEAD = {"llama", "mistral", "qwen2", "qwen3"}
+
+
+def completion_logits(model: nn.Module, inputs: mx.array, positions: mx.array) -> mx.array:
+    """Logits at `positions` only ([B, K] indices into the inputs): [B, K, V].
+
+    The projection to the vocabulary (and its float32 softmax) is the largest activation of a
+    step; computing it for the K completion positions instead of all L saves memory and time.
+    """
+    idx = positions[..., None]
+    if getattr(model, "model_type", None) not in PLAIN_HEAD or not hasattr(model, "model"):
+        return mx.take_along_axis(model(inputs), idx, axis=1)
+    hidden = mx.take_along_axis(model.model(inputs), idx, axis=1)
+    if getattr(model.args, "tie_word_embeddings", False):
+        return model.model.embed_tokens.as_linear(hidden)
+    return model.lm_head(hidden)
+
+
+def packed_logps(model: nn.Module, tokens: mx.array, positions: mx.array, targets: mx.array,
+                 mask: mx.array) -> mx.array:
+    """Summed completion log-probs per sequence from a packed batch (see batching.pack)."""
+    return (token_logps(completion_logits(model, tokens[:, :-1], positions), targets) * mask).sum(axis=-1)
+
+
+def packed_sft_loss(model: nn.Module, tokens: mx.array, positions: mx.array, targets: mx.array,
+                    mask: mx.array) -> tuple[mx.array, mx.array]:
+    """Mean cross-entropy over the completion tokens of a packed batch; returns (loss, number of tokens)."""
+    ntoks = mask.sum()
+    nll = -(token_logps(completion_logits(model, tokens[:, :-1], positions), targets) * mask).sum()
+    return nll / mx.maximum(ntoks, 1), ntoks
+
+
 def sequence_logps(model: nn.Module, tokens: mx.array, mask: mx.array) -> mx.array:
     """Sum of log-probs of the masked (completion) tokens of each sequence. mask is over targets [B, L-1]."""
     logits = model(tokens[:, :-1])

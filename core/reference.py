@@ -14,11 +14,8 @@ import mlx.core as mx
 import mlx.nn as nn
 import numpy as np
 
-from .batching import Sequences, eval_batches, pad
-from .losses import sequence_logps
-
-CACHE_FILE = "reference.npz"
-
+from .batching import Sequences, eval_batches, pack
+from .losses import packed_logps
 
 def cache_key(seqs: Sequences, model_id: str) -> str:
     """Hash of the token data and the model identity (weights files, dtype, quantization, adapter)."""
@@ -45,8 +42,7 @@ def compute(model: nn.Module, ids: list[np.ndarray], starts: np.ndarray, batch_s
     out = np.zeros(len(ids), dtype=np.float32)
     lengths = np.fromiter((len(s) for s in ids), dtype=np.int64, count=len(ids))
     for idx in eval_batches(lengths, batch_size):
-        tokens, mask = pad([ids[i] for i in idx], starts[idx])
-        logps = sequence_logps(model, mx.array(tokens), mx.array(mask))
+        logps = packed_logps(model, *map(mx.array, pack([ids[i] for i in idx], starts[idx])))
         out[idx] = np.array(logps.astype(mx.float32))
         if on_batch:
             on_batch(len(idx))

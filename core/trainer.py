@@ -28,10 +28,10 @@ import numpy as np
 from mlx.utils import tree_flatten, tree_map, tree_unflatten
 
 from . import backend, data, memory, runs
-from .batching import BatchPlan, Sequences, eval_batches, pad, tokenize
+from .batching import BatchPlan, Sequences, eval_batches, pack, tokenize
 from .config import Config, load as load_config
 from .fsutil import atomic_dir, atomic_write_bytes
-from .losses import kto_kl, kto_losses_masked, sequence_logps, sft_loss
+from .losses import kto_kl, kto_losses_masked, packed_logps, packed_sft_loss
 from .model import ADAPTER_CONFIG, ADAPTER_FILE, Loaded, load_for_training, write_adapters
 from .reference import model_identity, reference_logps
 
@@ -114,8 +114,7 @@ class Trainer:
         except runs.RunError as e:
             print(f"tunedeck: error: {e}", flush=True)
             return 1
-        for sig in (signal.SIGINT, signal.SIGTERM):
-            signal.signal(sig, self._on_signal)
+        previous = {sig: signal.signal(sig, self._on_signal) for sig in (signal.SIGINT, signal.SIGTERM)}
         try:
             return self._train()
         except StopTraining:
@@ -125,6 +124,8 @@ class Trainer:
             self.emit("error", message=f"{type(e).__name__}: {e}", kind="exception")
             return 1
         finally:
+            for sig, handler in previous.items():
+                signal.signal(sig, handler)
             if self.events:
                 self.events.close()
             if lock:
@@ -166,35 +167,33 @@ class Trainer:
         ga, clip, size = c.train.grad_accumulation, c.train.max_grad_norm, self.size
         poison_grads = fault("nan_grad") is not None  # test-only: NaN into the gradients, not the loss
 
-        def loss_fn(model, tokens, mask, desirable, ref, kl, poison):
+        def loss_fn(model, seq, desirable, ref, kl, poison):
             if not kto:
-                loss, ntoks = sft_loss(model, tokens, mask)
+                loss, ntoks = packed_sft_loss(model, *seq)
                 zero = mx.array(0.0)
                 loss = loss if poison_grads else loss * poison
-                return loss, mx.stack([ntoks.astype(mx.float32), zero, zero, zero, zero, zero, zero])
-            logps = sequence_logps(model, tokens, mask)
+                return loss, mx.stack([ntoks, zero, zero, zero, zero, zero, zero])
+            logps = packed_logps(model, *seq)
             losses, rewards = kto_losses_masked(
                 logps, ref, desirable, kl, c.kto.beta, c.kto.desirable_weight, c.kto.undesirable_weight, c.kto.loss_type
             )
             d = desirable.astype(mx.float32)
             u = 1 - d
             lp = mx.stop_gradient(logps)
-            aux = mx.stack([mask.sum(), (rewards * d).sum(), d.sum(), (rewards * u).sum(), u.sum(),
+            aux = mx.stack([seq[3].sum(), (rewards * d).sum(), d.sum(), (rewards * u).sum(), u.sum(),
                             (lp * d).sum(), (lp * u).sum()])
             return (losses.mean() if poison_grads else losses.mean() * poison), aux
 
         value_and_grad = nn.value_and_grad(model, loss_fn)
-        state = [model.state, optimizer.state, mx.random.state]
 
-        @partial(mx.compile, inputs=state, outputs=state)
-        def step(tokens, mask, desirable, ref, kl_tokens, kl_mask, ref_kl, poison, prev_grad, do_update):
+        def step(seq, desirable, ref, kl_seq, ref_kl, poison, prev_grad, do_update):
             if kto and c.kto.loss_type == "kto":
-                kl = kto_kl(sequence_logps(model, kl_tokens, kl_mask), ref_kl)
+                kl = kto_kl(packed_logps(model, *kl_seq), ref_kl)
                 if size > 1:
                     kl = mx.distributed.all_sum(kl) / size
             else:
                 kl = mx.array(0.0)
-            (loss, aux), grad = value_and_grad(model, tokens, mask, desirable, ref, kl, poison)
+            (loss, aux), grad = value_and_grad(model, seq, desirable, ref, kl, poison)
             if poison_grads:
                 grad = tree_map(lambda g: g * poison, grad)
             if prev_grad is not None:
@@ -214,21 +213,27 @@ class Trainer:
             metrics = mx.concatenate([loss[None], aux[:1], aux[1:5], kl[None], aux[5:], norm[None]])
             return metrics, grad
 
-        return step
+        if not self.compiled:
+            return step
+        state = [model.state, optimizer.state, mx.random.state]
+        return partial(mx.compile, inputs=state, outputs=state)(step)
 
     def _batch(self, seqs: Sequences, idx: np.ndarray, ref: np.ndarray | None, ref_kl: np.ndarray | None) -> Batch:
+        """Arrays for one micro-batch: packed sequences, labels, reference log-probs, KL pairs (KTO)."""
         if self.size > 1:
             idx = idx[self.rank :: self.size]
-        tokens, mask = pad([seqs.ids[i] for i in idx], seqs.starts[idx])
-        arrays: list[mx.array] = [mx.array(tokens), mx.array(mask)]
-        if ref is not None and seqs.kl_ids is not None:
-            kl_tokens, kl_mask = pad([seqs.kl_ids[i] for i in idx], seqs.kl_starts[idx])
-            arrays += [mx.array(seqs.labels[idx]), mx.array(ref[idx]), mx.array(kl_tokens), mx.array(kl_mask),
-                       mx.array(ref_kl[idx])]
-        else:
-            zero = mx.array(0.0)
-            arrays += [mx.array(seqs.labels[idx]), mx.array(ref[idx]) if ref is not None else zero, zero, zero, zero]
-        return Batch(tuple(arrays), seqs.trained_tokens(idx), int(sum(len(seqs.ids[i]) for i in idx)))
+        with_kl = ref_kl is not None and seqs.kl_ids is not None
+        kl_ids = [seqs.kl_ids[i] for i in idx] if with_kl else []
+        seq = pack([seqs.ids[i] for i in idx], seqs.starts[idx], longest=max(map(len, kl_ids), default=0))
+        zero = mx.array(0.0)
+        kl_seq: tuple[mx.array, ...] = (zero, zero, zero, zero)
+        if with_kl:
+            kl_seq = tuple(map(mx.array, pack(kl_ids, seqs.kl_starts[idx], longest=seq[0].shape[1],
+                                              k_min=seq[1].shape[1])))
+        arrays = (tuple(map(mx.array, seq)), mx.array(seqs.labels[idx]),
+                  mx.array(ref[idx]) if ref is not None else zero, kl_seq,
+                  mx.array(ref_kl[idx]) if with_kl else zero)
+        return Batch(arrays, seqs.trained_tokens(idx), int(sum(len(seqs.ids[i]) for i in idx)))
 
     # --- evaluation --------------------------------------------------------------------------
 
@@ -242,17 +247,16 @@ class Trainer:
         rewards: dict[bool, list[float]] = {True: [], False: []}
         batches = eval_batches(seqs.lengths, c.train.batch_size, c.train.eval_batches)
         for idx in batches:
-            b = self._batch(seqs, idx, ref[0] if ref else None, ref[1] if ref else None)
-            tokens, mask, desirable, r, kl_tokens, kl_mask, r_kl = b.arrays
+            seq, desirable, r, kl_seq, r_kl = self._batch(seqs, idx, ref[0] if ref else None,
+                                                          ref[1] if ref else None).arrays
             if c.train.method == "sft":
-                loss, n = sft_loss(model, tokens, mask)
+                loss, n = packed_sft_loss(model, *seq)
                 mx.eval(loss, n)
                 total += loss.item() * n.item()
                 ntoks += n.item()
                 continue
-            kl = (kto_kl(sequence_logps(model, kl_tokens, kl_mask), r_kl) if c.kto.loss_type == "kto"
-                  else mx.array(0.0))
-            losses, rw = kto_losses_masked(sequence_logps(model, tokens, mask), r, desirable, kl, c.kto.beta,
+            kl = kto_kl(packed_logps(model, *kl_seq), r_kl) if c.kto.loss_type == "kto" else mx.array(0.0)
+            losses, rw = kto_losses_masked(packed_logps(model, *seq), r, desirable, kl, c.kto.beta,
                                            c.kto.desirable_weight, c.kto.undesirable_weight, c.kto.loss_type)
             mx.eval(losses, rw)
             total += losses.sum().item()
@@ -288,8 +292,6 @@ class Trainer:
             wrote(ADAPTER_FILE)
             mx.save_safetensors(str(tmp / "optimizer.safetensors"), dict(tree_flatten(optimizer.state)))
             wrote("optimizer.safetensors")
-            mx.save_safetensors(str(tmp / "rng.safetensors"), {"key": mx.random.state[0]})
-            wrote("rng.safetensors")
             (tmp / "state.json").write_text(json.dumps(state, indent=2) + "\n", encoding="utf-8")
             wrote("state.json")
             runs.write_manifest(tmp)
@@ -309,9 +311,8 @@ class Trainer:
         model.load_weights(list(mx.load(str(ckpt / ADAPTER_FILE)).items()), strict=False)
         optimizer.init(model.trainable_parameters())
         optimizer.state = tree_unflatten(list(mx.load(str(ckpt / "optimizer.safetensors")).items()))
-        mx.random.state[0] = mx.load(str(ckpt / "rng.safetensors"))["key"]
         self.step = json.loads((ckpt / "state.json").read_text(encoding="utf-8"))["step"]
-        mx.eval(model.parameters(), optimizer.state, mx.random.state)
+        mx.eval(model.parameters(), optimizer.state)
 
     # --- main loop ---------------------------------------------------------------------------
 
@@ -320,6 +321,8 @@ class Trainer:
         kto = c.train.method == "kto"
         be = backend.detect()
         dtype = backend.dtype_for(be, c.model.dtype)
+        # On CPUs compiling costs seconds per new batch shape and runs no faster (measured: bench/).
+        self.compiled = c.train.compile == "on" or (c.train.compile == "auto" and be.kind != "cpu")
         mx.random.seed(c.train.seed)
         ckpt = None
         if self.resume:
@@ -375,6 +378,7 @@ class Trainer:
         state = [model.state, optimizer.state, mx.random.state]
         ga = c.train.grad_accumulation
         nan_at = {k: int(v) for k in ("nan_loss", "nan_grad") if (v := fault(k)) is not None}
+        step_sleep = float(fault("step_sleep") or 0)  # test-only: slow steps down to hit them with signals
         last_ckpt = ckpt
         t_start = time.perf_counter()
         steps_done = 0
@@ -385,6 +389,7 @@ class Trainer:
             tokens = seq_tokens = 0
             for j in range(ga):
                 m = self.step * ga + j
+                mx.random.seed(c.train.seed * 1_000_003 + m)  # dropout noise is a function of the position: resume needs no RNG state
                 b = self._batch(train, plan.indices(m), ref[0] if ref else None, ref[1] if ref else None)
                 poison = mx.array(float("nan") if self.step + 1 in nan_at.values() else 1.0)
                 metrics, grad = step_fn(*b.arrays, poison, grad, j == ga - 1)
@@ -394,6 +399,8 @@ class Trainer:
                 seq_tokens += b.seq_tokens
             self.step += 1
             steps_done += 1
+            if step_sleep:
+                time.sleep(step_sleep)
             if self.size > 1:
                 acc = np.array(mx.distributed.all_sum(mx.array(acc), stream=mx.cpu))
                 acc[0] /= self.size

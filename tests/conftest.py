@@ -42,3 +42,36 @@ def run_cli(*args: str, cwd: Path | None = None, timeout: float = 300, env: dict
         [str(BIN), *args], cwd=cwd, capture_output=True, text=True, timeout=timeout,
         env={**os.environ, **(env or {})}, input=input,
     )
+
+
+def small_dataset(dest: Path, n: int = 64) -> Path:
+    """The first `n` lines of the bundled sample data (both labels occur early in it)."""
+    from tunedeck.core import demo
+
+    lines = demo.sample_dataset().read_text(encoding="utf-8").splitlines(keepends=True)[:n]
+    dest.write_text("".join(lines), encoding="utf-8")
+    return dest
+
+
+def small_config(workspace: Path, method: str = "kto", n: int = 64, **train: object) -> Path:
+    """A demo-model config over a small dataset, sized to train in seconds on a CPU."""
+    from tunedeck.core import config as C
+
+    workspace.mkdir(parents=True, exist_ok=True)
+    data = small_dataset(workspace / "data.jsonl", n)
+    cfg = C.preset("demo", str(data))
+    cfg.train.method = method
+    cfg.data.max_seq_len = 256
+    cfg.data.valid_fraction = 0.125
+    cfg.lora.rank = 4
+    cfg.train.iters = 6
+    cfg.train.warmup_steps = 1
+    cfg.train.save_every = 3
+    cfg.train.eval_every = 3
+    cfg.train.eval_batches = 1
+    cfg.train.learning_rate = 1e-3
+    for key, value in train.items():
+        setattr(cfg.train, key, value)
+    path = workspace / "tunedeck.toml"
+    C.save(cfg, path)
+    return path

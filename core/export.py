@@ -1,0 +1,361 @@
+"""Export a run's adapter: a fused model directory, a GGUF file, or a PEFT (Hugging Face) adapter.
+
+- ``fuse``: base + adapter → one model directory that `mlx_lm.load` loads (mlx-lm's own fuse
+  machinery: each LoRA/DoRA layer's ``.fuse()``, `mlx_lm.utils.save_model` / `save_config`, the base's
+  tokenizer files copied verbatim). Before the directory is moved into place it is loaded back with
+  `mlx_lm.load` and its logits on a short chat prompt are compared with base + adapter; the export
+  fails (nothing written) if the max abs difference exceeds the tolerance: by default
+  ``TOLERANCE_REL[dtype] × max(1, max |logit|)`` (float32 1e-4, float16 0.05, bfloat16 0.1), or an
+  absolute ``tolerance``. A quantized base is de-quantized by default, so the fused model computes
+  exactly base + adapter; ``requantize`` keeps it quantized (as `mlx_lm fuse` does: smaller, but
+  the re-quantization rounding moves the logits, often by as much as the adapter itself; the
+  report shows both, and the default tolerance is then 0.5 relative).
+  Weights are saved in the dtype the run computes in (float32 on a Linux CPU, else the config's).
+- ``gguf``: mlx-lm's converter (`mlx_lm.gguf.convert_to_gguf`), llama / mistral / mixtral only,
+  float16. A quantized base is de-quantized first (mlx-lm cannot write quantized GGUF). mlx-lm
+  writes SentencePiece ("llama") tokenizer metadata, right for Mistral/Llama-2 tokenizers
+  (tokenizer.model); for a BPE tokenizer.json-only model (e.g. the demo, Llama 3) llama.cpp would
+  mis-tokenize, which the report warns about.
+- ``hf``: a PEFT LoRA adapter: ``adapter_model.safetensors`` + ``adapter_config.json``. MLX computes
+  ``y = W x + scale · (x @ lora_a) @ lora_b`` with ``lora_a: [in, r]``, ``lora_b: [r, out]``; PEFT
+  computes ``y = W x + (lora_alpha / r) · B (A x)`` with ``lora_A.weight: [r, in]``,
+  ``lora_B.weight: [out, r]``. So ``A = lora_a.T``, ``B = lora_b.T`` (both TRANSPOSED) and
+  ``lora_alpha = scale · r`` (plain LoRA scaling, use_rslora false). Keys:
+  ``<mlx module path>.lora_a`` → ``base_model.model.<mlx module path>.lora_A.weight`` (mlx-lm keeps the
+  Hugging Face module names). DoRA adapters are refused (mlx-lm's magnitude vector is not mapped).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import mlx.core as mx
+import mlx.nn as nn
+import numpy as np
+from mlx.utils import tree_flatten, tree_unflatten
+
+from .evaluate import EvalError, RunModel, adapter_dir, load_run_model, run_config
+from .fsutil import atomic_dir, atomic_write_text
+from .model import ADAPTER_CONFIG, ADAPTER_FILE, ModelError, adapters_disabled, is_quantized, resolve_path
+
+Progress = Callable[[str], None]
+GGUF_ARCHS = ("llama", "mistral", "mixtral")
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer.model", "tokenizer_config.json", "special_tokens_map.json",
+                   "added_tokens.json", "vocab.json", "merges.txt", "chat_template.jinja", "chat_template.json",
+                   "generation_config.json", "tiktoken.model")
+VERIFY_TEXT = "Find my notes about the garden and add a line about planting tomatoes in May."
+# default max |logit difference| between the fused model and base + adapter, relative to
+# max(1, max |logit|), by dtype; "requantized": the fused weights were quantized again
+TOLERANCE_REL = {"float32": 1e-4, "float16": 0.05, "bfloat16": 0.1, "requantized": 0.5}
+PEFT_PREFIX = "base_model.model."
+
+
+class ExportError(EvalError):
+    """An export that cannot be done, or whose output failed verification."""
+
+
+def _prepare_out(out: Path, run_dir: Path, force: bool) -> None:
+    out_r, run_r = out.resolve(), run_dir.resolve()
+    if out_r == run_r or out_r in run_r.parents:
+        raise ExportError(f"refusing to write over {out}: it holds the run directory")
+    if out.exists():
+        if not force:
+            raise ExportError(f"{out} already exists (use --force to replace it)")
+        if out.is_dir() and not out.is_symlink():
+            shutil.rmtree(out)
+        else:
+            out.unlink()
+    out.parent.mkdir(parents=True, exist_ok=True)
+
+
+def _share(out: Path) -> None:
+    """Give an exported directory the usual permissions (temp dirs are created 0700)."""
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(out, 0o777 & ~umask)
+
+
+def _verify_ids(tok: Any) -> list[int]:
+    from .template import encode_prompt
+
+    return encode_prompt(tok, [{"role": "user", "content": VERIFY_TEXT}])
+
+
+def _logits(model: nn.Module, ids: list[int]) -> np.ndarray:
+    out = model(mx.array([ids]))
+    return np.array(out.astype(mx.float32))
+
+
+def _fuse_layers(model: nn.Module, dequantize: bool) -> int:
+    fused = [(n, m.fuse(dequantize=dequantize)) for n, m in model.named_modules() if hasattr(m, "fuse")]
+    if fused:
+        model.update_modules(tree_unflatten(fused))
+    return len(fused)
+
+
+def _base_config(rm: RunModel) -> dict[str, Any]:
+    from mlx_lm.utils import load_config
+
+    return load_config(rm.model_dir)
+
+
+def _copy_tokenizer(src: Path, dest: Path, tok: Any) -> list[str]:
+    copied = []
+    for name in TOKENIZER_FILES:
+        if (src / name).is_file():
+            shutil.copyfile(src / name, dest / name)
+            copied.append(name)
+    if not any(n in copied for n in ("tokenizer.json", "tokenizer.model", "vocab.json", "tiktoken.model")):
+        tok.save_pretrained(str(dest))  # no tokenizer file to copy verbatim: let the tokenizer write itself
+        copied.append("(saved by the tokenizer)")
+    return copied
+
+
+def fuse(run_dir: str | Path, out_dir: str | Path, checkpoint: str | None = None, model: str | None = None,
+         requantize: bool = False, tolerance: float | None = None, force: bool = False,
+         progress: Progress | None = None) -> dict[str, Any]:
+    """Write base + adapter fused into `out_dir`, verified by logits. Returns a report dict."""
+    import mlx_lm
+    from mlx_lm.utils import dequantize_model, save_config, save_model
+
+    say = progress or (lambda _m: None)
+    run_dir, out = Path(run_dir), Path(out_dir)
+    run_config(run_dir)
+    adapter_dir(run_dir, checkpoint)
+    _prepare_out(out, run_dir, force)
+    say(f"export: loading the base model and adapter of {run_dir}")
+    rm = load_run_model(run_dir, checkpoint, model)
+    net = rm.model
+    ids = _verify_ids(rm.tokenizer)
+    ref = _logits(net, ids)
+    with adapters_disabled(net):
+        effect = float(np.abs(_logits(net, ids) - ref).max())
+    quantized = is_quantized(net)
+    config = _base_config(rm)
+    requantized = quantized and requantize
+    n = _fuse_layers(net, dequantize=not requantized)
+    notes = []
+    if quantized and not requantized:
+        net = dequantize_model(net)
+        config.pop("quantization", None)
+        config.pop("quantization_config", None)
+        notes.append(f"the base is quantized: the fused model is de-quantized ({rm.dtype}) so that it computes "
+                     "exactly base + adapter; --requantize keeps it quantized")
+    elif requantized:
+        if "quantization" not in config:  # quantized on load (model.quantize): let mlx_lm.load rebuild the layers
+            config["quantization"] = {"group_size": 64, "bits": rm.cfg.model.quantize, "mode": "affine"}
+        notes.append("fused weights were re-quantized (as mlx_lm fuse does); the logit difference is that rounding")
+    scale = float(np.abs(ref).max())
+    kind = "requantized" if requantized else rm.dtype
+    tol = TOLERANCE_REL.get(kind, 0.1) * max(1.0, scale) if tolerance is None else tolerance
+    if not requantized:
+        config["torch_dtype"] = rm.dtype
+    with atomic_dir(out) as tmp:
+        say(f"export: fused {n} adapter layers; writing {out}")
+        save_model(tmp, net, donate_model=False)
+        save_config(config, config_path=tmp / "config.json")
+        _copy_tokenizer(rm.model_dir, tmp, rm.tokenizer)
+        say("export: verifying: loading the fused model back with mlx_lm.load")
+        try:
+            fused_model, _ = mlx_lm.load(str(tmp))
+        except Exception as e:  # noqa: BLE001 - any load failure means the export is unusable
+            raise ExportError(f"the fused model does not load with mlx_lm.load: {type(e).__name__}: {e}") from None
+        fused_model.set_dtype(getattr(mx, rm.dtype))
+        fused_model.eval()
+        got = _logits(fused_model, ids)
+        diff = float(np.abs(got - ref).max())
+        if not np.isfinite(diff) or diff > tol:
+            raise ExportError(f"verification failed: fused vs base+adapter logits differ by up to {diff:.3g} "
+                              f"(tolerance {tol:g}, logits up to {scale:.3g}); nothing written to {out}")
+    report = {"kind": "fuse", "out": str(out), "adapter": str(rm.adapter_dir), "base": str(rm.model_dir),
+              "layers_fused": n, "dtype": rm.dtype, "quantized": requantized, "verify_tokens": len(ids),
+              "max_abs_diff": diff, "max_abs_logit": scale, "adapter_effect": effect, "tolerance": tol,
+              "notes": notes}
+    _share(out)
+    say(f"export: verified: max |logit diff| {diff:.3g} over {len(ids)} tokens (tolerance {tol:g}; "
+        f"the adapter itself moves the logits by up to {effect:.3g})")
+    return report
+
+
+def export_gguf(run_dir: str | Path, out_file: str | Path, checkpoint: str | None = None,
+                model: str | None = None, force: bool = False, progress: Progress | None = None) -> dict[str, Any]:
+    """Fuse, de-quantize and write a float16 GGUF with mlx-lm's converter (llama/mistral/mixtral)."""
+    import tempfile
+
+    from mlx_lm.gguf import convert_to_gguf
+    from mlx_lm.utils import dequantize_model
+
+    say = progress or (lambda _m: None)
+    run_dir, out = Path(run_dir), Path(out_file)
+    cfg = run_config(run_dir)
+    adapter_dir(run_dir, checkpoint)
+    try:
+        base_dir = Path(resolve_path(model or cfg.model.path))
+    except ModelError as e:
+        raise ExportError(str(e)) from None
+    if (base_dir / "config.json").is_file():
+        arch = json.loads((base_dir / "config.json").read_text(encoding="utf-8")).get("model_type")
+        if arch not in GGUF_ARCHS:
+            raise ExportError(f"GGUF export supports {', '.join(GGUF_ARCHS)} models only (mlx-lm's converter); "
+                              f"this model is {arch!r}. Use --fuse, then llama.cpp's convert_hf_to_gguf.py")
+    if out.suffix != ".gguf":
+        raise ExportError(f"{out}: a GGUF file name must end in .gguf")
+    if out.is_dir():
+        raise ExportError(f"{out} is a directory; give a file name ending in .gguf")
+    _prepare_out(out, run_dir, force)
+    say(f"export: loading the base model and adapter of {run_dir}")
+    rm = load_run_model(run_dir, checkpoint, model)
+    config = _base_config(rm)
+    if config.get("model_type") not in GGUF_ARCHS:
+        raise ExportError(f"GGUF export supports {', '.join(GGUF_ARCHS)} models only; this model is "
+                          f"{config.get('model_type')!r}")
+    notes = []
+    net = rm.model
+    quantized = is_quantized(net)
+    n = _fuse_layers(net, dequantize=True)
+    if quantized:
+        net = dequantize_model(net)
+        notes.append("the base is quantized: de-quantized before export (mlx-lm cannot write quantized GGUF); "
+                     "the GGUF is float16")
+    config.pop("quantization", None)
+    config.pop("quantization_config", None)
+    if not (rm.model_dir / "tokenizer.model").is_file():
+        notes.append("this tokenizer has no tokenizer.model (SentencePiece): mlx-lm writes 'llama' tokenizer "
+                     "metadata from its vocabulary, so llama.cpp may mis-tokenize; the weights are right")
+    weights = {k: (v.astype(mx.float16) if mx.issubdtype(v.dtype, mx.floating) else v)
+               for k, v in tree_flatten(net.parameters())}
+    tmp = out.with_name(f".{out.stem}.tmp.gguf")
+    say(f"export: fused {n} adapter layers; writing {out}")
+    try:
+        with tempfile.TemporaryDirectory() as tokdir:
+            src = rm.model_dir
+            if not (src / "tokenizer.json").is_file():
+                rm.tokenizer.save_pretrained(tokdir)
+                src = Path(tokdir)
+            import contextlib
+            import io
+
+            with contextlib.redirect_stdout(io.StringIO()):
+                convert_to_gguf(src, weights, config, str(tmp))
+        read = mx.load(str(tmp))
+        if len(read) != len(weights):
+            raise ExportError(f"the GGUF holds {len(read)} tensors, expected {len(weights)}")
+        os.replace(tmp, out)
+    except ExportError:
+        tmp.unlink(missing_ok=True)
+        raise
+    except Exception as e:  # noqa: BLE001 - converter failures become one clear message
+        tmp.unlink(missing_ok=True)
+        raise ExportError(f"GGUF conversion failed: {type(e).__name__}: {e}") from None
+    for note in notes:
+        say(f"export: note: {note}")
+    return {"kind": "gguf", "out": str(out), "adapter": str(rm.adapter_dir), "architecture": config["model_type"],
+            "tensors": len(weights), "bytes": out.stat().st_size, "dtype": "float16", "dequantized": quantized,
+            "layers_fused": n, "notes": notes}
+
+
+# --- PEFT ------------------------------------------------------------------------------------
+
+_LAYER = re.compile(r"(?:^|\.)layers\.(\d+)\.")
+
+
+def peft_weights(weights: dict[str, mx.array]) -> dict[str, mx.array]:
+    """mlx-lm LoRA weights → PEFT names and layout (A = lora_a.T [r, in], B = lora_b.T [out, r])."""
+    out: dict[str, mx.array] = {}
+    for key, value in weights.items():
+        module, _, leaf = key.rpartition(".")
+        if leaf not in ("lora_a", "lora_b"):
+            raise ExportError(f"adapter weight {key!r} is not a LoRA A/B matrix (DoRA/full fine-tunes "
+                              "cannot be exported as a PEFT LoRA adapter)")
+        if value.ndim != 2:
+            raise ExportError(f"adapter weight {key!r} has shape {tuple(value.shape)}: only plain linear "
+                              "LoRA layers can be exported (not mixture-of-experts layers)")
+        name = "lora_A" if leaf == "lora_a" else "lora_B"
+        out[f"{PEFT_PREFIX}{module}.{name}.weight"] = mx.contiguous(value.T)
+    return out
+
+
+def peft_config(acfg: dict[str, Any], weights: dict[str, mx.array], base: str,
+                num_hidden_layers: int | None) -> dict[str, Any]:
+    """adapter_config.json for PEFT from mlx-lm's adapter config: lora_alpha = scale × r."""
+    lp = acfg.get("lora_parameters", {})
+    r = int(lp.get("rank", 8))
+    scale = float(lp.get("scale", 20.0))
+    alpha = scale * r
+    modules = sorted({k.rpartition(".")[0] for k in weights})
+    targets = sorted({m.rpartition(".")[2] for m in modules})
+    layers = sorted({int(m.group(1)) for k in modules if (m := _LAYER.search(k + "."))})
+    cfg: dict[str, Any] = {
+        "peft_type": "LORA",
+        "task_type": "CAUSAL_LM",
+        "base_model_name_or_path": base,
+        "r": r,
+        "lora_alpha": int(alpha) if alpha.is_integer() else alpha,
+        "lora_dropout": float(lp.get("dropout", 0.0)),
+        "target_modules": targets,
+        "bias": "none",
+        "fan_in_fan_out": False,
+        "use_rslora": False,
+        "use_dora": False,
+        "inference_mode": True,
+        "init_lora_weights": True,
+        "modules_to_save": None,
+        "layers_to_transform": None,
+        "layers_pattern": None,
+        "revision": None,
+    }
+    if layers and (num_hidden_layers is None or layers != list(range(num_hidden_layers))):
+        cfg["layers_to_transform"] = layers
+        cfg["layers_pattern"] = "layers"
+    return cfg
+
+
+def export_hf(run_dir: str | Path, out_dir: str | Path, checkpoint: str | None = None, force: bool = False,
+              progress: Progress | None = None) -> dict[str, Any]:
+    """Write the adapter as a PEFT LoRA adapter (no model is loaded: a pure re-layout of the weights)."""
+    say = progress or (lambda _m: None)
+    run_dir, out = Path(run_dir), Path(out_dir)
+    cfg = run_config(run_dir)
+    adir = adapter_dir(run_dir, checkpoint)
+    acfg = json.loads((adir / ADAPTER_CONFIG).read_text(encoding="utf-8"))
+    if acfg.get("fine_tune_type", "lora") != "lora":
+        raise ExportError(f"this adapter is {acfg.get('fine_tune_type')!r}; only plain LoRA adapters can be "
+                          "exported for PEFT (use --fuse for DoRA)")
+    weights = mx.load(str(adir / ADAPTER_FILE))
+    if not weights:
+        raise ExportError(f"{adir / ADAPTER_FILE} holds no weights")
+    peft = peft_weights(weights)
+    r = int(acfg.get("lora_parameters", {}).get("rank", 0))
+    for k, v in peft.items():
+        if (v.shape[0] if ".lora_A." in k else v.shape[1]) != r:
+            raise ExportError(f"{k}: shape {tuple(v.shape)} does not match rank {r} in {ADAPTER_CONFIG}")
+    base = acfg.get("base_model") or cfg.model.path
+    layers_total = None
+    try:
+        base_dir = Path(resolve_path(cfg.model.path))
+        if (base_dir / "config.json").is_file():
+            base = str(base_dir) if cfg.model.path == "demo" else cfg.model.path
+            layers_total = json.loads((base_dir / "config.json").read_text(encoding="utf-8")).get("num_hidden_layers")
+    except Exception:  # noqa: BLE001 - the base is only needed to decide layers_to_transform
+        pass
+    pcfg = peft_config(acfg, weights, base, layers_total)
+    _prepare_out(out, run_dir, force)
+    with atomic_dir(out) as tmp:
+        mx.save_safetensors(str(tmp / "adapter_model.safetensors"), peft, metadata={"format": "pt"})
+        (tmp / "adapter_config.json").write_text(json.dumps(pcfg, indent=2) + "\n", encoding="utf-8")
+    _share(out)
+    say(f"export: wrote a PEFT LoRA adapter ({len(peft)} tensors, r={pcfg['r']}, "
+        f"lora_alpha={pcfg['lora_alpha']}) to {out}")
+    notes = []
+    if cfg.model.quantize:
+        notes.append(f"trained against a {cfg.model.quantize}-bit quantized base (QLoRA); "
+                     "apply it to the full-precision base as usual")
+    return {"kind": "hf", "out": str(out), "adapter": str(adir), "tensors": len(peft), "r": pcfg["r"],
+            "lora_alpha": pcfg["lora_alpha"], "target_modules": pcfg["target_modules"],
+            "base_model_name_or_path": base, "notes": notes}
