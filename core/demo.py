@@ -104,7 +104,10 @@ def build_tokenizer(dest: Path, vocab_size: int = 2000) -> int:
 
 
 def build_weights(dest: Path, size: str, vocab_size: int, seed: int) -> None:
-    """Random, seeded weights for a SIZES architecture, saved as safetensors with config.json."""
+    """Random, seeded weights for a SIZES architecture, saved as safetensors with config.json.
+
+    The 7b shape is stored in bfloat16 (14.5 GB), the small ones in float32.
+    """
     import mlx.core as mx
     from mlx.utils import tree_flatten
     from mlx_lm.models import llama
@@ -112,6 +115,8 @@ def build_weights(dest: Path, size: str, vocab_size: int, seed: int) -> None:
     cfg = model_config(size, vocab_size)
     mx.random.seed(seed)
     model = llama.Model(llama.ModelArgs.from_dict(cfg))
+    if size == "7b":
+        model.set_dtype(mx.bfloat16)
     weights = dict(tree_flatten(model.parameters()))
     mx.eval(weights)
     mx.save_safetensors(str(dest / "model.safetensors"), weights, metadata={"format": "mlx"})
