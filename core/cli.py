@@ -142,6 +142,12 @@ def _load_tokenizer(path: str):
         raise UserError(f"--model {path}: not a directory (give a local model or tokenizer directory)")
     if not any((Path(path) / f).is_file() for f in ("tokenizer.json", "tokenizer.model", "tokenizer_config.json")):
         raise UserError(f"--model {path}: no tokenizer.json, tokenizer.model or tokenizer_config.json there")
+    from .model import ModelError, check_remote_code
+
+    try:
+        check_remote_code(Path(path), False)
+    except ModelError as e:
+        raise UserError(f"--model {e}") from None
     try:
         try:
             from mlx_lm.utils import load_tokenizer
@@ -237,6 +243,13 @@ def add_train_parsers(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="override a config key, e.g. train.iters=50 (repeatable)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.add_argument("--workers", type=int, metavar="N",
+                   help="data-parallel on this machine: N processes through mlx.launch (ring backend over "
+                        "loopback), each taking 1/N of every batch; train.batch_size must be a multiple of N")
+    p.add_argument("--hosts", metavar="FILE",
+                   help="data-parallel over several machines: an mlx.launch hostfile (JSON; ring over "
+                        "Ethernet/Thunderbolt, or JACCL); one rank per host entry. The run directory, data "
+                        "and this Python must exist at the same paths on every host")
     p.set_defaults(func=cmd_train)
 
     r = sub.add_parser("runs", help="list runs and their status")
@@ -259,7 +272,7 @@ def add_train_parsers(sub: argparse._SubParsersAction) -> None:
 def _config_for_run(args: argparse.Namespace) -> tuple[Path, bool]:
     """Create (or, with --resume, check) the run directory; returns (run_dir, resume)."""
     from .config import ConfigError, load, save
-    from .runs import RunError, is_locked
+    from .runs import RunError, check_writable, is_locked
     from .trainer import prepare_run
 
     if args.resume:
@@ -268,12 +281,17 @@ def _config_for_run(args: argparse.Namespace) -> tuple[Path, bool]:
             raise UserError(f"{run_dir} is not a run directory (no config.toml)")
         if is_locked(run_dir):
             raise UserError(f"{run_dir} is already running")
+        try:
+            check_writable(run_dir)
+            cfg, _ = load(run_dir / "config.toml", args.overrides)
+        except (ConfigError, RunError) as e:
+            raise UserError(str(e)) from None
+        _preflight(cfg, run_dir)
         if args.overrides:
             try:
-                cfg, _ = load(run_dir / "config.toml", args.overrides)
-            except ConfigError as e:
-                raise UserError(str(e)) from None
-            save(cfg, run_dir / "config.toml")
+                save(cfg, run_dir / "config.toml")
+            except OSError as e:
+                raise UserError(f"cannot update {run_dir / 'config.toml'}: {e.strerror or e}") from None
         return run_dir, True
     config_path = Path(args.config)
     try:
@@ -282,6 +300,7 @@ def _config_for_run(args: argparse.Namespace) -> tuple[Path, bool]:
         raise UserError(f"invalid config:\n{e}") from None
     for w in warnings:
         print(f"{config_path}: warning: {w}", file=sys.stderr)
+    _preflight(cfg, config_path.parent)
     try:
         run_dir = prepare_run(cfg, config_path, config_path.parent / "runs",
                               Path(args.run_dir) if args.run_dir else None)
@@ -290,12 +309,35 @@ def _config_for_run(args: argparse.Namespace) -> tuple[Path, bool]:
     return run_dir, False
 
 
+def _preflight(cfg, base: Path) -> None:
+    """Refuse bad data or a bad model directory before a run directory is made or a trainer spawned."""
+    from .data import DataError
+    from .model import ModelError
+    from .trainer import InputError, preflight
+
+    try:
+        preflight(cfg, base)
+    except DataError as e:
+        for p in e.problems:
+            print(_problem_line(p), file=sys.stderr)
+        errors = [p for p in e.problems if p.severity == "error"]
+        raise UserError(f"data.path {cfg.data.path}: {len(errors)} error(s) in the dataset "
+                        "(listed above); nothing was started") from None
+    except (InputError, ModelError) as e:
+        raise UserError(f"{str(e).rstrip('.')}; nothing was started") from None
+    except OSError as e:
+        raise UserError(f"cannot check the run's inputs: {e}") from None
+
+
 def cmd_train(args: argparse.Namespace) -> int:
     from . import runs
     from .progress import ProgressPrinter
     from .trainer import Trainer
 
+    workers, hostfile = _check_workers(args)
     run_dir, resume = _config_for_run(args)
+    if workers > 1 or hostfile is not None:
+        return _train_distributed(args, run_dir, resume, workers, hostfile)
     if args.detach:
         pid = runs.spawn_detached(run_dir, resume=resume)
         if not runs.wait_started(run_dir, pid):
@@ -311,6 +353,68 @@ def cmd_train(args: argparse.Namespace) -> int:
     info = runs.run_info(run_dir)
     if code != 0 and info.error:
         print(f"tunedeck: error: {info.error}", file=sys.stderr)
+    print(run_dir)
+    return code
+
+
+def _check_workers(args: argparse.Namespace) -> tuple[int, Path | None]:
+    """(ranks, hostfile) from --workers/--hosts, checked against train.batch_size before anything starts."""
+    from .config import ConfigError, load
+    from .launch import LaunchError, hostfile_hosts
+
+    hostfile = Path(args.hosts) if args.hosts else None
+    workers = args.workers
+    if workers is not None and workers < 1:
+        raise UserError("--workers must be at least 1")
+    if hostfile is not None:
+        try:
+            n = hostfile_hosts(hostfile)
+        except LaunchError as e:
+            raise UserError(str(e)) from None
+        if workers not in (None, n):
+            raise UserError(f"--workers {workers} but {hostfile} lists {n} hosts (one rank per host entry)")
+        workers = n
+    workers = workers or 1
+    if workers > 1:
+        source = Path(args.resume) / "config.toml" if args.resume else Path(args.config)
+        try:
+            cfg, _ = load(source, args.overrides)
+        except (ConfigError, OSError):
+            return workers, hostfile  # reported by _config_for_run
+        if cfg.train.batch_size % workers:
+            raise UserError(f"train.batch_size ({cfg.train.batch_size}) must be a multiple of the number of workers "
+                            f"({workers}): each worker takes an equal share of every batch (the global batch stays "
+                            f"{cfg.train.batch_size}); nothing was started")
+    return workers, hostfile
+
+
+def _train_distributed(args: argparse.Namespace, run_dir: Path, resume: bool, workers: int,
+                       hostfile: Path | None) -> int:
+    """Run the trainer's ranks through mlx.launch; progress comes from the run's events (rank 0 writes them)."""
+    from . import launch, runs
+    from .progress import ProgressPrinter
+
+    if args.detach:
+        pid = launch.spawn(run_dir, resume, workers, hostfile, detach=True)
+        if not runs.wait_started(run_dir, pid, timeout=180):
+            tail = "\n".join(runs.tail_log(run_dir, 15))
+            raise UserError(f"training processes exited at start; {run_dir / 'train.log'}:\n{tail}")
+        print(run_dir)
+        return 0
+    print(f"run: {run_dir} ({workers} workers; their output goes to {run_dir / 'train.log'})", file=sys.stderr)
+    printer = None if args.quiet else ProgressPrinter(sys.stderr)
+    proc = launch.spawn(run_dir, resume, workers, hostfile, detach=False)
+    code = launch.follow(run_dir, proc, printer, on_interrupt=lambda: print(
+        "\ntunedeck: stopping: the workers checkpoint after this step (Ctrl-C again to abandon it)", file=sys.stderr))
+    if printer:
+        printer.close()
+    info = runs.run_info(run_dir)
+    if code != 0:
+        if info.error:
+            print(f"tunedeck: error: {info.error}", file=sys.stderr)
+        else:
+            print("tunedeck: error: the training processes exited without finishing; the end of "
+                  f"{run_dir / 'train.log'}:\n" + "\n".join(runs.tail_log(run_dir, 15)), file=sys.stderr)
     print(run_dir)
     return code
 
@@ -594,6 +698,9 @@ def main(argv: list[str] | None = None) -> int:
         return 130
     except BrokenPipeError:
         return 0
+    except OSError as e:  # a disk or permission failure the command did not expect: one line, no traceback
+        where = f"{e.filename}: " if e.filename else ""
+        return _fail(f"{where}{e.strerror or e}")
 
 
 if __name__ == "__main__":

@@ -180,6 +180,8 @@ def _parse_text(line: int, data: bytes, offset: int) -> _Line:
         obj = json.loads(text)
     except json.JSONDecodeError as e:
         return _Line(line, text, problem=(f"invalid JSON: {e.msg} at column {e.colno}", "json"))
+    except RecursionError:
+        return _Line(line, problem=("invalid JSON: nested too deeply to parse", "json"))
     if not isinstance(obj, dict):
         return _Line(line, text, problem=(f"expected a JSON object, got {_type_name(obj)}", "not_object"))
     return _Line(line, text, obj)
@@ -231,6 +233,8 @@ def _read_json_list(data: bytes, path: str, bom_warning: list[Problem]) -> Itera
         raise _file_error(path, f"invalid UTF-8 at file offset {e.start}", line, "utf8") from None
     except json.JSONDecodeError as e:
         raise _file_error(path, f"invalid JSON: {e.msg} at column {e.colno}", e.lineno, "json") from None
+    except RecursionError:
+        raise _file_error(path, "invalid JSON: nested too deeply to parse", 0, "json") from None
     for i, obj in enumerate(items):
         raw = json.dumps(obj, ensure_ascii=False)
         if isinstance(obj, dict):
@@ -301,6 +305,8 @@ def _messages(value: Any, fld: str, sharegpt: bool = False) -> list[dict[str, st
             bad.append((f"{at}.{ckey}", f"expected a string, got {_type_name(content)}", "type"))
         elif not content.strip():
             bad.append((f"{at}.{ckey}", "empty", "empty"))
+        elif msg := _unencodable(content):
+            bad.append((f"{at}.{ckey}", msg, "unicode"))
         out.append({"role": role, "content": content})
     if bad:
         raise _Bad(*bad)
@@ -319,7 +325,26 @@ def _string(record: dict, key: str) -> str:
         raise _Bad((key, f"expected a string, got {_type_name(v)}", "type"))
     if not v.strip():
         raise _Bad((key, "empty", "empty"))
+    if msg := _unencodable(v):
+        raise _Bad((key, msg, "unicode"))
     return v
+
+
+def _unencodable(text: str) -> str | None:
+    """Why `text` cannot be tokenized (a lone UTF-16 surrogate from a JSON \\uD800 escape), or None."""
+    if text.isascii():
+        return None
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as e:
+        return f"contains an unpaired surrogate {text[e.start]!a} at character {e.start} (not valid Unicode)"
+    return None
+
+
+def _shown(key: str, limit: int = 40) -> str:
+    """A record key as printed in a message: control/bidi characters escaped, long keys cut."""
+    shown = key if key.isprintable() else repr(key)[1:-1]
+    return shown if len(shown) <= limit else shown[:limit] + "..."
 
 
 def _prompt_completion(record: dict) -> tuple[list[dict[str, str]], str]:
@@ -474,7 +499,7 @@ class _Loader:
         found = detect_format(ln.obj)
         self.fmt = self.fmt or found
         if found is None and not self.forced:
-            keys = ", ".join(sorted(ln.obj)) or "none"
+            keys = ", ".join(_shown(k) for k in sorted(ln.obj)[:20]) + (", ..." if len(ln.obj) > 20 else "") or "none"
             raise _Bad(("", "unrecognised record: expected conversations, messages, prompt+completion "
                             f"or text (found keys: {keys})", "format"))
         if not self.forced and found not in (self.fmt, _COMPATIBLE.get(self.fmt)):

@@ -27,10 +27,13 @@
 
 from __future__ import annotations
 
+import contextlib
+import io
 import json
 import os
 import re
 import shutil
+import tempfile
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -41,7 +44,7 @@ import numpy as np
 from mlx.utils import tree_flatten, tree_unflatten
 
 from .evaluate import EvalError, RunModel, adapter_dir, load_run_model, run_config
-from .fsutil import atomic_dir, atomic_write_text
+from .fsutil import atomic_dir
 from .model import ADAPTER_CONFIG, ADAPTER_FILE, ModelError, adapters_disabled, is_quantized, resolve_path
 
 Progress = Callable[[str], None]
@@ -186,8 +189,6 @@ def fuse(run_dir: str | Path, out_dir: str | Path, checkpoint: str | None = None
 def export_gguf(run_dir: str | Path, out_file: str | Path, checkpoint: str | None = None,
                 model: str | None = None, force: bool = False, progress: Progress | None = None) -> dict[str, Any]:
     """Fuse, de-quantize and write a float16 GGUF with mlx-lm's converter (llama/mistral/mixtral)."""
-    import tempfile
-
     from mlx_lm.gguf import convert_to_gguf
     from mlx_lm.utils import dequantize_model
 
@@ -238,9 +239,6 @@ def export_gguf(run_dir: str | Path, out_file: str | Path, checkpoint: str | Non
             if not (src / "tokenizer.json").is_file():
                 rm.tokenizer.save_pretrained(tokdir)
                 src = Path(tokdir)
-            import contextlib
-            import io
-
             with contextlib.redirect_stdout(io.StringIO()):
                 convert_to_gguf(src, weights, config, str(tmp))
         read = mx.load(str(tmp))

@@ -17,13 +17,14 @@ import contextlib
 import errno
 import fcntl
 import json
+import math
 import os
 import shutil
 import signal
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
@@ -76,10 +77,17 @@ class EventWriter:
     def __init__(self, run_dir: Path) -> None:
         self.path = run_dir / "events.jsonl"
         self._f: TextIO = open(self.path, "a", encoding="utf-8")
+        if _ends_mid_line(self.path):  # a writer killed mid-line: end that line so our first event parses
+            self._f.write("\n")
+            self._f.flush()
 
     def emit(self, type: str, step: int, **fields: Any) -> dict[str, Any]:
         event = {"type": type, "step": step, "time": round(time.time(), 3), **fields}
-        self._f.write(json.dumps(event, allow_nan=True, default=str) + "\n")
+        try:
+            line = json.dumps(event, allow_nan=False, default=str)
+        except ValueError:  # NaN/inf (e.g. KTO rewards of a batch without that label): null keeps it strict JSON
+            line = json.dumps(_finite(event), allow_nan=False, default=str)
+        self._f.write(line + "\n")
         self._f.flush()
         if type in ("checkpoint", "error", "stopped", "done", "start"):
             os.fsync(self._f.fileno())
@@ -87,6 +95,29 @@ class EventWriter:
 
     def close(self) -> None:
         self._f.close()
+
+
+def _finite(value: Any) -> Any:
+    """`value` with every NaN/inf float (at any depth) replaced by None."""
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, dict):
+        return {k: _finite(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_finite(v) for v in value]
+    return value
+
+
+def _ends_mid_line(path: Path) -> bool:
+    try:
+        with open(path, "rb") as f:
+            f.seek(0, os.SEEK_END)
+            if f.tell() == 0:
+                return False
+            f.seek(-1, os.SEEK_END)
+            return f.read(1) != b"\n"
+    except OSError:
+        return False
 
 
 def parse_event(line: str) -> dict[str, Any] | None:
@@ -103,8 +134,11 @@ def parse_event(line: str) -> dict[str, Any] | None:
 
 
 def read_events(run_dir: Path) -> list[dict[str, Any]]:
-    """Every complete, well-formed event (a half-written last line is ignored)."""
-    return list(iter_events(run_dir, follow=False))
+    """Every complete, well-formed event (a half-written last line is ignored; an unreadable file reads as none)."""
+    try:
+        return list(iter_events(run_dir, follow=False))
+    except OSError:
+        return []
 
 
 def iter_events(run_dir: Path, follow: bool = False, poll: float = 0.25,
@@ -227,7 +261,7 @@ def verify_checkpoint(ckpt: Path) -> bool:
 def clean_leftovers(run_dir: Path) -> list[Path]:
     """Remove half-written temp dirs/files left by a killed writer; returns what was removed."""
     removed: list[Path] = []
-    for parent in (run_dir, run_dir / "checkpoints"):
+    for parent in (run_dir, run_dir / "checkpoints", run_dir / "adapters"):
         if not parent.is_dir():
             continue
         for p in parent.iterdir():
@@ -286,24 +320,40 @@ class RunInfo:
         return out
 
 
-def summarize(events: list[dict[str, Any]], run_dir: Path, alive: bool, pid: int | None) -> RunInfo:
-    """Fold an event history into a RunInfo."""
+def _num(value: Any) -> float | None:
+    """A finite number from an event field written by anyone, else None (keeps `runs --json` strict JSON)."""
+    if isinstance(value, bool):
+        return None
+    if isinstance(value, int) or (isinstance(value, float) and math.isfinite(value)):
+        return value
+    return None
+
+
+def _int(value: Any, default: int = 0) -> int:
+    v = _num(value)
+    return default if v is None else int(v)
+
+
+def summarize(events: Iterable[dict[str, Any]], run_dir: Path, alive: bool, pid: int | None) -> RunInfo:
+    """Fold an event history (a list, or a stream: memory stays flat however long the run) into a RunInfo."""
     info = RunInfo(run_dir, "new")
     terminal = None
+    any_event = False
     for e in events:
+        any_event = True
         kind = e.get("type")
         step = e.get("step")
-        if isinstance(step, int):
+        if isinstance(step, int) and not isinstance(step, bool):
             info.step = max(info.step, step) if kind != "start" else step
         if kind == "start":
             info.method = str(e.get("method", ""))
-            info.total_steps = int(e.get("total_steps", 0) or 0)
-            info.started = info.started or e.get("time")
-            info.workers = int(e.get("workers", 1) or 1)
+            info.total_steps = _int(e.get("total_steps"))
+            info.started = info.started or _num(e.get("time"))
+            info.workers = _int(e.get("workers"), 1) or 1
             terminal = None
-        elif kind == "step" and isinstance(e.get("loss"), (int, float)):
+        elif kind == "step" and _num(e.get("loss")) is not None:
             info.last_loss = e["loss"]
-        elif kind == "eval" and isinstance(e.get("val_loss"), (int, float)):
+        elif kind == "eval" and _num(e.get("val_loss")) is not None:
             info.last_val_loss = e["val_loss"]
             if info.best_val_loss is None or e["val_loss"] < info.best_val_loss:
                 info.best_val_loss = e["val_loss"]
@@ -311,20 +361,28 @@ def summarize(events: list[dict[str, Any]], run_dir: Path, alive: bool, pid: int
             terminal = kind
             if kind == "error":
                 info.error = str(e.get("message", ""))
-        if isinstance(e.get("time"), (int, float)):
+        if _num(e.get("time")) is not None:
             info.updated = e["time"]
     if alive:
         info.status, info.pid = "running", pid
     elif terminal:
         info.status = TERMINAL_EVENTS[terminal]
-    elif events:
+    elif any_event:
         info.status = "stale"  # the process died without a final event (killed, crashed, machine lost)
     return info
 
 
 def run_info(run_dir: Path) -> RunInfo:
     alive = is_locked(run_dir)
-    return summarize(read_events(run_dir), run_dir, alive, read_pid(run_dir) if alive else None)
+    return summarize(_stream_events(run_dir), run_dir, alive, read_pid(run_dir) if alive else None)
+
+
+def _stream_events(run_dir: Path) -> Iterator[dict[str, Any]]:
+    """iter_events without follow; an unreadable events file reads as none."""
+    try:
+        yield from iter_events(run_dir, follow=False)
+    except OSError:
+        return
 
 
 def list_runs(root: Path) -> list[RunInfo]:
@@ -337,11 +395,15 @@ def list_runs(root: Path) -> list[RunInfo]:
 # --- processes -------------------------------------------------------------------------------
 
 
-def spawn_detached(run_dir: Path, resume: bool = False, extra_env: dict[str, str] | None = None) -> int:
-    """Start `tunedeck _run RUN_DIR` in its own session (survives the terminal); output to train.log."""
+def spawn_detached(run_dir: Path, resume: bool = False, extra_env: dict[str, str] | None = None,
+                   launcher: list[str] | None = None) -> int:
+    """Start `tunedeck _run RUN_DIR` in its own session (survives the terminal); output to train.log.
+
+    `launcher` (e.g. `mlx.launch ... --`, see core.launch) goes before the command: then the launcher is
+    the detached process, and its ranks run the command."""
     from .backend import subprocess_env
 
-    cmd = [sys.executable, "-m", "tunedeck.core.cli", "_run", str(run_dir)]
+    cmd = [*(launcher or []), sys.executable, "-m", "tunedeck.core.cli", "_run", str(run_dir)]
     if resume:
         cmd.append("--resume")
     log = open(run_dir / "train.log", "ab")

@@ -9,13 +9,16 @@ and RNG state, or stop on a signal.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import os
+import shutil
 import signal
+import sys
 import time
 import traceback
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
@@ -32,7 +35,7 @@ from .batching import BatchPlan, Sequences, eval_batches, pack, tokenize
 from .config import Config, load as load_config
 from .fsutil import atomic_dir, atomic_write_bytes
 from .losses import kto_kl, kto_losses_masked, packed_logps, packed_sft_loss
-from .model import ADAPTER_CONFIG, ADAPTER_FILE, Loaded, load_for_training, write_adapters
+from .model import ADAPTER_CONFIG, ADAPTER_FILE, Loaded, ModelError, load_for_training, write_adapters
 from .reference import model_identity, reference_logps
 
 Progress = Callable[[dict[str, Any]], None]
@@ -45,11 +48,20 @@ class StopTraining(Exception):
     pass
 
 
+class InputError(Exception):
+    """The data or model cannot be trained on as configured; the message says why (no traceback)."""
+
+
+class WriteError(Exception):
+    """A checkpoint or adapter file could not be written (disk full, I/O error); names the file."""
+
+
 @dataclass
 class Batch:
     arrays: tuple[mx.array, ...]
     tokens: int  # trained (completion) tokens
     seq_tokens: int  # non-padding tokens
+    weight: float = 1.0  # data parallel: this worker's share of the micro-batch's loss, times the worker count
 
 
 def schedule(cfg: Config, total_steps: int) -> Callable[[mx.array], mx.array]:
@@ -65,6 +77,13 @@ def schedule(cfg: Config, total_steps: int) -> Callable[[mx.array], mx.array]:
     if t.warmup_steps <= 0:
         return main
     return optim.join_schedules([optim.linear_schedule(0.0, lr, t.warmup_steps), main], [t.warmup_steps])
+
+
+def _ckpt_pause(name: str) -> None:
+    """Test-only (TUNEDECK_FAULT=ckpt_pause:SECONDS): announce a checkpoint step in train.log, then sleep."""
+    if pause := float(fault("ckpt_pause") or 0):
+        print(f"ckpt-wrote {name}", flush=True)
+        time.sleep(pause)
 
 
 def fault(name: str) -> str | None:
@@ -100,6 +119,10 @@ class Trainer:
         if self.stop_signal is not None:
             os._exit(128 + signum)  # second signal: exit at once
         self.stop_signal = signum
+        # Python runs handlers only between bytecodes, so a second signal during a long MLX call (a big
+        # model's step) would wait for it: from now on the default action applies and ends the process at once
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            signal.signal(sig, signal.SIG_DFL)
 
     def run(self) -> int:
         """Train to completion, stop, or failure. Returns the process exit status."""
@@ -111,18 +134,22 @@ class Trainer:
                 self.events = runs.EventWriter(self.run_dir)
                 if lock.took_over_from:
                     self.emit("warning", message=f"took over the lock of a dead trainer (pid {lock.took_over_from})")
-        except runs.RunError as e:
-            print(f"tunedeck: error: {e}", flush=True)
+        except (runs.RunError, OSError) as e:
+            print(f"tunedeck: error: {e}", file=sys.stderr, flush=True)
             return 1
         previous = {sig: signal.signal(sig, self._on_signal) for sig in (signal.SIGINT, signal.SIGTERM)}
         try:
             return self._train()
         except StopTraining:
             return 0
+        except (data.DataError, ModelError, InputError) as e:  # the user's data or model: the message says it all
+            return self._fail(str(e), "input")
+        except WriteError as e:
+            return self._fail(str(e), "io")
         except Exception as e:  # the run is marked failed with the reason; the traceback goes to train.log
             traceback.print_exc()
-            self.emit("error", message=f"{type(e).__name__}: {e}", kind="exception")
-            return 1
+            hint = " (another worker stopped first: see train.log)" if self.size > 1 and "peer" in str(e) else ""
+            return self._fail(f"{type(e).__name__}: {e}{hint}", "exception")
         finally:
             for sig, handler in previous.items():
                 signal.signal(sig, handler)
@@ -130,6 +157,27 @@ class Trainer:
                 self.events.close()
             if lock:
                 lock.release()
+
+    def _fail(self, message: str, kind: str) -> int:
+        """Mark the run failed with an error event (or, if even that cannot be written, say so on stderr)."""
+        try:
+            self.emit("error", message=message, kind=kind)
+        except OSError as e:
+            print(f"tunedeck: error: {message}\n(and the error event could not be written: {e})",
+                  file=sys.stderr, flush=True)
+        return 1
+
+    @contextlib.contextmanager
+    def _writing(self, what: str) -> Iterator[None]:
+        """Turn a failed write (OSError, or MLX's RuntimeError) into a WriteError naming the run file."""
+        try:
+            yield
+        except (OSError, RuntimeError) as e:
+            reason = (e.strerror or str(e)) if isinstance(e, OSError) else str(e)
+            with contextlib.suppress(OSError):
+                reason += f" ({shutil.disk_usage(self.run_dir).free / 2**20:.0f} MB free on that disk)"
+            raise WriteError(f"cannot write {what} in {self.run_dir}: {reason}. Earlier checkpoints are intact; "
+                             "free space and continue with `tunedeck train --resume RUN_DIR`") from e
 
     # --- setup -------------------------------------------------------------------------------
 
@@ -149,6 +197,8 @@ class Trainer:
             nd = sum(e.label for e in train)
             if msg := data.check_kto_weights(nd, len(train) - nd, c.kto.desirable_weight, c.kto.undesirable_weight):
                 self.emit("warning", message=msg)
+        if msg := trainable_problem(c, train):
+            raise InputError(msg)
         return train, valid
 
     def _optimizer(self, total_steps: int) -> optim.Optimizer:
@@ -167,11 +217,11 @@ class Trainer:
         ga, clip, size = c.train.grad_accumulation, c.train.max_grad_norm, self.size
         poison_grads = fault("nan_grad") is not None  # test-only: NaN into the gradients, not the loss
 
-        def loss_fn(model, seq, desirable, ref, kl, poison):
+        def loss_fn(model, seq, desirable, ref, kl, poison, weight):
             if not kto:
                 loss, ntoks = packed_sft_loss(model, *seq)
                 zero = mx.array(0.0)
-                loss = loss if poison_grads else loss * poison
+                loss = (loss if poison_grads else loss * poison) * weight
                 return loss, mx.stack([ntoks, zero, zero, zero, zero, zero, zero])
             logps = packed_logps(model, *seq)
             losses, rewards = kto_losses_masked(
@@ -182,26 +232,29 @@ class Trainer:
             lp = mx.stop_gradient(logps)
             aux = mx.stack([seq[3].sum(), (rewards * d).sum(), d.sum(), (rewards * u).sum(), u.sum(),
                             (lp * d).sum(), (lp * u).sum()])
-            return (losses.mean() if poison_grads else losses.mean() * poison), aux
+            return (losses.mean() if poison_grads else losses.mean() * poison) * weight, aux
 
         value_and_grad = nn.value_and_grad(model, loss_fn)
 
-        def step(seq, desirable, ref, kl_seq, ref_kl, poison, prev_grad, do_update):
+        def step(seq, desirable, ref, kl_seq, ref_kl, poison, weight, prev_grad, do_update):
             if kto and c.kto.loss_type == "kto":
-                kl = kto_kl(packed_logps(model, *kl_seq), ref_kl)
-                if size > 1:
-                    kl = mx.distributed.all_sum(kl) / size
+                policy_kl = packed_logps(model, *kl_seq)
+                if size > 1:  # as TRL across processes: each worker's batch mean, averaged, then clamped at 0
+                    kl = mx.stop_gradient(mx.mean(policy_kl - ref_kl))
+                    kl = mx.maximum(mx.distributed.all_sum(kl, group=self.world) / size, 0.0)
+                else:
+                    kl = kto_kl(policy_kl, ref_kl)
             else:
                 kl = mx.array(0.0)
-            (loss, aux), grad = value_and_grad(model, seq, desirable, ref, kl, poison)
+            (loss, aux), grad = value_and_grad(model, seq, desirable, ref, kl, poison, weight)
             if poison_grads:
                 grad = tree_map(lambda g: g * poison, grad)
             if prev_grad is not None:
                 grad = tree_map(lambda x, y: x + y, grad, prev_grad)
             norm = mx.array(0.0)
             if do_update:
-                if size > 1:
-                    grad = nn.average_gradients(grad)
+                if size > 1:  # the weights make this average the single-process gradient of the global batch
+                    grad = nn.average_gradients(grad, group=self.world)
                 if ga > 1:
                     grad = tree_map(lambda g: g / ga, grad)
                 if clip > 0:
@@ -218,10 +271,21 @@ class Trainer:
         state = [model.state, optimizer.state, mx.random.state]
         return partial(mx.compile, inputs=state, outputs=state)(step)
 
-    def _batch(self, seqs: Sequences, idx: np.ndarray, ref: np.ndarray | None, ref_kl: np.ndarray | None) -> Batch:
-        """Arrays for one micro-batch: packed sequences, labels, reference log-probs, KL pairs (KTO)."""
-        if self.size > 1:
-            idx = idx[self.rank :: self.size]
+    def _batch(self, seqs: Sequences, idx: np.ndarray, ref: np.ndarray | None, ref_kl: np.ndarray | None,
+               shard: bool = True) -> Batch:
+        """Arrays for one micro-batch: packed sequences, labels, reference log-probs, KL pairs (KTO).
+
+        With several workers (and `shard`), this worker's equal part of the global micro-batch, weighted
+        so that the workers' losses add up to the single-process loss: SFT's token mean and KTO's example
+        mean are over the whole global micro-batch (times the worker count, which average_gradients divides out).
+        """
+        weight = 1.0
+        if shard and self.size > 1:
+            whole, idx = idx, idx[self.rank :: self.size]
+            if self.cfg.train.method == "kto":
+                weight = self.size * len(idx) / len(whole)
+            else:
+                weight = self.size * _loss_tokens(seqs, idx) / max(_loss_tokens(seqs, whole), 1)
         with_kl = ref_kl is not None and seqs.kl_ids is not None
         kl_ids = [seqs.kl_ids[i] for i in idx] if with_kl else []
         seq = pack([seqs.ids[i] for i in idx], seqs.starts[idx], longest=max(map(len, kl_ids), default=0))
@@ -233,7 +297,31 @@ class Trainer:
         arrays = (tuple(map(mx.array, seq)), mx.array(seqs.labels[idx]),
                   mx.array(ref[idx]) if ref is not None else zero, kl_seq,
                   mx.array(ref_kl[idx]) if with_kl else zero)
-        return Batch(arrays, seqs.trained_tokens(idx), int(sum(len(seqs.ids[i]) for i in idx)))
+        return Batch(arrays, seqs.trained_tokens(idx), int(sum(len(seqs.ids[i]) for i in idx)), weight)
+
+    def _sum(self, values: Any) -> np.ndarray:
+        """Element-wise float64 sum of a host vector over the workers (the vector itself with one worker)."""
+        a = np.asarray(values, dtype=np.float64)
+        if self.size == 1:
+            return a
+        return np.array(mx.distributed.all_sum(mx.array(a, dtype=mx.float64), group=self.world, stream=mx.cpu))
+
+    def _sync_from_rank0(self, model: nn.Module, optimizer: optim.Optimizer, restored: bool) -> None:
+        """Every worker starts from rank 0's adapter, step and (on resume) optimizer state: rank 0 alone picks
+        and reads the checkpoint, so the others need not see the run directory's checkpoints at all."""
+        step, restored_any = self._sum([self.step, restored] if self.rank == 0 else [0, 0])
+        self.step = int(step)
+
+        def broadcast(tree: Any) -> list[tuple[str, mx.array]]:  # all_sum with zeros from all but rank 0: exact
+            return [(k, mx.distributed.all_sum(v if self.rank == 0 else mx.zeros_like(v), group=self.world,
+                                               stream=mx.cpu)) for k, v in tree_flatten(tree)]
+
+        model.load_weights(broadcast(model.trainable_parameters()), strict=False)
+        if restored_any:
+            if self.rank != 0:
+                optimizer.init(model.trainable_parameters())
+            optimizer.state = tree_unflatten(broadcast(optimizer.state))
+        mx.eval(model.parameters(), optimizer.state)
 
     # --- evaluation --------------------------------------------------------------------------
 
@@ -244,11 +332,12 @@ class Trainer:
         was_training = model.training
         model.eval()
         total = ntoks = 0.0
-        rewards: dict[bool, list[float]] = {True: [], False: []}
+        rsum = np.zeros(4)  # Σ chosen rewards, #chosen, Σ rejected rewards, #rejected
         batches = eval_batches(seqs.lengths, c.train.batch_size, c.train.eval_batches)
-        for idx in batches:
+        # several workers: each takes whole batches (every size-th), so KTO's z of a batch is as in one process
+        for idx in batches[self.rank :: self.size]:
             seq, desirable, r, kl_seq, r_kl = self._batch(seqs, idx, ref[0] if ref else None,
-                                                          ref[1] if ref else None).arrays
+                                                          ref[1] if ref else None, shard=False).arrays
             if c.train.method == "sft":
                 loss, n = packed_sft_loss(model, *seq)
                 mx.eval(loss, n)
@@ -261,16 +350,14 @@ class Trainer:
             mx.eval(losses, rw)
             total += losses.sum().item()
             ntoks += len(idx)
-            for reward, label in zip(rw.tolist(), desirable.tolist()):
-                rewards[bool(label)].append(reward)
+            rw_np, d_np = np.array(rw, dtype=np.float64), np.array(desirable, dtype=bool)
+            rsum += [rw_np[d_np].sum(), d_np.sum(), rw_np[~d_np].sum(), (~d_np).sum()]
         model.train(was_training)
-        if self.size > 1:
-            sums = mx.distributed.all_sum(mx.array([total, ntoks]), stream=mx.cpu).tolist()
-            total, ntoks = sums
+        total, ntoks, *rest = self._sum([total, ntoks, *rsum])
         out = {"val_loss": total / max(ntoks, 1)}
         if c.train.method == "kto":
-            rc = float(np.mean(rewards[True])) if rewards[True] else float("nan")
-            rr = float(np.mean(rewards[False])) if rewards[False] else float("nan")
+            rc = float(rest[0] / rest[1]) if rest[1] else float("nan")
+            rr = float(rest[2] / rest[3]) if rest[3] else float("nan")
             out.update(val_rewards_chosen=rc, val_rewards_rejected=rr, val_margin=rc - rr)
         return out
 
@@ -278,34 +365,41 @@ class Trainer:
 
     def _save_checkpoint(self, model: nn.Module, optimizer: optim.Optimizer, adapter_cfg: dict[str, Any]) -> Path:
         final = self.run_dir / "checkpoints" / runs.checkpoint_name(self.step)
-        pause = float(fault("ckpt_pause") or 0)
         state = {"step": self.step, "micro_batch": self.step * self.cfg.train.grad_accumulation,
                  "time": time.time(), "method": self.cfg.train.method}
-
-        def wrote(name: str) -> None:
-            if pause:
-                print(f"ckpt-wrote {name}", flush=True)
-                time.sleep(pause)
-
-        with atomic_dir(final) as tmp:
-            write_adapters(model, adapter_cfg, tmp)
-            wrote(ADAPTER_FILE)
-            mx.save_safetensors(str(tmp / "optimizer.safetensors"), dict(tree_flatten(optimizer.state)))
-            wrote("optimizer.safetensors")
-            (tmp / "state.json").write_text(json.dumps(state, indent=2) + "\n", encoding="utf-8")
-            wrote("state.json")
-            runs.write_manifest(tmp)
-            wrote("manifest.json")
-        runs.mark_latest(self.run_dir, final)
+        where = f"checkpoints/{final.name}"
+        with self._writing(where), atomic_dir(final) as tmp:
+            with self._writing(f"{where}/{ADAPTER_FILE}"):
+                write_adapters(model, adapter_cfg, tmp)
+            _ckpt_pause(ADAPTER_FILE)
+            with self._writing(f"{where}/optimizer.safetensors"):
+                mx.save_safetensors(str(tmp / "optimizer.safetensors"), dict(tree_flatten(optimizer.state)))
+            _ckpt_pause("optimizer.safetensors")
+            with self._writing(f"{where}/state.json"):
+                (tmp / "state.json").write_text(json.dumps(state, indent=2) + "\n", encoding="utf-8")
+            _ckpt_pause("state.json")
+            with self._writing(f"{where}/manifest.json"):
+                runs.write_manifest(tmp)
+            _ckpt_pause("manifest.json")
+        _ckpt_pause(f"renamed {final.name}")  # renamed into place, `latest` not yet updated
+        with self._writing("checkpoints/latest"):
+            runs.mark_latest(self.run_dir, final)
+        _ckpt_pause("latest")
         self._publish_adapters(final, adapter_cfg)
         return final
 
     def _publish_adapters(self, ckpt: Path, adapter_cfg: dict[str, Any]) -> None:
         """Refresh runs/<id>/adapters/ (each file replaced atomically) from a verified checkpoint."""
         dest = self.run_dir / "adapters"
-        dest.mkdir(exist_ok=True)
-        atomic_write_bytes(dest / ADAPTER_FILE, (ckpt / ADAPTER_FILE).read_bytes())
-        atomic_write_bytes(dest / ADAPTER_CONFIG, (json.dumps(adapter_cfg, indent=2) + "\n").encode())
+        # the config first: a publish cut short leaves a config without weights (readers fall back to the
+        # newest checkpoint), never weights without the config that mlx_lm.load needs
+        with self._writing(f"adapters/{ADAPTER_CONFIG}"):
+            dest.mkdir(exist_ok=True)
+            atomic_write_bytes(dest / ADAPTER_CONFIG, (json.dumps(adapter_cfg, indent=2) + "\n").encode())
+        _ckpt_pause(f"adapters/{ADAPTER_CONFIG}")
+        with self._writing(f"adapters/{ADAPTER_FILE}"):
+            atomic_write_bytes(dest / ADAPTER_FILE, (ckpt / ADAPTER_FILE).read_bytes())
+        _ckpt_pause(f"adapters/{ADAPTER_FILE}")
 
     def _restore(self, ckpt: Path, model: nn.Module, optimizer: optim.Optimizer) -> None:
         model.load_weights(list(mx.load(str(ckpt / ADAPTER_FILE)).items()), strict=False)
@@ -325,10 +419,12 @@ class Trainer:
         self.compiled = c.train.compile == "on" or (c.train.compile == "auto" and be.kind != "cpu")
         mx.random.seed(c.train.seed)
         ckpt = None
-        if self.resume:
-            if self.rank == 0:
-                for p in runs.clean_leftovers(self.run_dir):
-                    self.emit("warning", message=f"removed a half-written leftover: {p.name}")
+        if c.train.batch_size % self.size:
+            raise InputError(f"train.batch_size ({c.train.batch_size}) must be a multiple of the number of workers "
+                             f"({self.size}): each worker takes an equal share of every batch")
+        if self.resume and self.rank == 0:  # rank 0 alone reads the checkpoints; _sync_from_rank0 shares them
+            for p in runs.clean_leftovers(self.run_dir):
+                self.emit("warning", message=f"removed a half-written leftover: {p.name}")
             ckpt = runs.latest_checkpoint(self.run_dir)
 
         train_ex, valid_ex = self._load_data()
@@ -348,8 +444,8 @@ class Trainer:
             t0 = time.perf_counter()
             ident = model_identity(loaded.model_dir, dtype, c.model.quantize, c.model.adapter)
             bs = c.train.batch_size * 2
-            r_logps, r_kl, hit = reference_logps(model, train, bs, self.run_dir, ident, "train")
-            v_logps, v_kl, _ = reference_logps(model, valid, bs, self.run_dir, ident, "valid")
+            r_logps, r_kl, hit = reference_logps(model, train, bs, self.run_dir, ident, "train", group=self.world)
+            v_logps, v_kl, _ = reference_logps(model, valid, bs, self.run_dir, ident, "valid", group=self.world)
             ref, ref_valid = (r_logps, r_kl), (v_logps, v_kl)
             ref_info = {"reference_cached": hit, "reference_seconds": round(time.perf_counter() - t0, 2)}
 
@@ -360,6 +456,8 @@ class Trainer:
         optimizer = self._optimizer(total)
         if ckpt is not None:
             self._restore(ckpt, model, optimizer)
+        if self.size > 1:
+            self._sync_from_rank0(model, optimizer, ckpt is not None)
         # KTO trains with dropout off, as TRL does (disable_dropout=True): the policy/reference log-ratio
         # must be 0 at step 0; lora.dropout applies to SFT.
         model.train(not kto)
@@ -377,7 +475,9 @@ class Trainer:
         step_fn = self._make_step(model, optimizer)
         state = [model.state, optimizer.state, mx.random.state]
         ga = c.train.grad_accumulation
-        nan_at = {k: int(v) for k in ("nan_loss", "nan_grad") if (v := fault(k)) is not None}
+        # test-only: poison the loss (or, for nan_grad, the gradients) of step K with NaN or inf
+        poison_at = {int(v): float("inf") if k == "inf_loss" else float("nan")
+                     for k in ("nan_loss", "nan_grad", "inf_loss") if (v := fault(k)) is not None}
         step_sleep = float(fault("step_sleep") or 0)  # test-only: slow steps down to hit them with signals
         last_ckpt = ckpt
         t_start = time.perf_counter()
@@ -390,9 +490,11 @@ class Trainer:
             for j in range(ga):
                 m = self.step * ga + j
                 mx.random.seed(c.train.seed * 1_000_003 + m)  # dropout noise is a function of the position: resume needs no RNG state
+                if self.size > 1:  # each worker its own dropout noise (masks differ from one process's: see README)
+                    mx.random.seed((c.train.seed * 1_000_003 + m) * self.size + self.rank)
                 b = self._batch(train, plan.indices(m), ref[0] if ref else None, ref[1] if ref else None)
-                poison = mx.array(float("nan") if self.step + 1 in nan_at.values() else 1.0)
-                metrics, grad = step_fn(*b.arrays, poison, grad, j == ga - 1)
+                poison = mx.array(poison_at.get(self.step + 1, 1.0))
+                metrics, grad = step_fn(*b.arrays, poison, mx.array(b.weight), grad, j == ga - 1)
                 mx.eval(state, metrics, grad)
                 acc += np.array(metrics)
                 tokens += b.tokens
@@ -401,16 +503,15 @@ class Trainer:
             steps_done += 1
             if step_sleep:
                 time.sleep(step_sleep)
-            if self.size > 1:
-                acc = np.array(mx.distributed.all_sum(mx.array(acc), stream=mx.cpu))
-                acc[0] /= self.size
-                acc[6] /= self.size
-                acc[9] /= self.size
-                tokens = int(mx.distributed.all_sum(mx.array(tokens), stream=mx.cpu).item())
-                seq_tokens = int(mx.distributed.all_sum(mx.array(seq_tokens), stream=mx.cpu).item())
+            stop_sum = 0
+            if self.size > 1:  # one all_sum a step: metrics, token counts, and any worker's stop signal
+                summed = self._sum([*acc, tokens, seq_tokens, self.stop_signal or 0])
+                acc = summed[:N_METRICS]
+                acc[[0, 6, 9]] /= self.size  # loss shares are pre-scaled by the worker count; kl, norm are equal
+                tokens, seq_tokens, stop_sum = int(summed[-3]), int(summed[-2]), int(summed[-1])
             loss, norm = acc[0] / ga, acc[9]
             if not (math.isfinite(loss) and math.isfinite(norm)):
-                what = "loss" if not math.isfinite(loss) else "gradient norm"
+                what = f"loss ({loss})" if not math.isfinite(loss) else f"gradient norm ({norm})"
                 self.emit("error", kind="nan", message=(
                     f"non-finite {what} at step {self.step}; stopped without saving. Likely causes: a learning "
                     f"rate too high (now {c.learning_rate:g}), float16 overflow (use bfloat16/float32), or a bad "
@@ -422,6 +523,7 @@ class Trainer:
                 fields: dict[str, Any] = dict(
                     loss=loss, lr=float(optimizer.learning_rate.item()), tokens=tokens,
                     tokens_per_sec=round(tokens / dt, 1), seq_tokens_per_sec=round(seq_tokens / dt, 1),
+                    tokens_per_sec_per_worker=round(tokens / dt / self.size, 1),
                     step_time=round(dt, 4), grad_norm=float(norm), total_steps=total,
                     eta_sec=round(elapsed / steps_done * (total - self.step), 1), **memory.readings(),
                 )
@@ -433,7 +535,8 @@ class Trainer:
                                   logps_chosen=acc[7] / nc if nc else float("nan"),
                                   logps_rejected=acc[8] / nr if nr else float("nan"))
                 self.emit("step", **fields)
-            stopping = self.stop_signal is not None
+            # every worker decides from the same all-summed flag, so all stop after the same step
+            stopping = stop_sum > 0 if self.size > 1 else self.stop_signal is not None
             if self.step % c.train.eval_every == 0 or self.step == total:
                 if len(valid):
                     self.emit("eval", **self._evaluate(model, valid, ref_valid))
@@ -441,7 +544,7 @@ class Trainer:
                 last_ckpt = self._save_checkpoint(model, optimizer, loaded.adapter_config)
                 self.emit("checkpoint", path=str(last_ckpt.relative_to(self.run_dir)))
             if stopping:
-                self.emit("stopped", signal=signal.Signals(self.stop_signal).name,
+                self.emit("stopped", signal=_signal_name(self.stop_signal or stop_sum),
                           checkpoint=str(last_ckpt.relative_to(self.run_dir)) if last_ckpt else None)
                 return 0
         self.emit("done", adapters="adapters", checkpoint=str(last_ckpt.relative_to(self.run_dir)) if last_ckpt else None,
@@ -472,3 +575,60 @@ def prepare_run(cfg: Config, config_path: Path | None, runs_root: Path, run_dir:
     runs.check_writable(run_dir)
     save(cfg, run_dir / "config.toml")
     return run_dir
+
+
+def _signal_name(signum: int) -> str:
+    """SIGTERM for a signal another worker received (a sum of several signal numbers names none)."""
+    try:
+        return signal.Signals(signum).name
+    except ValueError:
+        return "SIGTERM"
+
+
+def _loss_tokens(seqs: Sequences, idx: np.ndarray) -> int:
+    """Completion tokens the SFT loss averages over for these examples (batching.pack's mask)."""
+    return int(sum(len(seqs.ids[i]) - max(int(seqs.starts[i]), 1) for i in idx))
+
+
+def trainable_problem(cfg: Config, train: list[data.Example]) -> str | None:
+    """Why this training split (after SFT's filtering) cannot be trained on, or None."""
+    path = cfg.data.path
+    if cfg.train.method == "sft" and not train:
+        return (f"{path}: SFT trains on desirable examples only, and the training split has none "
+                "(every example is labelled false); label some true, or use train.method = \"kto\"")
+    if not train:
+        return f"{path}: the training split is empty"
+    if cfg.train.method == "kto":
+        nd = sum(1 for e in train if e.label)
+        if nd == 0 or nd == len(train):
+            return (f"{path}: KTO needs both desirable and undesirable examples; the training split has {nd} "
+                    f"desirable and {len(train) - nd} undesirable"
+                    + (" (for desirable-only data use train.method = \"sft\")" if nd else ""))
+    return None
+
+
+def preflight(cfg: Config, base: Path | None = None) -> None:
+    """Checks that need no model weights, for the CLI to run before it makes a run directory or spawns a
+    trainer: the dataset (DataError listing every bad line), the training split (InputError), and a local
+    model directory (ModelError: missing files, custom code). Relative paths are taken from `base`."""
+    from .config import DEMO_MODEL
+    from .model import check_remote_code, resolve_path
+
+    base = base or Path.cwd()
+    data_path = Path(cfg.data.path).expanduser()
+    if not data_path.is_absolute():
+        data_path = base / data_path
+    ds = data.load(data_path, None if cfg.data.format == "auto" else cfg.data.format, strict=cfg.data.strict)
+    train, _ = data.split(ds.examples, cfg.data.valid_fraction, cfg.train.seed)
+    if cfg.train.method == "sft":
+        train = [e for e in train if e.label]
+    if msg := trainable_problem(cfg, train):
+        raise InputError(msg)
+    if cfg.model.path == DEMO_MODEL:
+        return
+    model_path = Path(cfg.model.path).expanduser()
+    if not model_path.is_absolute() and (base / model_path).exists():
+        model_path = base / model_path
+    local = resolve_path(str(model_path) if model_path.exists() else cfg.model.path)
+    if Path(local).is_dir():
+        check_remote_code(Path(local), cfg.model.trust_remote_code)

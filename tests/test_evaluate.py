@@ -46,6 +46,12 @@ def test_eval_cli_reports_every_metric_and_writes_eval_json(trained_run: Path) -
         assert m[key]["base"] is None and m[key]["delta"] is None and isinstance(m[key]["adapter"], float), key
     assert m["perplexity"]["adapter"] == pytest.approx(2.718281828 ** m["loss"]["adapter"], rel=1e-6)
     assert m["reward_margin"]["adapter"] == pytest.approx(m["reward_desirable"]["adapter"] - m["reward_undesirable"]["adapter"])
+    # the rewards agree with the trainer's own last validation pass (same split, reference = base)
+    last_eval = [e for e in map(json.loads, (trained_run / "events.jsonl").read_text().splitlines())
+                 if e["type"] == "eval"][-1]
+    assert last_eval["step"] == 4
+    assert m["reward_desirable"]["adapter"] == pytest.approx(last_eval["val_rewards_chosen"], rel=1e-3, abs=1e-6)
+    assert m["reward_undesirable"]["adapter"] == pytest.approx(last_eval["val_rewards_rejected"], rel=1e-3, abs=1e-6)
     tu = report["tool_use"]
     assert tu["format"] == "json" and tu["tools_source"].endswith("tools.json") and len(tu["tools"]) == 7
     assert tu["generation"] in ("batch_generate", "generate") and tu["prompts"] == report["desirable"]
@@ -100,6 +106,25 @@ def test_tool_scores_count_well_formed_and_matching_calls() -> None:
     assert details[1]["line"] == 11 and details[1]["reference_tool"] == "move_note"
     assert details[1]["adapter"]["code"] == "missing_argument" and "'dst'" in details[1]["adapter"]["reason"]
     assert details[4]["reference_tool"] is None and details[4]["base"]["tool"] == "list_tags"
+
+
+def test_generation_falls_back_to_sequential(demo_model: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import mlx_lm
+
+    model, tok = mlx_lm.load(str(demo_model))
+    prompts = [tok.encode("hello there"), tok.encode("open my garden note please")]
+    state: dict[str, str] = {}
+    batched = ev._generate(model, tok, prompts, 4, state, lambda n: None)
+    assert state["method"] == "batch_generate" and len(batched) == 2
+
+    def broken(*a, **k):
+        raise RuntimeError("no batching here")
+
+    monkeypatch.setattr(mlx_lm, "batch_generate", broken)
+    state, seen = {}, []
+    texts = ev._generate(model, tok, prompts, 4, state, seen.append)
+    assert state == {"method": "generate", "fallback_reason": "RuntimeError: no batching here"}
+    assert seen == [1, 2] and [t.strip() for t in texts] == [t.strip() for t in batched]  # greedy both ways
 
 
 def test_split_file_and_subset(trained_run: Path, tmp_path: Path) -> None:

@@ -121,7 +121,7 @@ def test_lock_refuses_a_second_trainer(tmp_path: Path, capsys) -> None:
     try:
         assert runs.is_locked(run_dir)
         assert Trainer(run_dir).run() == 1
-        assert "in use by another trainer" in capsys.readouterr().out
+        assert "in use by another trainer" in capsys.readouterr().err
         r = run_cli("train", "--resume", str(run_dir))
         assert r.returncode == 1 and "already running" in r.stderr
     finally:

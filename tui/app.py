@@ -2,20 +2,42 @@
 
 from __future__ import annotations
 
+import inspect
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
+from textual import work
 from textual.app import App
 from textual.binding import Binding
+from textual.reactive import var
 
 from tunedeck.core import config as C
 from tunedeck.core.demo import sample_dataset
+from tunedeck.core.settings import load_settings, save_settings
+from tunedeck.themes import DEFAULT_THEME, STYLESHEET, THEMES
 
+from .commands import TunedeckCommands
+from .safe import display
 from .screens.chat import ChatScreen
 from .screens.config import ConfigScreen
 from .screens.data import DataScreen
+from .screens.dialogs import QuitScreen
+from .screens.help import HelpScreen
 from .screens.runs import RunsScreen
 from .screens.train import TrainScreen
-from .state import CONFIG_NAME, AppState
+from .state import CONFIG_NAME, AppState, ModelStatus
+
+
+def _stylesheets(*screens: type) -> list[Path]:
+    """The global stylesheet plus each screen's CSS_PATH files, so all load once at startup
+    (a screen's own CSS would otherwise restyle the whole app on its first visit)."""
+    paths = [STYLESHEET]
+    for cls in screens:
+        css = getattr(cls, "CSS_PATH", None) or []
+        for p in [css] if isinstance(css, (str, Path)) else css:
+            paths.append(Path(inspect.getfile(cls)).parent / p)
+    return paths
 
 
 def initial_state(workspace: Path, data: str | None, config: str | None, model: str | None) -> AppState:
@@ -39,6 +61,29 @@ def initial_state(workspace: Path, data: str | None, config: str | None, model: 
     return AppState(workspace, config_path, cfg, data_path, cfg.model.path)
 
 
+def load_tokenizer(model: str, progress: Callable[[str], None]) -> Any:
+    """The tokenizer of `model` ("demo", a local directory, or a Hugging Face id), without the weights."""
+    from mlx_lm.utils import load_tokenizer as mlx_load_tokenizer
+
+    if model == C.DEMO_MODEL:
+        from tunedeck.core import demo
+
+        progress("preparing the demo model (built once into the user cache)")
+        path = demo.ensure(progress=progress)
+    else:
+        from tunedeck.core.model import resolve_path
+
+        resolved = resolve_path(model)
+        path = Path(resolved)
+        if not path.is_dir():
+            from huggingface_hub import snapshot_download
+
+            progress(f"fetching the tokenizer of {resolved}")
+            path = Path(snapshot_download(resolved, allow_patterns=["*.json", "tokenizer*", "*.model", "*.tiktoken"]))
+    progress("loading the tokenizer")
+    return mlx_load_tokenizer(path)
+
+
 class TunedeckApp(App[int]):
     TITLE = "tunedeck"
     MODES = {
@@ -48,25 +93,120 @@ class TunedeckApp(App[int]):
         "chat": ChatScreen,
         "runs": RunsScreen,
     }
+    CSS_PATH = _stylesheets(*MODES.values())
+    COMMANDS = App.COMMANDS | {TunedeckCommands}
     DEFAULT_MODE = "data"
     BINDINGS = [
-        Binding("1", "switch_mode('data')", "Data", id="screen.data", tooltip="Browse the dataset"),
-        Binding("2", "switch_mode('config')", "Config", id="screen.config", tooltip="Edit the training config"),
-        Binding("3", "switch_mode('train')", "Train", id="screen.train", tooltip="Watch or start training"),
-        Binding("4", "switch_mode('chat')", "Chat", id="screen.chat", tooltip="Talk to the adapter"),
-        Binding("5", "switch_mode('runs')", "Runs", id="screen.runs", tooltip="All runs in this workspace"),
+        Binding("1", "switch_mode('data')", "Data", id="screen.data", tooltip="Browse the dataset", show=False),
+        Binding("2", "switch_mode('config')", "Config", id="screen.config", tooltip="Edit the training config", show=False),
+        Binding("3", "switch_mode('train')", "Train", id="screen.train", tooltip="Watch or start training", show=False),
+        Binding("4", "switch_mode('chat')", "Chat", id="screen.chat", tooltip="Talk to the adapter", show=False),
+        Binding("5", "switch_mode('runs')", "Runs", id="screen.runs", tooltip="All runs in this workspace", show=False),
+        Binding("question_mark", "help", "Keys", key_display="?", id="app.help", tooltip="List every key of every screen"),
+        Binding("f1", "help", "Keys", show=False, id="app.help_f1", tooltip="List every key of every screen"),
         Binding("ctrl+q", "quit", "Quit", id="app.quit", tooltip="Quit (a detached run keeps training)", priority=True),
     ]
+
+    model_status: var[ModelStatus] = var(ModelStatus())
+    """The current model's tokenizer: loaded on demand by `request_tokenizer`; screens watch this."""
 
     def __init__(self, state: AppState) -> None:
         super().__init__()
         self.state = state
+        for theme in THEMES:
+            self.register_theme(theme)
+        saved = load_settings().get("theme")
+        self.theme = saved if isinstance(saved, str) and saved in self.available_themes else DEFAULT_THEME
+
+    def on_mount(self) -> None:
+        self.theme_changed_signal.subscribe(self, self._remember_theme)
+        self.mode_change_signal.subscribe(self, lambda _mode: self.refresh_header())
+        self.refresh_header()
+
+    def _remember_theme(self, theme: Any) -> None:
+        try:
+            save_settings(theme=theme.name)
+        except OSError as e:
+            self.notify(display(f"Could not remember the theme: {e}"), severity="warning", markup=False)
+
+    def refresh_header(self) -> None:
+        """Name the screen, dataset, model and active run in the header."""
+        s = self.state
+        run = s.active_run.name if s.active_run else "none"
+        self.title = f"tunedeck · {self.current_mode.title()}"
+        self.sub_title = display(f"{s.data_path.name} · model {s.model} · run {run}")
+
+    def on_config_screen_applied(self, message: ConfigScreen.Applied) -> None:
+        """A valid config in the form becomes the one every screen uses."""
+        s = self.state
+        s.config = message.config
+        s.data_path = s.resolve_data_path(message.config.data.path)
+        s.model = message.config.model.path
+        self.forget_tokenizer()
+        self.refresh_header()
+
+    def action_help(self) -> None:
+        if isinstance(self.screen, HelpScreen):
+            return
+        sections: list[tuple[str, list[Binding]]] = [
+            ("Everywhere", [*Binding.make_bindings(self.BINDINGS),
+                            Binding(self.COMMAND_PALETTE_BINDING, "command_palette", "Commands",
+                                    tooltip="Search screens, actions and themes")]),
+        ]
+        for n, (mode, screen_cls) in enumerate(self.MODES.items(), 1):
+            bindings = list(Binding.make_bindings(getattr(screen_cls, "BINDINGS", [])))
+            sections.append((f"{mode.title()} screen ({n})", bindings))
+        self.push_screen(HelpScreen(sections, self.get_key_display))
 
     async def action_quit(self) -> None:
-        self.exit(0)
+        """Quit with status 0; with unsaved edits, ask first. Never touches a detached run."""
+        if not self.state.dirty:
+            self.exit(0)
+        elif not isinstance(self.screen, QuitScreen):
+            self.push_screen(QuitScreen(sorted(self.state.dirty)), self._quit_choice)
+
+    async def _quit_choice(self, choice: str | None) -> None:
+        if choice == "save":
+            for mode in sorted(self.state.dirty):
+                screen = self.get_screen_stack(mode)[0]
+                if not await screen.save_changes():
+                    return
+        if choice in ("save", "discard"):
+            self.exit(0)
+
+    def request_tokenizer(self) -> None:
+        """Start loading the current model's tokenizer unless it is loaded or loading."""
+        status = self.model_status
+        if status.model == self.state.model and status.state in ("loading", "ready"):
+            return
+        self.model_status = ModelStatus("loading", "starting", self.state.model)
+        self._load_tokenizer(self.state.model)
+
+    def forget_tokenizer(self) -> None:
+        """Drop the tokenizer if the model changed (the next request loads the new one)."""
+        if self.model_status.model != self.state.model:
+            self.workers.cancel_group(self, "tokenizer")
+            self.model_status = ModelStatus()
+
+    @work(thread=True, exclusive=True, group="tokenizer")
+    def _load_tokenizer(self, model: str) -> None:
+        def progress(message: str) -> None:
+            self.call_from_thread(self._set_status, ModelStatus("loading", message, model))
+
+        try:
+            tokenizer = load_tokenizer(model, progress)
+        except Exception as e:  # a broken model dir, no network for a hub id, ...: shown, never fatal
+            self.call_from_thread(self._set_status, ModelStatus("failed", f"{type(e).__name__}: {e}", model))
+        else:
+            self.call_from_thread(self._set_status, ModelStatus("ready", "", model, tokenizer))
+
+    def _set_status(self, status: ModelStatus) -> None:
+        if status.model == self.state.model:
+            self.model_status = status
 
 
 def run_app(workspace: Path, data: str | None = None, config: str | None = None, model: str | None = None) -> int:
+    """Run the app; the exit status is 0 after ctrl+q and 1 after a crash."""
     app = TunedeckApp(initial_state(workspace, data, config, model))
-    result = app.run()
-    return int(result or 0)
+    app.run()
+    return app.return_code or 0

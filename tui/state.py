@@ -4,9 +4,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from tunedeck.core.config import Config
-from tunedeck.core.data import Example
+from tunedeck.core.data import Dataset, Example
 
 CONFIG_NAME = "tunedeck.toml"
 
@@ -21,7 +22,24 @@ class AppState:
     active_run: Path | None = None  # run the Train screen is attached to
     current_example: Example | None = None  # example selected in the Data screen (chat's ctrl+e)
     dirty: set[str] = field(default_factory=set)  # screens with unsaved edits ("data", "config")
+    dataset: Dataset | None = None  # the dataset as last loaded from disk by the Data screen
+    memory_budget_gb: float | None = None  # memory training may use (None: what this machine allows)
 
     @property
     def runs_root(self) -> Path:
         return self.workspace / "runs"
+
+    def resolve_data_path(self, path: str) -> Path:
+        """A config's data.path as a file path (relative paths are relative to the config file)."""
+        p = Path(path).expanduser()
+        return p if p.is_absolute() else (self.config_path.parent / p).resolve()
+
+
+@dataclass(frozen=True)
+class ModelStatus:
+    """Where loading the current model's tokenizer stands (the app's `model_status`)."""
+
+    state: str = "idle"  # idle | loading | ready | failed
+    message: str = ""  # progress while loading, the reason when failed
+    model: str = ""
+    tokenizer: Any = None

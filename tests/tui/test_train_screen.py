@@ -2,17 +2,17 @@
 
 from __future__ import annotations
 
-import asyncio
 import json
 import time
 from collections.abc import Callable
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 
 from tests.conftest import run_cli
 from tunedeck.core import config as C
-from tunedeck.core import runs
+from tunedeck.core import memory, runs
 from tunedeck.core.demo import sample_dataset
 from tunedeck.tui.app import TunedeckApp, initial_state
 from tunedeck.tui.screens.train import KL_NOTE, TrainScreen, find_running
@@ -90,14 +90,17 @@ async def test_ctrl_r_trains_in_a_detached_process_and_the_view_follows(tmp_path
         assert not screen.query_one("#problem").display
 
 
-async def test_hostile_event_file_and_a_dead_trainer_are_reported(tmp_path: Path) -> None:
+async def test_hostile_event_file_and_a_dead_trainer_are_reported(tmp_path: Path,
+                                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(memory, "forecast", lambda cfg: SimpleNamespace(total_gb=3.0), raising=False)
     ws = make_workspace(tmp_path / "ws")
     run_dir = ws / "runs" / "20260101-000000-kto"
     run_dir.mkdir(parents=True)
     (run_dir / "config.toml").write_text((ws / CONFIG_NAME).read_text())
     lines = [
         json.dumps({"type": "start", "step": 0, "time": 1.0, "method": "kto", "total_steps": 10}),
-        '{"type": "step", "step": 1, "loss": 0.5, "kl": 0.0, "rewards_chosen": 0.0, "time": 2.0}',
+        '{"type": "step", "step": 1, "loss": 0.5, "kl": 0.0, "rewards_chosen": 0.0, "time": 2.0, '
+        '"rss_gb": 1.5, "sys_used_gb": 4.0, "sys_total_gb": 16.0}',
         "[1, 2, 3]", '"just a string"', "null", "{not json", "\x1b[31m[bold red]garbage[/]",
         "x" * (1 << 20) + "}",  # a 1 MB line
         json.dumps({"type": "martian", "step": 2}),
@@ -130,6 +133,8 @@ async def test_hostile_event_file_and_a_dead_trainer_are_reported(tmp_path: Path
         assert "martian" in log and "[red]not markup[/red]" in log and "\x1b" not in log
         assert "stale" in text_of(screen, "#status") or "gone" in text_of(screen, "#status")
         assert screen.check_action("resume", ()) is True
+        assert text_of(screen, "#gauge-rss .gauge-value") == "1.50 GB of 3.00 GB forecast"
+        assert text_of(screen, "#gauge-system .gauge-value") == "4.00 GB of 16.0 GB RAM"
 
 
 async def test_attach_to_a_cli_detached_run_and_stop_it_from_the_ui(tmp_path: Path, demo_model: Path) -> None:

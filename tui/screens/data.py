@@ -1,14 +1,503 @@
-"""The Data screen (placeholder until its issue lands)."""
+"""The Data screen: browse a dataset one example at a time, fix labels, inspect tokens, stats, problems."""
 
 from __future__ import annotations
 
+import asyncio
+from collections import defaultdict
+from pathlib import Path
+from typing import Any
+
+from rich.style import Style
+from rich.text import Text
+from textual import on, work
 from textual.app import ComposeResult
+from textual.binding import Binding
+from textual.containers import Horizontal
+from textual.events import ScreenResume
 from textual.screen import Screen
-from textual.widgets import Footer, Header, Static
+from textual.timer import Timer
+from textual.widgets import ContentSwitcher, DataTable, Footer, Header, Input, Static
+
+from tunedeck.core.data import DataError, Dataset, Example, Problem, check_kto_weights, compute_stats, load
+from tunedeck.core.labels import LabelConflict, write_labels
+from tunedeck.core.template import encode_example
+
+from ..safe import display, plain
+from ..state import ModelStatus
+from ..widgets.example_view import ExampleView
+from ..widgets.problems_list import ProblemsList
+from ..widgets.split_bar import SplitBar
+from ..widgets.stats_panel import StatsPanel
+from ..widgets.token_view import TokenView
+
+FILTERS = ("all", "desirable", "undesirable", "flagged", "over-length")
+MOVE = Binding.Group("move", compact=True)
+PROMPT_WORDS = 48
+SEARCH_DELAY = 0.15  # seconds
+
+
+def _first_words(ex: Example) -> str:
+    """The start of the first non-system prompt turn (the completion for prompt-less examples)."""
+    fallback = ex.prompt[0]["content"] if ex.prompt else ex.completion
+    turn = next((m["content"] for m in ex.prompt if m["role"] != "system"), fallback)
+    return " ".join(display(turn[: PROMPT_WORDS * 2]).split())[:PROMPT_WORDS]
+
+
+def _haystack(ex: Example) -> str:
+    return "\n".join([*(m["content"] for m in ex.prompt), ex.completion]).casefold()
+
+
+def _token_counts(tokenizer: Any, examples: list[Example]) -> list[int]:
+    return [len(encode_example(tokenizer, ex).ids) for ex in examples]
 
 
 class DataScreen(Screen):
+    """Dataset browser: split counts, a filterable example list and one example (or tokens/stats/problems)."""
+
+    CSS_PATH = "data.tcss"
+    AUTO_FOCUS = "#examples"
+    HORIZONTAL_BREAKPOINTS = [(0, "-narrow"), (76, "-wide")]
+    BINDINGS = [
+        Binding("j", "move(1)", "Next", id="data.next", tooltip="Next example", group=MOVE),
+        Binding("k", "move(-1)", "Previous", id="data.previous", tooltip="Previous example", group=MOVE),
+        Binding("down", "move(1)", "Next", show=False, id="data.next_arrow", tooltip="Next example"),
+        Binding("up", "move(-1)", "Previous", show=False, id="data.previous_arrow", tooltip="Previous example"),
+        Binding("space", "toggle_label", "Label", id="data.toggle_label",
+                tooltip="Toggle desirable/undesirable of this example"),
+        Binding("u", "undo", "Undo", show=False, id="data.undo", tooltip="Undo the last label toggle"),
+        Binding("ctrl+s", "save", "Save", id="data.save",
+                tooltip="Write label edits to the file (atomic, with a backup)"),
+        Binding("r", "reload", "Reload", show=False, id="data.reload",
+                tooltip="Reload the file (edits to unchanged lines are kept)"),
+        Binding("f", "cycle_filter", "Filter", show=False, id="data.filter",
+                tooltip="Cycle: all, desirable, undesirable, flagged, over-length"),
+        Binding("slash", "search", "Search", key_display="/", show=False, id="data.search",
+                tooltip="Filter examples by text as you type"),
+        Binding("t", "pane('tokens')", "Tokens", id="data.tokens",
+                tooltip="Show the example token by token (trained tokens highlighted)"),
+        Binding("s", "pane('stats')", "Stats", show=False, id="data.stats",
+                tooltip="Length histogram, turns, duplicates, KTO weights"),
+        Binding("p", "pane('problems')", "Problems", show=False, id="data.problems",
+                tooltip="Validation problems (enter jumps to the example)"),
+        Binding("escape", "back", "Back", show=False, id="data.back",
+                tooltip="Close the search or go back to the example"),
+    ]
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.dataset: Dataset | None = None
+        self.loaded_path: Path | None = None
+        self.edits: dict[int, bool] = {}  # file line -> new label
+        self.undo_stack: list[int] = []  # file lines, most recent last
+        self.filter = "all"
+        self.query_text = ""
+        self.current: int | None = None  # index into dataset.examples
+        self.flags: dict[int, list[Problem]] = {}
+        self.haystacks: list[str] = []
+        self.cells: list[tuple[Text, Text, Text]] = []  # per example: number, turns, prompt preview
+        self.token_counts: list[int] | None = None
+        self.pane = "example"
+        self.load_error = ""
+        self._search_timer: Timer | None = None
+        self._stats_key: tuple[tuple, tuple] = ((), ())  # what the stats panel shows, to skip recomputing it
+
     def compose(self) -> ComposeResult:
         yield Header()
-        yield Static("Data")
+        yield SplitBar(id="split")
+        with Horizontal(id="toolbar"):
+            yield Static(id="status")
+            yield Input(placeholder="search prompt and completion", id="search")
+        with Horizontal(id="main"):
+            yield DataTable(id="examples", cursor_type="row", zebra_stripes=True)
+            with ContentSwitcher(id="pane", initial="example"):
+                yield ExampleView(id="example")
+                yield TokenView(id="tokens")
+                yield StatsPanel(id="stats")
+                yield ProblemsList(id="problems")
         yield Footer()
+
+    def on_mount(self) -> None:
+        table = self.query_one(DataTable)
+        for label, key in (("#", "n"), ("label", "label"), ("turns", "turns"), ("tokens", "tokens"), ("prompt", "prompt")):
+            table.add_column(label, key=key)
+        self.watch(self.app, "model_status", self._model_status_changed, init=False)
+        self.app.theme_changed_signal.subscribe(self, lambda _theme: self._rebuild_rows())
+        self.load_dataset(self.app.state.data_path)
+
+    def on_screen_resume(self, _event: ScreenResume) -> None:
+        """The config may point at another dataset or max_seq_len now."""
+        path = self.app.state.data_path
+        if self.loaded_path is not None and path != self.loaded_path:
+            if self.edits:
+                self.notify(display(f"The config now points at {path.name}; save (ctrl+s) or undo the label edits "
+                                    f"of {self.loaded_path.name} first, then press r."), severity="warning", markup=False)
+            else:
+                self.load_dataset(path)
+                return
+        if self.filter == "over-length":
+            self._rebuild_rows()
+        self._show_pane()
+
+    # ---------------------------------------------------------------- loading
+
+    @work(exclusive=True, group="dataset")
+    async def load_dataset(self, path: Path) -> None:
+        """Load `path` leniently (bad lines become problems), keeping edits to unchanged lines."""
+        self._set_status(f"loading {path.name}…")
+        try:
+            ds = await asyncio.to_thread(load, path, None, False)
+        except DataError as e:
+            self._load_failed(path, e)
+            return
+        self._loaded(ds)
+
+    def _load_failed(self, path: Path, error: DataError) -> None:
+        self.dataset, self.loaded_path, self.current = None, path, None
+        self.app.state.dataset = None
+        self.load_error = "\n".join(f"{p.message}" for p in error.problems)
+        self.query_one(SplitBar).counts = (0, 0)
+        self.query_one(DataTable).clear()
+        self.query_one(ExampleView).show_message(f"Cannot open {path}:\n{self.load_error}")
+        self.notify(display(f"Cannot open {path.name}: {self.load_error}"), severity="error", markup=False)
+        self._set_status(f"cannot open {path.name}")
+
+    def _loaded(self, ds: Dataset) -> None:
+        kept_edits, dropped = self._carry_edits(ds)
+        current_line = self.dataset.examples[self.current].line if self.dataset and self.current is not None else None
+        self.dataset, self.loaded_path, self.load_error = ds, ds.path, ""
+        self.app.state.dataset = ds
+        self.edits = kept_edits
+        self.undo_stack = [line for line in self.undo_stack if line in kept_edits]
+        self.flags = defaultdict(list)
+        for p in ds.problems:
+            self.flags[p.line].append(p)
+        self.haystacks = [_haystack(ex) for ex in ds.examples]
+        self.cells = [(Text(str(i + 1), justify="right"), Text(str(ex.turns), justify="right"),
+                       Text(_first_words(ex), no_wrap=True)) for i, ex in enumerate(ds.examples)]
+        self.token_counts = None
+        self.current = next((i for i, ex in enumerate(ds.examples) if ex.line == current_line), 0 if ds.examples else None)
+        if dropped:
+            self.notify(f"{dropped} label edits were dropped: their lines changed on disk.", severity="warning")
+        self._edits_changed()
+        self._rebuild_rows()
+        self.query_one(ProblemsList).show(ds.problems)
+        self.app.refresh_header()
+        status = self.app.model_status
+        if status.state == "ready":
+            self._count_tokens(status.tokenizer)
+        if not ds.examples:
+            self.query_one(ExampleView).show_message(f"{ds.path.name} has no usable examples; see the problems (p).")
+
+    def _carry_edits(self, ds: Dataset) -> tuple[dict[int, bool], int]:
+        """Edits whose line still holds the same prompt and completion in `ds` (and still change it)."""
+        if not self.edits or self.dataset is None:
+            return {}, 0
+        before = {ex.line: ex for ex in self.dataset.examples}
+        now = {ex.line: ex for ex in ds.examples}
+        kept: dict[int, bool] = {}
+        dropped = 0
+        for line, label in self.edits.items():
+            old, new = before.get(line), now.get(line)
+            if new is None or old is None or (new.prompt, new.completion) != (old.prompt, old.completion):
+                dropped += 1
+            elif new.label != label:
+                kept[line] = label
+        return kept, dropped
+
+    @work(exclusive=True, group="tokens")
+    async def _count_tokens(self, tokenizer: Any) -> None:
+        if self.dataset is None:
+            return
+        ds = self.dataset
+        counts = await asyncio.to_thread(_token_counts, tokenizer, ds.examples)
+        if ds is self.dataset:
+            self.token_counts = counts
+            self._rebuild_rows()
+
+    def _model_status_changed(self, status: ModelStatus) -> None:
+        if status.state == "ready" and self.dataset is not None:
+            self._count_tokens(status.tokenizer)
+        elif status.state == "idle":
+            self.token_counts = None
+            self._rebuild_rows()
+        self._show_pane()
+
+    # ---------------------------------------------------------------- the list
+
+    def label_of(self, ex: Example) -> bool:
+        """The example's label with unsaved edits applied."""
+        return self.edits.get(ex.line, ex.label)
+
+    def _matches(self, i: int) -> bool:
+        ex = self.dataset.examples[i]
+        f = self.filter
+        if f == "desirable" and not self.label_of(ex) or f == "undesirable" and self.label_of(ex):
+            return False
+        if f == "flagged" and ex.line not in self.flags:
+            return False
+        if f == "over-length":
+            limit = self.app.state.config.data.max_seq_len
+            if self.token_counts is None or self.token_counts[i] <= limit:
+                return False
+        return not self.query_text or self.query_text in self.haystacks[i]
+
+    def _label_cell(self, ex: Example) -> Text:
+        """✓ / ✗, then ● if edited and ! if the line has a problem (in the theme's colours)."""
+        colors = self.app.theme_variables
+        label = self.label_of(ex)
+        text = Text("✓" if label else "✗", style=Style(color=colors["success"] if label else colors["error"], bold=True))
+        if ex.line in self.edits:
+            text.append(" ●", style=Style(color=colors["warning"]))
+        if ex.line in self.flags:
+            text.append(" !", style=Style(color=colors["warning"], bold=True))
+        return text
+
+    def _row(self, i: int) -> tuple[Text, ...]:
+        number, turns, prompt = self.cells[i]
+        tokens = Text("-" if self.token_counts is None else str(self.token_counts[i]), justify="right")
+        return number, self._label_cell(self.dataset.examples[i]), turns, tokens, prompt
+
+    def _rebuild_rows(self) -> None:
+        table = self.query_one(DataTable)
+        table.clear()
+        if self.dataset is None:
+            return
+        visible = [i for i in range(len(self.dataset.examples)) if self._matches(i)]
+        for i in visible:
+            table.add_row(*self._row(i), key=str(i))
+        if self.current in visible:
+            table.move_cursor(row=visible.index(self.current), animate=False)
+        elif visible:
+            self._select(visible[0])
+        else:
+            self.current = None
+            self.app.state.current_example = None
+        self._set_status()
+        self._show_pane()
+
+    def _set_status(self, message: str | None = None) -> None:
+        if message is None:
+            shown = self.query_one(DataTable).row_count
+            total = len(self.dataset.examples) if self.dataset else 0
+            message = f"{shown} of {total} · filter {self.filter} (f)"
+            if self.filter == "over-length" and self.token_counts is None:
+                message += " (needs the tokenizer: loading…)"
+            message += f" · search “{self.query_text}” (/)" if self.query_text else " · search (/)"
+            if self.edits:
+                message += f" · {len(self.edits)} unsaved label edit{'s' if len(self.edits) != 1 else ''}"
+        self.query_one("#status", Static).update(plain(message))
+
+    @on(DataTable.RowHighlighted)
+    def _row_highlighted(self, event: DataTable.RowHighlighted) -> None:
+        if event.row_key.value is not None:
+            self._select(int(event.row_key.value))
+
+    def _select(self, i: int) -> None:
+        self.current = i
+        self.app.state.current_example = self.dataset.examples[i]
+        self._show_pane()
+
+    # ---------------------------------------------------------------- the pane
+
+    def _show_pane(self) -> None:
+        self.query_one(ContentSwitcher).current = self.pane
+        if self.pane == "example":
+            self._show_example()
+        elif self.pane == "tokens":
+            self._show_tokens()
+        elif self.pane == "stats":
+            self._show_stats()
+
+    def _show_example(self) -> None:
+        view = self.query_one(ExampleView)
+        if self.dataset is None:
+            view.show_message(f"Cannot open {self.loaded_path}:\n{self.load_error}" if self.load_error else "Loading…")
+        elif self.current is None:
+            view.show_message("No examples match this filter and search.")
+        else:
+            ex = self.dataset.examples[self.current]
+            view.show(ex, self.current, self.label_of(ex), ex.line in self.edits, self.flags.get(ex.line, []))
+
+    def _show_tokens(self) -> None:
+        view = self.query_one(TokenView)
+        status = self.app.model_status
+        if status.state == "failed":
+            view.show_message(f"No tokenizer for {status.model}: {status.message}")
+        elif status.state != "ready":
+            view.show_message(f"tokenizer: {status.message or 'starting'}", busy=True)
+            self.app.request_tokenizer()
+        elif self.dataset is None or self.current is None:
+            view.show_message("No example selected.")
+        else:
+            view.show(self.dataset.examples[self.current], status.tokenizer, self.app.state.config.data.max_seq_len)
+
+    def _show_stats(self) -> None:
+        if self.dataset is None:
+            return
+        status = self.app.model_status
+        if status.state not in ("ready", "failed"):
+            self.app.request_tokenizer()
+        tokenizer = status.tokenizer if status.state == "ready" else None
+        cfg = self.app.state.config
+        sources = (self.dataset, tokenizer, self.token_counts)  # compared by identity
+        settings = (cfg.data.max_seq_len, cfg.train.method, cfg.kto.desirable_weight, cfg.kto.undesirable_weight)
+        old_sources, old_settings = self._stats_key
+        same_sources = len(old_sources) == len(sources) and all(
+            a is b for a, b in zip(sources, old_sources, strict=True))
+        if settings != old_settings or not same_sources:
+            self._stats_key = (sources, settings)
+            self._compute_stats(self.dataset, tokenizer)
+
+    @work(exclusive=True, group="stats")
+    async def _compute_stats(self, ds: Dataset, tokenizer: Any) -> None:
+        cfg = self.app.state.config
+        stats = await asyncio.to_thread(compute_stats, ds, tokenizer, cfg.data.max_seq_len if tokenizer else None)
+        if ds is not self.dataset:
+            return
+        if self.token_counts is not None:
+            lengths, unit = self.token_counts, "tokens"
+        else:
+            lengths = [sum(len(m["content"]) for m in ex.prompt) + len(ex.completion) for ex in ds.examples]
+            unit = "characters"
+        note = None
+        if cfg.train.method == "kto":
+            note = check_kto_weights(ds.desirable, ds.undesirable, cfg.kto.desirable_weight, cfg.kto.undesirable_weight)
+        self.query_one(StatsPanel).show(stats, lengths, unit, note)
+
+    def action_pane(self, name: str) -> None:
+        self.pane = "example" if self.pane == name else name
+        self._show_pane()
+        if self.pane == "problems":
+            self.query_one(ProblemsList).focus()
+        else:
+            self.query_one(DataTable).focus()
+
+    @on(ProblemsList.Jump)
+    def _jump(self, event: ProblemsList.Jump) -> None:
+        if self.dataset is None:
+            return
+        i = next((i for i, ex in enumerate(self.dataset.examples) if ex.line == event.line), None)
+        if i is None:
+            self.notify(f"Line {event.line} was set aside: it has no example to show.", severity="warning")
+            return
+        self.filter, self.query_text = "all", ""
+        self.query_one("#search", Input).value = ""
+        self.current, self.pane = i, "example"
+        self._rebuild_rows()
+        self.query_one(DataTable).focus()
+
+    # ---------------------------------------------------------------- actions
+
+    def action_move(self, delta: int) -> None:
+        table = self.query_one(DataTable)
+        if table.row_count:
+            table.move_cursor(row=max(0, min(table.row_count - 1, table.cursor_row + delta)), animate=False)
+
+    def action_cycle_filter(self) -> None:
+        self.filter = FILTERS[(FILTERS.index(self.filter) + 1) % len(FILTERS)]
+        if self.filter == "over-length" and self.token_counts is None:
+            self.app.request_tokenizer()
+        self._rebuild_rows()
+
+    def action_search(self) -> None:
+        search = self.query_one("#search", Input)
+        search.display = True
+        search.focus()
+
+    @on(Input.Changed, "#search")
+    def _search_changed(self, event: Input.Changed) -> None:
+        """Filter as the user types (after a short pause, so fast typing rebuilds the list once)."""
+        self.query_text = event.value.casefold()
+        if self._search_timer is not None:
+            self._search_timer.stop()
+        self._search_timer = self.set_timer(SEARCH_DELAY, self._rebuild_rows)
+
+    @on(Input.Submitted, "#search")
+    def _search_submitted(self) -> None:
+        self.query_one("#search", Input).display = False
+        self.query_one(DataTable).focus()
+
+    def action_back(self) -> None:
+        search = self.query_one("#search", Input)
+        if search.display:
+            search.display = False
+            search.value = ""
+            self.query_one(DataTable).focus()
+        elif self.pane != "example":
+            self.action_pane(self.pane)
+
+    def action_toggle_label(self) -> None:
+        if self.dataset is None or self.current is None:
+            return
+        if self.dataset.path.suffix.lower() == ".json":
+            self.notify("Label edits need a JSONL file (this is a .json list).", severity="warning")
+            return
+        ex = self.dataset.examples[self.current]
+        self._set_label(self.current, not self.label_of(ex))
+        self.undo_stack.append(ex.line)
+
+    def action_undo(self) -> None:
+        if not self.undo_stack or self.dataset is None:
+            self.notify("Nothing to undo.")
+            return
+        line = self.undo_stack.pop()
+        i = next(i for i, ex in enumerate(self.dataset.examples) if ex.line == line)
+        self._set_label(i, not self.label_of(self.dataset.examples[i]))
+
+    def _set_label(self, i: int, label: bool) -> None:
+        ex = self.dataset.examples[i]
+        if label == ex.label:
+            self.edits.pop(ex.line, None)
+        else:
+            self.edits[ex.line] = label
+        table = self.query_one(DataTable)
+        if str(i) in table.rows:
+            table.update_cell(str(i), "label", self._label_cell(ex))
+        self._edits_changed()
+        self._set_status()
+        if i == self.current:
+            self._show_pane()
+
+    def _edits_changed(self) -> None:
+        ds = self.dataset
+        d = sum(self.label_of(ex) for ex in ds.examples) if ds else 0
+        self.query_one(SplitBar).counts = (d, len(ds.examples) - d) if ds else (0, 0)
+        if self.edits:
+            self.app.state.dirty.add("data")
+        else:
+            self.app.state.dirty.discard("data")
+
+    async def action_save(self) -> None:
+        if not self.edits:
+            self.notify("No label edits to save.")
+            return
+        await self.save_changes()
+
+    async def save_changes(self) -> bool:
+        """Write the label edits (atomically, with a backup); False if they could not be saved."""
+        if not self.edits or self.dataset is None:
+            return True
+        ds, n = self.dataset, len(self.edits)
+        try:
+            backup = await asyncio.to_thread(write_labels, ds.path, dict(self.edits), ds.sha256)
+        except LabelConflict as e:
+            self.notify(display(f"Not saved: {e}. Your {n} label edits are kept: press r to reload the file "
+                                "(edits to unchanged lines are re-applied), then ctrl+s."),
+                        title="File changed on disk", severity="error", timeout=15, markup=False)
+            return False
+        except (OSError, ValueError) as e:
+            self.notify(display(f"Not saved: {e}"), severity="error", timeout=15, markup=False)
+            return False
+        for ex in ds.examples:
+            ex.label = self.label_of(ex)
+        self.edits.clear()
+        self.undo_stack.clear()
+        self._edits_changed()
+        self._rebuild_rows()
+        self.notify(display(f"Saved {n} label edit{'s' if n != 1 else ''} to {ds.path.name} (backup {backup.name})."),
+                    markup=False)
+        self.load_dataset(ds.path)
+        return True
+
+    def action_reload(self) -> None:
+        self.load_dataset(self.app.state.data_path)

@@ -1,14 +1,211 @@
-"""The Runs screen (placeholder until its issue lands)."""
+"""The Runs screen: every run in the workspace, to attach to, resume or delete."""
 
 from __future__ import annotations
 
+import time
+from datetime import datetime
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from rich.text import Text
+from textual import on, work
 from textual.app import ComposeResult
+from textual.binding import Binding
+from textual.message import Message
 from textual.screen import Screen
-from textual.widgets import Footer, Header, Static
+from textual.widgets import DataTable, Footer, Header, Static
+
+from tunedeck.core import runs
+from tunedeck.core.progress import fmt_duration
+
+from ..safe import display, plain
+from ..widgets.run_confirm import ConfirmRun
+from ..widgets.train_history import fmt_number
+from .train import RESUMABLE, resume_run
+
+if TYPE_CHECKING:
+    from ..state import AppState
+
+COLUMNS = ("run", "status", "method", "steps", "last val", "best val", "started", "duration")
+DELETABLE = ("finished", "stopped", "failed", "stale", "new")
+
+
+class RunsListed(Message):
+    def __init__(self, infos: list[runs.RunInfo]) -> None:
+        super().__init__()
+        self.infos = infos
 
 
 class RunsScreen(Screen):
+    CSS_PATH = "runs.tcss"
+    BINDINGS = [
+        Binding("enter", "attach", "Attach", id="runs.attach", tooltip="Watch this run on the Train screen"),
+        Binding("r", "resume", "Resume", id="runs.resume",
+                tooltip="Resume a stopped, failed or stale run from its latest verified checkpoint"),
+        Binding("d", "delete", "Delete", id="runs.delete", tooltip="Delete a run that is not training (asks first)"),
+        Binding("f5", "refresh", "Refresh", id="runs.refresh", tooltip="Read the runs again now"),
+    ]
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.infos: dict[str, runs.RunInfo] = {}
+        self._cache: dict[Path, tuple[tuple[int, int, bool], runs.RunInfo]] = {}
+
+    @property
+    def state(self) -> AppState:
+        return self.app.state  # type: ignore[attr-defined]
+
     def compose(self) -> ComposeResult:
         yield Header()
-        yield Static("Runs")
+        yield Static(id="runs-root")
+        yield DataTable(id="runs", cursor_type="row", zebra_stripes=True)
+        yield Static(id="runs-detail")
         yield Footer()
+
+    def on_mount(self) -> None:
+        self.query_one(DataTable).add_columns(*COLUMNS)
+        self.query_one("#runs-root", Static).update(plain(f"Runs in {self.state.runs_root}"))
+        self.set_interval(2.0, self._tick)
+
+    def on_screen_resume(self) -> None:
+        self.action_refresh()
+
+    # --- listing -----------------------------------------------------------------------------
+
+    def action_refresh(self) -> None:
+        self._scan(self.state.runs_root)
+
+    def _tick(self) -> None:
+        if self.is_current:
+            self.action_refresh()
+
+    @work(thread=True, exclusive=True, group="scan")
+    def _scan(self, root: Path) -> None:
+        """RunInfo for every run, newest first; a run's events are re-read only when they changed."""
+        found: list[runs.RunInfo] = []
+        dirs = sorted((p for p in root.iterdir() if (p / "config.toml").is_file()), reverse=True) \
+            if root.is_dir() else []
+        for run_dir in dirs:
+            try:
+                st = (run_dir / "events.jsonl").stat()
+                key = (st.st_size, st.st_mtime_ns, runs.is_locked(run_dir))
+            except OSError:
+                key = (0, 0, runs.is_locked(run_dir))
+            cached = self._cache.get(run_dir)
+            if cached is None or cached[0] != key:
+                cached = (key, runs.run_info(run_dir))
+            self._cache[run_dir] = cached
+            found.append(cached[1])
+        self.post_message(RunsListed(found))
+
+    def on_runs_listed(self, message: RunsListed) -> None:
+        table = self.query_one(DataTable)
+        selected = self.selected
+        self.infos = {str(i.run_dir): i for i in message.infos}
+        table.clear()
+        for info in message.infos:
+            table.add_row(*self._cells(info), key=str(info.run_dir))
+        if selected is not None and str(selected.run_dir) in self.infos:
+            table.move_cursor(row=table.get_row_index(str(selected.run_dir)), animate=False)
+        self._show_detail()
+
+    @staticmethod
+    def _cells(i: runs.RunInfo) -> list[Text]:
+        end = time.time() if i.status == "running" else i.updated
+        cells = [
+            i.run_dir.name, i.status, i.method or "-", f"{i.step}/{i.total_steps}" if i.total_steps else str(i.step),
+            fmt_number(i.last_val_loss), fmt_number(i.best_val_loss),
+            datetime.fromtimestamp(i.started).strftime("%Y-%m-%d %H:%M") if i.started else "-",
+            fmt_duration(end - i.started) if i.started and end else "-",
+        ]
+        return [Text(display(c)) for c in cells]
+
+    @property
+    def selected(self) -> runs.RunInfo | None:
+        table = self.query_one(DataTable)
+        if not self.infos or table.row_count == 0:
+            return None
+        key = table.coordinate_to_cell_key(table.cursor_coordinate).row_key.value
+        return self.infos.get(key or "")
+
+    @on(DataTable.RowHighlighted)
+    def _show_detail(self) -> None:
+        info = self.selected
+        detail = self.query_one("#runs-detail", Static)
+        if info is None:
+            detail.update(plain(f"No runs yet in {self.state.runs_root}. Start one on the Train screen (3) "
+                                "or with `tunedeck train CONFIG --detach`."))
+            return
+        text = f"{info.run_dir}"
+        if info.pid:
+            text += f" · trainer pid {info.pid}"
+        if info.error:
+            text += f"\nerror: {info.error}"
+        detail.update(plain(text))
+
+    # --- actions -----------------------------------------------------------------------------
+
+    @on(DataTable.RowSelected)
+    def _row_selected(self) -> None:
+        self.action_attach()
+
+    def action_attach(self) -> None:
+        info = self.selected
+        if info is not None:
+            self._open_in_train(info.run_dir)
+
+    def _open_in_train(self, run_dir: Path) -> None:
+        self.state.active_run = run_dir
+        self.app.switch_mode("train")
+
+    def action_resume(self) -> None:
+        info = self.selected
+        if info is None or info.status not in RESUMABLE:
+            self.notify("Only a stopped, failed or stale run can be resumed.", severity="warning")
+            return
+        self.notify(display(f"Resuming {info.run_dir.name}…"), markup=False)
+        self._resume(info.run_dir)
+
+    @work(thread=True, exclusive=True, group="resume")
+    def _resume(self, run_dir: Path) -> None:
+        try:
+            started = resume_run(run_dir)
+        except (runs.RunError, OSError) as e:
+            self.app.call_from_thread(self.notify, display(str(e)), severity="error", markup=False)
+            return
+        if not started:
+            self.app.call_from_thread(self.notify, "The trainer exited as it started; see the Train screen.",
+                                      severity="error")
+        self.app.call_from_thread(self._open_in_train, run_dir)
+
+    def action_delete(self) -> None:
+        info = self.selected
+        if info is None:
+            return
+        if info.status not in DELETABLE:
+            self.notify("A training run cannot be deleted; stop it first.", severity="warning")
+            return
+        run_dir = info.run_dir
+
+        def answered(yes: bool | None) -> None:
+            if yes:
+                self._delete(run_dir)
+
+        self.app.push_screen(ConfirmRun("Delete this run?", f"{run_dir} and everything in it (adapters, "
+                                        "checkpoints, logs) will be removed for good.", "Delete"), answered)
+
+    @work(thread=True, exclusive=True, group="delete")
+    def _delete(self, run_dir: Path) -> None:
+        try:
+            runs.remove_run(run_dir)
+        except (runs.RunError, OSError) as e:
+            self.app.call_from_thread(self.notify, display(str(e)), severity="error", markup=False)
+            return
+        self.app.call_from_thread(self._deleted, run_dir)
+
+    def _deleted(self, run_dir: Path) -> None:
+        self._cache.pop(run_dir, None)
+        if self.state.active_run == run_dir:
+            self.state.active_run = None
+        self.notify(display(f"Deleted {run_dir.name}"), markup=False)
+        self.action_refresh()

@@ -1,0 +1,247 @@
+"""The app shell: screen keys, palette, help, themes, quitting, small terminals, lazy demo model."""
+
+from __future__ import annotations
+
+import io
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+from rich.console import Console
+from textual.binding import Binding
+from textual.widgets import Input
+from textual.worker import WorkerCancelled
+
+from tunedeck.core import config as C
+from tunedeck.core.demo import sample_dataset
+from tunedeck.core.settings import load_settings, settings_path
+from tunedeck.tui.app import TunedeckApp, initial_state
+from tunedeck.tui.screens.config import ConfigScreen
+from tunedeck.tui.screens.data import DataScreen
+from tunedeck.tui.screens.dialogs import PathScreen, QuitScreen
+from tunedeck.tui.screens.help import HelpScreen
+from tunedeck.tui.state import CONFIG_NAME
+
+
+def make_workspace(root: Path, n: int = 40, lines: list[str] | None = None, **data: object) -> Path:
+    """A workspace with `n` sample examples (or `lines`) in data.jsonl and a demo tunedeck.toml."""
+    root.mkdir(parents=True, exist_ok=True)
+    if lines is None:
+        lines = sample_dataset().read_text(encoding="utf-8").splitlines()[:n]
+    (root / "data.jsonl").write_text("\n".join(lines) + "\n", encoding="utf-8")
+    cfg = C.preset("demo", "data.jsonl")
+    for key, value in data.items():
+        setattr(cfg.data, key, value)
+    C.save(cfg, root / CONFIG_NAME)
+    return root
+
+
+def make_app(workspace: Path, budget_gb: float | None = 24.0) -> TunedeckApp:
+    app = TunedeckApp(initial_state(workspace, None, None, None))
+    app.state.memory_budget_gb = budget_gb
+    return app
+
+
+async def settle(app: TunedeckApp, pilot) -> None:
+    """Let workers finish and the screen refresh (twice: a worker may start another)."""
+    for _ in range(2):
+        try:
+            await app.workers.wait_for_complete()
+        except WorkerCancelled:
+            pass
+        await pilot.pause()
+
+
+async def wait_for(pilot, cond: Callable[[], bool], timeout: float = 30.0, what: str = "") -> None:
+    deadline = time.monotonic() + timeout
+    while not cond():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting for {what or cond}")
+        await pilot.pause(0.05)
+
+
+def screen_text(app: TunedeckApp) -> str:
+    """The screen as plain text, as a terminal would show it."""
+    width, height = app.size
+    console = Console(width=width, height=height, file=io.StringIO(), force_terminal=True,
+                      color_system="truecolor", record=True, legacy_windows=False)
+    console.print(app.screen._compositor.render_update(full=True, screen_stack=app._background_screens))
+    return console.export_text()
+
+
+@pytest.fixture(autouse=True)
+def own_settings(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Each test its own settings file, so a theme chosen in one never leaks into another."""
+    monkeypatch.setenv("XDG_CONFIG_HOME", str(tmp_path / "xdg-config"))
+
+
+async def test_number_keys_switch_screens(tmp_path: Path) -> None:
+    app = make_app(make_workspace(tmp_path / "ws"))
+    async with app.run_test(size=(100, 30)) as pilot:
+        await settle(app, pilot)
+        for key, mode in zip("23451", ("config", "train", "chat", "runs", "data"), strict=True):
+            app.screen.set_focus(None)  # a focused text field (the chat prompt) keeps the digit
+            await pilot.press(key)
+            await pilot.pause()
+            assert app.current_mode == mode
+            assert app.title == f"tunedeck · {mode.title()}"
+        assert "data.jsonl" in app.sub_title and "model demo" in app.sub_title and "run none" in app.sub_title
+
+
+async def test_number_keys_type_into_text_fields(tmp_path: Path) -> None:
+    app = make_app(make_workspace(tmp_path / "ws"))
+    async with app.run_test(size=(100, 30)) as pilot:
+        await settle(app, pilot)
+        await pilot.press("slash", "2", "3")
+        await pilot.pause()
+        assert isinstance(app.focused, Input) and app.focused.value == "23"
+        assert app.current_mode == "data"
+        await pilot.press("escape", "5")
+        await pilot.pause()
+        assert app.current_mode == "runs"
+
+
+async def test_palette_switches_screens_runs_actions_and_themes(tmp_path: Path) -> None:
+    app = make_app(make_workspace(tmp_path / "ws"))
+    async with app.run_test(size=(100, 30)) as pilot:
+        await settle(app, pilot)
+        for query in ("Theme: tunedeck-light", "Screen: Config"):
+            await pilot.press("ctrl+p")
+            await pilot.pause()
+            await pilot.press(*query)
+            await pilot.pause(0.3)
+            await pilot.press("enter")
+            await pilot.pause()
+        assert app.current_mode == "config"
+        assert app.theme == "tunedeck-light"
+        await pilot.press("1", "ctrl+p")
+        await pilot.press(*"Data: Label")
+        await pilot.pause(0.3)
+        await pilot.press("enter")
+        await pilot.pause()
+        assert app.screen.edits  # the palette ran the Data screen's label toggle
+    assert load_settings()["theme"] == "tunedeck-light"
+    assert settings_path().is_relative_to(tmp_path)
+    assert make_app(make_workspace(tmp_path / "ws2")).theme == "tunedeck-light"
+
+
+async def test_themes_registered_and_default() -> None:
+    app = TunedeckApp(initial_state(Path.cwd(), str(sample_dataset()), None, None))
+    assert app.theme == "tunedeck"
+    assert {"tunedeck", "tunedeck-light", "tunedeck-contrast"} <= set(app.available_themes)
+
+
+def test_stylesheets_use_theme_variables_only() -> None:
+    import re
+
+    import tunedeck
+
+    root = Path(list(tunedeck.__path__)[0])
+    for name in ("themes/tunedeck.tcss", "tui/screens/data.tcss", "tui/screens/config.tcss"):
+        text = (root / name).read_text(encoding="utf-8")
+        assert not re.search(r"#[0-9a-fA-F]{3,8}\b", text), name
+        assert not re.search(r"\b(rgb|hsl)a?\(", text), name
+
+
+def test_every_binding_has_id_and_tooltip() -> None:
+    for owner in (TunedeckApp, DataScreen, ConfigScreen, HelpScreen, QuitScreen, PathScreen):
+        for binding in Binding.make_bindings(owner.BINDINGS):
+            assert binding.id and binding.tooltip, (owner.__name__, binding.key)
+
+
+async def test_help_lists_every_key_of_every_screen(tmp_path: Path) -> None:
+    app = make_app(make_workspace(tmp_path / "ws"))
+    async with app.run_test(size=(100, 60)) as pilot:
+        await settle(app, pilot)
+        for key in ("question_mark", "f1"):
+            await pilot.press(key)
+            await pilot.pause()
+            assert isinstance(app.screen, HelpScreen)
+            text = " ".join(str(s.render()) for s in app.screen.query("Static"))
+            for owner in (TunedeckApp, *app.MODES.values()):
+                for b in Binding.make_bindings(owner.BINDINGS):
+                    assert b.description in text, b
+            for title in ("Data screen (1)", "Config screen (2)", "Train screen (3)", "Chat screen (4)", "Runs screen (5)"):
+                assert title in text
+            await pilot.press("escape")
+            await pilot.pause()
+            assert not isinstance(app.screen, HelpScreen)
+
+
+async def test_quit_without_edits_exits_zero(tmp_path: Path) -> None:
+    app = make_app(make_workspace(tmp_path / "ws"))
+    async with app.run_test(size=(100, 30)) as pilot:
+        await settle(app, pilot)
+        await pilot.press("ctrl+q")
+        await pilot.pause()
+    assert app.return_value == 0
+
+
+@pytest.mark.parametrize("choice", ["d", "s"])
+async def test_quit_with_unsaved_edits_asks(tmp_path: Path, choice: str) -> None:
+    ws = make_workspace(tmp_path / "ws")
+    before = (ws / "data.jsonl").read_bytes()
+    app = make_app(ws)
+    async with app.run_test(size=(100, 30)) as pilot:
+        await settle(app, pilot)
+        await pilot.press("space", "ctrl+q")
+        await pilot.pause()
+        assert isinstance(app.screen, QuitScreen)
+        await pilot.press("escape")
+        await pilot.pause()
+        assert app.is_running and app.state.dirty == {"data"}
+        await pilot.press("ctrl+q")
+        await pilot.pause()
+        await pilot.press(choice)
+        await settle(app, pilot)
+    assert app.return_value == 0
+    after = (ws / "data.jsonl").read_bytes()
+    assert (after == before) is (choice == "d")
+
+
+async def test_no_color_is_respected(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("NO_COLOR", "1")
+    app = make_app(make_workspace(tmp_path / "ws"))
+    assert app.no_color
+    async with app.run_test(size=(80, 24)) as pilot:
+        await settle(app, pilot)
+        assert "desirable" in screen_text(app)
+
+
+@pytest.mark.parametrize("size", [(80, 24), (60, 20)])
+async def test_small_terminals(tmp_path: Path, size: tuple[int, int]) -> None:
+    app = make_app(make_workspace(tmp_path / "ws"))
+    async with app.run_test(size=size) as pilot:
+        await settle(app, pilot)
+        text = screen_text(app)
+        assert "desirable" in text and "undesirable" in text and "#1 · line 1" in text
+        await pilot.press("j")
+        await pilot.pause()
+        assert "#2 · line 2" in screen_text(app)
+        assert app.screen.has_class("-narrow") is (size[0] < 76)
+        if size[0] < 76:
+            await pilot.press("2")
+            await settle(app, pilot)
+            assert "[model]" in screen_text(app) and not app.screen.query_one("#side").display
+
+
+async def test_demo_model_is_built_only_when_needed(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Browsing needs no model; the token view builds the demo model in a worker, with progress shown."""
+    from tunedeck.core import demo
+
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    app = make_app(make_workspace(tmp_path / "ws"))
+    async with app.run_test(size=(100, 30)) as pilot:
+        await settle(app, pilot)
+        assert not demo.default_dir().exists()
+        assert app.model_status.state == "idle"
+        await pilot.press("t")
+        await pilot.pause()
+        busy = app.screen.query_one("#token-busy")
+        assert app.model_status.state == "loading" and busy.has_class("-busy"), app.model_status
+        await wait_for(pilot, lambda: app.model_status.state == "ready", 120, "the demo model")
+        await settle(app, pilot)
+        assert (demo.default_dir() / "config.json").is_file()
+        assert not app.screen.query_one("#token-busy").has_class("-busy")
+        assert "completion (trained)" in screen_text(app)

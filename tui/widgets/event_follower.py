@@ -1,0 +1,65 @@
+"""Follow a run's events.jsonl from a thread and post the events to a widget in batches."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from textual.message import Message
+from textual.message_pump import MessagePump
+
+from tunedeck.core import runs
+
+
+class TrainEvents(Message):
+    """A batch of events from `run_dir` (in file order). `caught_up`: the reader reached the end of
+    the file (the whole history so far has been posted). `attach` tells batches of one attach apart."""
+
+    def __init__(self, run_dir: Path, events: list[dict[str, Any]], caught_up: bool, attach: int) -> None:
+        super().__init__()
+        self.run_dir = run_dir
+        self.events = events
+        self.caught_up = caught_up
+        self.attach = attach
+
+
+class EventFollower:
+    """Tails `run_dir/events.jsonl` (partial lines, garbage and huge lines are handled by
+    `core.runs.iter_events`) and posts `TrainEvents` at most every `interval` seconds, or at once
+    when `batch` events are waiting (replaying a long history)."""
+
+    def __init__(self, run_dir: Path, target: MessagePump, attach: int, interval: float = 0.25,
+                 batch: int = 2000) -> None:
+        self.run_dir = run_dir
+        self.target = target
+        self.attach = attach
+        self.interval = interval
+        self.batch = batch
+        self._pending: list[dict[str, Any]] = []
+        self._posted = time.monotonic()
+
+    def _flush(self, caught_up: bool) -> None:
+        if self._pending or caught_up:
+            self.target.post_message(TrainEvents(self.run_dir, self._pending, caught_up, self.attach))
+            self._pending = []
+            self._posted = time.monotonic()
+
+    def run(self, cancelled: Callable[[], bool]) -> None:
+        """Follow until `cancelled()` is true (call from a thread worker)."""
+        caught_up = False
+
+        def idle() -> bool:  # iter_events calls this whenever it has nothing new to read
+            nonlocal caught_up
+            if not caught_up or self._pending:
+                self._flush(True)
+                caught_up = True
+            return cancelled()
+
+        for event in runs.iter_events(self.run_dir, follow=True, poll=self.interval, stop=idle):
+            self._pending.append(event)
+            if len(self._pending) >= self.batch or time.monotonic() - self._posted >= self.interval:
+                if cancelled():
+                    return
+                self._flush(False)
