@@ -4,13 +4,12 @@
 loaded), part by part, against the memory this machine lets training use (`machine_budget_gb`).
 The model of memory follows what tunedeck's trainer does (core/trainer.py, core/losses.py) and was
 calibrated against `measure_peak`, which runs the trainer's own step on a random model: see the
-comments at `_ACT` for the measured terms, and tests/test_memory_forecast.py.
+comments above `_WORK_NOGC` for the measured terms, and tests/test_memory_forecast.py.
 """
 
 from __future__ import annotations
 
 import json
-import math
 import os
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -201,6 +200,9 @@ _REF_WORK = (7.1, 4.9, 2.0, 1.0)
 _LOAD_CAST = 0.6
 _LOAD_QUANT = 0.65
 OVERHEAD_GB = 0.002  # MLX's own small arrays (random state, step counter, causal masks)
+# Activations x this, per backend: 1.0 = the CPU-measured model above. Set from `measure_peak` runs on
+# that backend (Metal and CUDA are modelled, not yet measured, at the time of writing).
+ACTIVATION_SCALE: dict[str, float] = {"cpu": 1.0, "metal": 1.0, "cuda": 1.0}
 OVERHEAD_FRACTION = 0.02  # of the dynamic parts: allocator rounding, what the fits miss
 
 
@@ -372,7 +374,7 @@ def _forecast(cfg, g: _Geometry, budget_gb: float, L: int, completion_len: int |
     optimizer = 2 * adapters  # AdamW m and v, zeros_like the float32 parameters
     gradients = adapters * (2 if t.grad_accumulation > 1 else 1)
 
-    # activations (elements per token; see _ACT comments above)
+    # activations (elements per token; see the comments above _WORK_NOGC)
     h, q, kv, inter = g.h, g.q, g.kv, g.inter
     fused = kind == "cuda" and T % 128 == 0
     nhT = 0 if fused else g.heads * T
@@ -399,18 +401,20 @@ def _forecast(cfg, g: _Geometry, budget_gb: float, L: int, completion_len: int |
         a, b, c, d = _WORK_NOGC
         work = a * h + b * qkv3 + c * inter + d * nhT
         beside_logits = S
-    stored_bytes = n_lora * stored * N * w
+    scale = ACTIVATION_SCALE.get(kind, 1.0)
+    w_act = w * scale
+    stored_bytes = n_lora * stored * N * w_act
     if lora.type == "dora":  # DoRA keeps weight-sized arrays per layer (the adapted weight, dequantized)
         dora_w = sum(mods[k][0] * mods[k][1] for k in keys) * w
-        stored_bytes += n_lora * dora_w * (1.1 if not (t.grad_checkpoint or bits) else 1.6)  # measured 1.1-2.1
+        stored_bytes += n_lora * dora_w * scale * (1.1 if not (t.grad_checkpoint or bits) else 1.6)  # measured 1.1-2.1
     BKV = B * K * g.vocab
     copy = 4.0 * BKV + (2.0 * BKV if w == 2 else 0.0)  # float32 logits (+ the bf16 ones they are cast from)
     n_copies = 3 if not kto else 2
     kl_copies = 1 if kto and cfg.kto.loss_type == "kto" and not t.grad_checkpoint else 0
-    logits_phase = (n_copies + kl_copies) * copy + beside_logits * N * w
-    layer_phase = work * N * w
+    logits_phase = (n_copies + kl_copies) * copy + beside_logits * N * w_act
+    layer_phase = work * N * w_act
     if logits_phase >= layer_phase:
-        activations = stored_bytes + beside_logits * N * w
+        activations = stored_bytes + beside_logits * N * w_act
         logits, kl = n_copies * copy, kl_copies * copy
     else:
         activations = stored_bytes + layer_phase
@@ -456,8 +460,6 @@ def _forecast(cfg, g: _Geometry, budget_gb: float, L: int, completion_len: int |
         notes.append(f"the peak is loading: the {g.ckpt_dtype} checkpoint is held whole while {what} it")
     if completion_len is None:
         notes.append("logits assumed at every position (an upper bound): pass completion_len for the data's")
-    if drop and t.grad_checkpoint:
-        notes.append("lora.dropout > 0 with grad checkpointing: dropout masks are drawn again in the recompute")
     verdict = "fits" if total <= FITS_FRACTION * budget_gb else "tight" if total <= budget_gb else "won't fit"
     return Forecast(round(total, 4), {k: round(v, 4) for k, v in parts.items()}, round(budget_gb, 2), verdict, [],
                     {k: round(v, 4) for k, v in phases.items()}, notes, T + 1, K, kind)
@@ -465,50 +467,79 @@ def _forecast(cfg, g: _Geometry, budget_gb: float, L: int, completion_len: int |
 
 def _suggest(cfg, g: _Geometry, fc: Forecast, budget_gb: float, L: int, completion_len: int | None, kind: str,
              dtype: str) -> list[str]:
-    """One or two single-key changes that bring the forecast under the budget (under 85% if possible)."""
+    """One or two changes that bring the forecast under the budget ("fits" first), each with its forecast.
+
+    Single-key changes first (grad checkpointing, a smaller batch, shorter sequences, 4-bit weights, a
+    pre-quantized checkpoint when loading is the peak, fewer LoRA layers); when none is enough alone,
+    one combination of them, applied in that order until it fits.
+    """
     import copy
 
-    def trial(edit, seq: int = L, geom: _Geometry = g) -> Forecast:
-        c = copy.deepcopy(cfg)
-        edit(c)
+    def run(c, seq: int, geom: _Geometry) -> Forecast:
         return _forecast(c, geom, budget_gb, seq, completion_len, kind, dtype, [])
 
-    candidates: list[tuple[str, Forecast]] = []
+    steps: list[tuple[str, Any]] = []  # (text, edit(c, state)) applied to a config and a [seq, geometry] state
     t = cfg.train
     if not t.grad_checkpoint:
-        candidates.append(("train.grad_checkpoint = true", trial(lambda c: setattr(c.train, "grad_checkpoint", True))))
+        steps.append(("train.grad_checkpoint = true", lambda c, st: setattr(c.train, "grad_checkpoint", True)))
     low = 2 if t.method == "kto" else 1
     for b in range(t.batch_size - 1, low - 1, -1):
-        f = trial(lambda c, b=b: setattr(c.train, "batch_size", b))
-        if f.total_gb <= budget_gb:
-            ga = t.grad_accumulation * t.batch_size / b
-            extra = f" (with train.grad_accumulation = {ga:g} for the same effective batch)" if ga == int(ga) and ga > 1 else ""
-            candidates.append((f"train.batch_size = {b}{extra}", f))
-            break
+        ga = t.grad_accumulation * t.batch_size / b
+        extra = f" (train.grad_accumulation = {ga:g} keeps the effective batch)" if ga == int(ga) and ga > 1 else ""
+        steps.append((f"train.batch_size = {b}{extra}", lambda c, st, b=b: setattr(c.train, "batch_size", b)))
     seq = L
-    while seq > 128:
-        seq = max(128, (seq // 2) // 64 * 64)
-        f = trial(lambda c, s=seq: setattr(c.data, "max_seq_len", s), seq=seq)
-        if f.total_gb <= budget_gb:
-            candidates.append((f"data.max_seq_len = {seq}", f))
-            break
+    while seq > 256:
+        seq = max(256, (seq // 2) // 64 * 64)
+
+        def shorter(c, st, s=seq):
+            c.data.max_seq_len = s
+            st[0] = min(st[0], s)
+        steps.append((f"data.max_seq_len = {seq}", shorter))
     if not g.quant and cfg.model.quantize != 4:
-        candidates.append(("model.quantize = 4", trial(lambda c: setattr(c.model, "quantize", 4))))
-    if not g.quant and fc.phases.get("load", 0) >= fc.total_gb - 1e-9 and (cfg.model.quantize or 0):
-        bits = cfg.model.quantize
-        pre = replace(g, quant={"bits": bits, "group_size": GROUP_SIZE}, ckpt_bytes=None)
-        candidates.append((f"model.path = a pre-quantized {bits}-bit checkpoint (no full-precision load)",
-                           trial(lambda c: None, geom=pre)))
+        steps.append(("model.quantize = 4", lambda c, st: setattr(c.model, "quantize", 4)))
+    if not g.quant:
+        bits = cfg.model.quantize or 4
+
+        def prequantized(c, st, bits=bits):
+            c.model.quantize = bits
+            st[1] = replace(g, quant={"bits": bits, "group_size": GROUP_SIZE}, ckpt_bytes=None)
+        steps.append((f"model.path = a pre-quantized {bits}-bit checkpoint (no full-precision load)", prequantized))
     n = g.layers if cfg.lora.num_layers < 0 else cfg.lora.num_layers
-    for k in (n // 2, n // 4, 1):
+    for k in sorted({n // 2, n // 4, 1}, reverse=True):
         if 0 < k < n:
-            f = trial(lambda c, k=k: setattr(c.lora, "num_layers", k))
-            if f.total_gb <= budget_gb:
-                candidates.append((f"lora.num_layers = {k}", f))
-                break
-    ok = [(text, f) for text, f in candidates if f.total_gb < fc.total_gb and f.total_gb <= budget_gb]
-    ok.sort(key=lambda tf: (tf[1].verdict != "fits", 0))
-    return [f"{text} → {f.total_gb:.1f} GB" for text, f in ok[:2]]
+            steps.append((f"lora.num_layers = {k}", lambda c, st, k=k: setattr(c.lora, "num_layers", k)))
+
+    singles: list[tuple[str, Forecast]] = []
+    tried_keys: set[str] = set()
+    for text, edit in steps:
+        key = text.split(" =")[0]
+        if key in tried_keys:
+            continue  # the first (mildest) value of each key that fits
+        c, st = copy.deepcopy(cfg), [L, g]
+        edit(c, st)
+        f = run(c, st[0], st[1])
+        if f.total_gb <= budget_gb and f.total_gb < fc.total_gb:
+            singles.append((text, f))
+            tried_keys.add(key)
+    if singles:
+        singles.sort(key=lambda tf: tf[1].verdict != "fits")  # stable: the order of `steps` otherwise
+        return [f"{text} → {f.total_gb:.1f} GB" for text, f in singles[:2]]
+    # cumulative: the one-off changes first (checkpointing, bits, a pre-quantized checkpoint), then the
+    # batch, the sequence length and the LoRA layers lowered step by step, until it fits
+    ladders = ("train.batch_size", "data.max_seq_len", "lora.num_layers")
+    ordered = [st_ for st_ in steps if st_[0].split(" =")[0] not in ladders]
+    ordered += [st_ for key in ladders for st_ in steps if st_[0].split(" =")[0] == key]
+    c, st, done = copy.deepcopy(cfg), [L, g], []
+    for text, edit in ordered:
+        key = text.split(" =")[0]
+        edit(c, st)
+        done = [d for d in done if d.split(" =")[0] != key] + [text.split(" (")[0]]
+        if key == "model.path":  # a pre-quantized checkpoint says the bits already
+            done = [d for d in done if not d.startswith("model.quantize")]
+        f = run(c, st[0], st[1])
+        if f.total_gb <= budget_gb:
+            return [f"{', '.join(done)} → {f.total_gb:.1f} GB"]
+    return []
 
 
 def _unpatched_block_call(cls: type) -> Any:

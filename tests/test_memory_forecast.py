@@ -25,13 +25,12 @@ def mistral_cfg(quantize: int = 4, batch: int = 4, seq: int = 2048, method: str 
     return cfg
 
 
-# --- against measurements: the trainer's own step on a random tiny model, in this process (~5 s) ---
+# --- against measurements: the trainer's own step on a random tiny model, in this process ------------
+# (float32 through MLX's reference BLAS, so kept small: ~15 s for both points)
 
 @pytest.mark.parametrize(("method", "batch", "seq", "gc"), [
-    ("sft", 2, 128, False),
-    ("sft", 4, 256, True),
-    ("kto", 2, 128, True),
-    ("kto", 4, 256, False),
+    ("sft", 2, 64, False),
+    ("kto", 2, 64, True),
 ])
 def test_forecast_within_15_percent_of_measured_peak(method: str, batch: int, seq: int, gc: bool) -> None:
     cfg = demo_cfg(method, batch, seq, gc)
@@ -60,7 +59,6 @@ def test_parts_add_up_and_grow_with_the_batch() -> None:
     big = memory.forecast(demo_cfg(batch=8), mc, budget_gb=10.0, backend="cpu")
     for fc in (small, big):
         assert sum(fc.parts.values()) == pytest.approx(fc.total_gb, rel=1e-3)
-        assert set(memory.Forecast.__dataclass_fields__["parts"].type.split("[")[0:1]) or True
         for name in ("weights", "adapters", "optimizer", "gradients", "activations", "logits", "kl_forward", "overhead"):
             assert name in fc.parts
     assert big.parts["activations"] > small.parts["activations"] and big.total_gb > small.total_gb
@@ -86,23 +84,26 @@ def _suggested_value(text: str) -> tuple[str, float]:
     return m.group(1), float(m.group(2))
 
 
-@pytest.mark.parametrize("budget", [24.0, 16.0])
-def test_suggestions_are_lower_and_fit(budget: float) -> None:
-    cfg = mistral_cfg(quantize=0, batch=8, seq=4096, method="sft")
-    cfg.train.grad_checkpoint = False
-    fc = memory.forecast(cfg, budget_gb=budget, backend="metal")
+@pytest.mark.parametrize(("quantize", "batch", "seq", "gc", "budget"), [
+    (4, 8, 2048, False, 24.0),  # single changes fit
+    (0, 8, 4096, False, 16.0),  # only a combination fits
+    (4, 4, 2048, True, 17.2),  # the default preset on a 24 GB Mac: loading the bf16 checkpoint is in the way
+])
+def test_suggestions_are_lower_and_fit(quantize: int, batch: int, seq: int, gc: bool, budget: float) -> None:
+    cfg = mistral_cfg(quantize=quantize, batch=batch, seq=seq, method="sft")
+    cfg.train.grad_checkpoint = gc
+    fc = memory.forecast(cfg, budget_gb=budget, backend="metal", completion_len=256)
     assert fc.verdict == "won't fit"
     assert 1 <= len(fc.suggestions) <= 2
     for s in fc.suggestions:
         change, gb = _suggested_value(s)
         assert gb < fc.total_gb and gb <= budget
-        key_value = change.split(" (")[0]
-        if re.fullmatch(r"[a-z_]+\.[a-z_]+ = \S+", key_value):  # a plain config change: it gives that forecast
-            edited = C.Config(**{k: v for k, v in vars(cfg).items()})
+        items = [c.strip().split(" (")[0] for c in change.split(", ")]
+        if all(re.fullmatch(r"[a-z_]+\.[a-z_]+ = \S+", i) for i in items):  # plain config keys: that is their forecast
             edited = C.loads(cfg.to_toml())[0]
-            assert C.apply_overrides(edited, [key_value.replace(" ", "")]) == []
-            seq = edited.data.max_seq_len
-            again = memory.forecast(edited, budget_gb=budget, backend="metal", seq_len=seq)
+            assert C.apply_overrides(edited, [i.replace(" ", "") for i in items]) == []
+            seq_len = min(seq, edited.data.max_seq_len)
+            again = memory.forecast(edited, budget_gb=budget, backend="metal", seq_len=seq_len, completion_len=256)
             assert again.total_gb == pytest.approx(gb, abs=0.051)
 
 
@@ -155,23 +156,37 @@ def test_machine_budget_is_some_of_this_machine() -> None:
 # --- 7B: plausible numbers --------------------------------------------------------------------------
 
 def test_mistral_7b_numbers_are_plausible() -> None:
-    """What we predict for the default preset and its bf16 variant (Metal, bf16 compute).
+    """What we predict for Mistral-7B on Metal (bf16 compute), completions of 256 tokens.
 
-    Mistral-7B 4-bit (group 64: 0.5625 bytes per weight, embedding bf16): weights ≈ 4.1 GB.
-    LoRA r16 on q, k, v, o of 32 layers: 13.6 M parameters in float32 = 0.055 GB, ×3 with AdamW's
-    m and v, ×4 with the gradient. KTO, batch 4 × 2048, grad checkpointing: the activations dominate.
+    Weights: 4-bit with group 64 is 0.5625 bytes a weight, the embedding stays bf16: 4.27 GB (bf16: 14.50).
+    LoRA r16 on q, k, v, o of 32 layers: 13.6 M float32 parameters = 0.055 GB; AdamW's m and v twice that.
+    Predicted peaks (GB, train step / KTO reference pass / loading the bf16 checkpoint):
+      4-bit  SFT 2x1024:  9.0            4x2048: 24.3      loading: 17.3 (14.5 bf16 + quantizing)
+      4-bit  KTO 2x1024:  8.1 / 5.3      4x2048: 20.6 / 7.7
+      bf16   SFT 2x1024: 19.3            4x2048: 34.5
+      bf16   KTO 2x1024: 18.3 / 15.5     4x2048: 30.8 / 17.9
+    At 4x2048 with checkpointing the activations (15.8 GB) are what checkpointed layers still keep
+    (measured on CPU: ~9.6 GB at this size) plus one layer recomputed with Metal's unfused attention
+    (B x 32 heads x T^2 probabilities: 1.07 GB a copy).
     """
-    fc = memory.forecast(mistral_cfg(), budget_gb=17.2, backend="metal", completion_len=512)
-    assert 3.9 <= fc.parts["weights"] <= 4.3
+    fc = memory.forecast(mistral_cfg(), budget_gb=17.2, backend="metal", completion_len=256)
+    assert 4.1 <= fc.parts["weights"] <= 4.4
     assert fc.parts["adapters"] == pytest.approx(0.0545, rel=0.02)
-    assert fc.parts["optimizer"] == pytest.approx(2 * fc.parts["adapters"])
-    assert 8 <= fc.phases["train"] <= 20
-    assert fc.phases["load"] == pytest.approx(14.5 + 0.65 * fc.parts["weights"], rel=0.05)  # the bf16 checkpoint
+    assert fc.parts["optimizer"] == pytest.approx(2 * fc.parts["adapters"], rel=0.01)
+    assert fc.phases["train"] == pytest.approx(20.6, rel=0.05)
+    assert fc.phases["reference"] == pytest.approx(7.7, rel=0.05)
+    assert fc.phases["load"] == pytest.approx(14.5 + 0.65 * fc.parts["weights"], rel=0.02)  # the bf16 checkpoint
+    assert fc.verdict == "won't fit" and fc.suggestions
+    small = memory.forecast(mistral_cfg(batch=2, seq=1024), budget_gb=17.2, backend="metal", completion_len=256)
+    assert small.phases["train"] == pytest.approx(8.1, rel=0.05)
+    assert small.total_gb == pytest.approx(small.phases["load"])  # loading is the peak at this size
 
-    bf16 = memory.forecast(mistral_cfg(quantize=0), budget_gb=17.2, backend="metal", completion_len=512)
-    assert 14.3 <= bf16.parts["weights"] <= 14.7
-    assert bf16.verdict == "won't fit" and bf16.suggestions
+    bf16 = memory.forecast(mistral_cfg(quantize=0, method="sft", batch=2, seq=1024), budget_gb=17.2,
+                           backend="metal", completion_len=256)
+    assert 14.4 <= bf16.parts["weights"] <= 14.6
+    assert bf16.phases["train"] == pytest.approx(19.3, rel=0.05)
 
-    cuda = memory.forecast(mistral_cfg(batch=2, seq=1024), budget_gb=80.0, backend="cuda")
-    assert cuda.parts["activations"] < memory.forecast(mistral_cfg(batch=2, seq=1024), budget_gb=80.0,
-                                                        backend="metal").parts["activations"]
+    # CUDA fuses attention forward and backward when T is a multiple of 128: less than Metal
+    cuda = memory.forecast(mistral_cfg(batch=2, seq=1025), budget_gb=80.0, backend="cuda")
+    metal = memory.forecast(mistral_cfg(batch=2, seq=1025), budget_gb=80.0, backend="metal")
+    assert cuda.parts["activations"] < metal.parts["activations"]
