@@ -373,6 +373,12 @@ def _check_workers(args: argparse.Namespace) -> tuple[int, Path | None]:
             raise UserError(str(e)) from None
         if workers not in (None, n):
             raise UserError(f"--workers {workers} but {hostfile} lists {n} hosts (one rank per host entry)")
+        from .launch import first_host_is_here
+
+        if not first_host_is_here(hostfile):
+            print(f"tunedeck: warning: the first host in {hostfile} is rank 0, which writes the run directory "
+                  "(events, checkpoints, adapters); list this machine first to follow the run from here",
+                  file=sys.stderr)
         workers = n
     workers = workers or 1
     if workers > 1:

@@ -53,6 +53,16 @@ def hostfile_hosts(path: Path) -> int:
     return len(hosts)
 
 
+def first_host_is_here(path: Path) -> bool:
+    """Whether the hostfile's first host (rank 0, which writes the run directory) is this machine."""
+    data = json.loads(Path(path).read_text(encoding="utf-8"))
+    hosts = data.get("hosts") if isinstance(data, dict) else data
+    first = str(hosts[0].get("ssh", "")).lower()
+    name = socket.gethostname().lower()
+    return first in {"localhost", "127.0.0.1", name, name.split(".")[0], f"{name.split('.')[0]}.local",
+                     socket.getfqdn().lower()}
+
+
 def free_port_base(n: int, host: str = "127.0.0.1", tries: int = 200) -> int:
     """A port p such that p .. p+n-1 are free here (the ring backend listens on one port per local rank)."""
     rng = random.Random()

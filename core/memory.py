@@ -198,7 +198,9 @@ _REF_WORK = (7.1, 4.9, 2.0, 1.0)
 # the training dtype and/or the quantization run beside it; measured peaks were checkpoint + 0.58x
 # the cast copy and checkpoint + 0.62x the quantized weights.
 _LOAD_CAST = 0.6
-_LOAD_QUANT = 0.65
+# core.model.load_base loads lazily before quantizing: measured at 7B 4-bit on an H100, the load peaked
+# at the quantized weights + 0.14x the bf16 checkpoint (6.25 GB; bench/results/h100_memory_probe.txt).
+_LOAD_LAZY_QUANT = 0.14
 OVERHEAD_GB = 0.002  # MLX's own small arrays (random state, step counter, causal masks)
 # Activations x this, per backend: 1.0 = the CPU-measured model above. Set from `measure_peak` runs on
 # that backend (Metal and CUDA are modelled, not yet measured, at the time of writing).
@@ -440,8 +442,9 @@ def _forecast(cfg, g: _Geometry, budget_gb: float, L: int, completion_len: int |
     else:
         ckpt = g.ckpt_bytes or _weight_bytes(g, ckpt_w, 0)
         cast = _LOAD_CAST * _weight_bytes(g, w, 0) if ckpt_w != w else 0.0
-        quant = _LOAD_QUANT * weights if bits else 0.0
-        load_extra = max(cast, quant)
+        load_extra = cast
+        if bits:  # lazy load: the full-precision checkpoint is never resident at once
+            ckpt, load_extra = weights, _LOAD_LAZY_QUANT * ckpt
     load_total = ckpt + load_extra + OVERHEAD_GB * GB
 
     phases = {"load": load_total / GB, "train": train_total / GB}

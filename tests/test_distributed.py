@@ -28,6 +28,19 @@ pytestmark = pytest.mark.skipif(not mx.distributed.is_available(), reason="MLX b
 SLOW = {"TUNEDECK_FAULT": "step_sleep:0.4"}  # slow steps so a signal lands mid-run
 
 
+@pytest.fixture(autouse=True)
+def no_leftover_ranks(tmp_path: Path):
+    """A failed test must not leave ranks (or their launcher) running: kill what this test started."""
+    yield
+    mine = [p for p in psutil.process_iter(["cmdline"]) if any(str(tmp_path) in a for a in p.info["cmdline"] or [])]
+    for p in mine:
+        try:
+            p.kill()
+        except psutil.Error:
+            pass
+    psutil.wait_procs(mine, timeout=10)
+
+
 def config(ws: Path, method: str) -> Path:
     path = small_config(ws, method, n=40, iters=6, save_every=2, eval_every=3)
     cfg, _ = C.load(path)

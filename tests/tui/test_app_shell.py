@@ -21,7 +21,7 @@ from tunedeck.tui.screens.config import ConfigScreen
 from tunedeck.tui.screens.data import DataScreen
 from tunedeck.tui.screens.dialogs import PathScreen, QuitScreen
 from tunedeck.tui.screens.help import HelpScreen
-from tunedeck.tui.state import CONFIG_NAME
+from tunedeck.tui.state import CONFIG_NAME, ModelStatus
 
 
 def make_workspace(root: Path, n: int = 40, lines: list[str] | None = None, **data: object) -> Path:
@@ -227,7 +227,7 @@ async def test_small_terminals(tmp_path: Path, size: tuple[int, int]) -> None:
 
 
 async def test_demo_model_is_built_only_when_needed(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    """Browsing needs no model; the token view builds the demo model in a worker, with progress shown."""
+    """Browsing needs no model; the token view builds the demo model in a worker, reporting progress."""
     from tunedeck.core import demo
 
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
@@ -236,12 +236,17 @@ async def test_demo_model_is_built_only_when_needed(tmp_path: Path, monkeypatch:
         await settle(app, pilot)
         assert not demo.default_dir().exists()
         assert app.model_status.state == "idle"
-        await pilot.press("t")
-        await pilot.pause()
+        seen: list[ModelStatus] = []
+        app.watch(app, "model_status", lambda status: seen.append(status), init=False)
         busy = app.screen.query_one("#token-busy")
-        assert app.model_status.state == "loading" and busy.has_class("-busy"), app.model_status
+        await pilot.press("t")
         await wait_for(pilot, lambda: app.model_status.state == "ready", 120, "the demo model")
         await settle(app, pilot)
+        progress = [s.message for s in seen if s.state == "loading"]
+        assert any("training tokenizer" in m for m in progress), progress
         assert (demo.default_dir() / "config.json").is_file()
-        assert not app.screen.query_one("#token-busy").has_class("-busy")
+        assert not busy.has_class("-busy")
         assert "completion (trained)" in screen_text(app)
+        app.model_status = ModelStatus("loading", "building", "demo")  # what the token view shows meanwhile
+        await pilot.pause()
+        assert busy.has_class("-busy") and "building" in str(busy.render())
