@@ -75,3 +75,18 @@ def small_config(workspace: Path, method: str = "kto", n: int = 64, **train: obj
     path = workspace / "tunedeck.toml"
     C.save(cfg, path)
     return path
+
+
+def wait_for(run_dir: Path, pred, timeout: float = 240) -> dict:
+    """The first event of a run satisfying `pred`, polling its event log."""
+    import time
+
+    from tunedeck.core import runs
+
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        for e in runs.read_events(run_dir):
+            if pred(e):
+                return e
+        time.sleep(0.1)
+    raise AssertionError(f"timed out; events: {runs.read_events(run_dir)}; log: {runs.tail_log(run_dir, 40)}")

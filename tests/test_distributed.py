@@ -18,7 +18,7 @@ import numpy as np
 import psutil
 import pytest
 
-from tests.conftest import run_cli, small_config
+from tests.conftest import run_cli, small_config, wait_for
 from tunedeck.core import config as C
 from tunedeck.core import launch, runs
 from tunedeck.core.trainer import Trainer, prepare_run
@@ -59,16 +59,6 @@ def single(ws: Path, method: str) -> Path:
 
 def events(run_dir: Path, kind: str) -> list[dict]:
     return [e for e in runs.read_events(run_dir) if e["type"] == kind]
-
-
-def wait_for(run_dir: Path, pred, timeout: float = 240) -> dict:
-    deadline = time.time() + timeout
-    while time.time() < deadline:
-        for e in runs.read_events(run_dir):
-            if pred(e):
-                return e
-        time.sleep(0.1)
-    raise AssertionError(f"timed out; events: {runs.read_events(run_dir)}; log: {runs.tail_log(run_dir, 40)}")
 
 
 def ranks(run_dir: Path) -> dict[int, psutil.Process]:

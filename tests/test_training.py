@@ -14,7 +14,7 @@ import mlx.core as mx
 import numpy as np
 import pytest
 
-from tests.conftest import BIN, run_cli, small_config
+from tests.conftest import run_cli, small_config, wait_for
 from tunedeck.core import config as C
 from tunedeck.core import reference, runs
 from tunedeck.core.trainer import Trainer, prepare_run
@@ -39,16 +39,6 @@ def steps(run_dir: Path) -> dict[int, tuple[float, float]]:
 
 def adapter(run_dir: Path) -> dict[str, np.ndarray]:
     return {k: np.array(v) for k, v in mx.load(str(run_dir / "adapters" / "adapters.safetensors")).items()}
-
-
-def wait_for(run_dir: Path, pred, timeout: float = 180) -> dict:
-    deadline = time.time() + timeout
-    while time.time() < deadline:
-        for e in runs.read_events(run_dir):
-            if pred(e):
-                return e
-        time.sleep(0.1)
-    raise AssertionError(f"timed out; events: {runs.read_events(run_dir)}; log: {runs.tail_log(run_dir)}")
 
 
 @pytest.mark.parametrize("method", ["kto", "sft"])
