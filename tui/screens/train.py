@@ -288,7 +288,9 @@ class TrainScreen(Screen):
             f"loss {fmt_number(last.get('loss'))}",
             f"val {fmt_number(h.val_loss)} (best {fmt_number(h.best_val_loss)})",
             f"lr {fmt_number(last.get('lr'), '.2e')}",
-            f"{fmt_number(last.get('tokens_per_sec'), '.0f')} tok/s",
+            f"{fmt_number(last.get('tokens_per_sec'), '.0f')} tok/s"
+            + (f" ({h.workers} workers, {fmt_number(last.get('tokens_per_sec_per_worker'), '.0f')} each)"
+               if h.workers > 1 else ""),
             f"elapsed {fmt_duration(end - h.started)}",
         ]
         if self.alive and "eta_sec" in last:

@@ -63,6 +63,7 @@ class RunHistory:
     method: str = ""
     step: int = 0
     total: int = 0
+    workers: int = 1  # data-parallel processes of the run
     started: float | None = None  # time of the latest start event
     updated: float | None = None  # time of the latest event
     last: dict[str, float] = field(default_factory=dict)  # latest valid number of each step-event field
@@ -93,6 +94,7 @@ class RunHistory:
         self.error = None
         self.method = str(e.get("method", ""))
         self.total = max(integer(e.get("total_steps")) or 0, 0)
+        self.workers = max(integer(e.get("workers")) or 1, 1)
         self.started = number(e.get("time"))
         for s in self.series.values():
             s.truncate(step)
