@@ -205,6 +205,11 @@ OVERHEAD_GB = 0.002  # MLX's own small arrays (random state, step counter, causa
 # Activations x this, per backend: 1.0 = the CPU-measured model above. Set from `measure_peak` runs on
 # that backend (Metal and CUDA are modelled, not yet measured, at the time of writing).
 ACTIVATION_SCALE: dict[str, float] = {"cpu": 1.0, "metal": 1.0, "cuda": 1.0}
+# MLX 0.32.4's CUDA backend holds far more than the CPU-measured model during a step (with gradient
+# checkpointing especially, and more with quantized weights). Fitted to the 7B step peaks measured on an
+# H100 (bench/results/h100_forecast_7b.txt), bytes per batch token; consistent with mlx-lm's own slope
+# there (+4.9 GB per 1,024 tokens at 4-bit with checkpointing).
+CUDA_EXTRA_PER_TOKEN: dict[str, float] = {"float": 3.6e6, "quantized": 5.75e6}
 OVERHEAD_FRACTION = 0.02  # of the dynamic parts: allocator rounding, what the fits miss
 
 
@@ -423,6 +428,8 @@ def _forecast(cfg, g: _Geometry, budget_gb: float, L: int, completion_len: int |
         logits = kl = 0.0
     dynamic = activations + logits + kl + gradients + optimizer
     overhead = OVERHEAD_GB * GB + OVERHEAD_FRACTION * dynamic
+    if kind == "cuda":  # empirical: what MLX's CUDA backend holds beyond the model above (CUDA_EXTRA)
+        overhead += CUDA_EXTRA_PER_TOKEN["quantized" if bits else "float"] * B * T
     train_total = weights + adapters + optimizer + gradients + activations + logits + kl + overhead
 
     # the KTO reference pass: micro-batches of 2B, no gradient, before the optimizer state exists
