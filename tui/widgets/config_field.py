@@ -1,4 +1,4 @@
-"""One config key in the form: its editor (Input, Select or Switch), help text and messages."""
+"""One config key in the form: its editor (Input, Select or Switch) and its error or warning messages."""
 
 from __future__ import annotations
 
