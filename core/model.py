@@ -130,8 +130,13 @@ def adapter_config(lora: LoraConfig, model: nn.Module, base: str) -> dict[str, A
     }
 
 
-def apply_adapters(model: nn.Module, lora: LoraConfig, base: str, warm_start: str = "") -> dict[str, Any]:
-    """Freeze the base and add LoRA/DoRA layers (fresh, or loaded from `warm_start`). Returns the adapter config."""
+def apply_adapters(model: nn.Module, lora: LoraConfig, base: str, warm_start: str = "",
+                   seed: int | None = None) -> dict[str, Any]:
+    """Freeze the base and add LoRA/DoRA layers (fresh, or loaded from `warm_start`). Returns the adapter config.
+
+    `seed` seeds the fresh A matrices right before they are drawn, so the initial adapter does not depend
+    on what else drew random numbers earlier in the process (first imports do).
+    """
     from mlx_lm.tuner.utils import linear_to_lora_layers, load_adapters
 
     model.freeze()
@@ -147,6 +152,8 @@ def apply_adapters(model: nn.Module, lora: LoraConfig, base: str, warm_start: st
         cfg["base_model"] = base
     else:
         cfg = adapter_config(lora, model, base)
+        if seed is not None:
+            mx.random.seed(seed)
         linear_to_lora_layers(model, cfg["num_layers"], cfg["lora_parameters"], use_dora=lora.type == "dora")
     model.unfreeze(keys=["lora_a", "lora_b", "m"], strict=False)
     mx.eval(model.parameters())
@@ -216,8 +223,8 @@ class Loaded:
     total: int
 
 
-def load_for_training(mcfg: ModelConfig, lora: LoraConfig, dtype: str) -> Loaded:
+def load_for_training(mcfg: ModelConfig, lora: LoraConfig, dtype: str, seed: int | None = None) -> Loaded:
     model, tok, model_dir = load_base(mcfg, dtype)
-    cfg = apply_adapters(model, lora, mcfg.path if mcfg.path != DEMO_MODEL else str(model_dir), mcfg.adapter)
+    cfg = apply_adapters(model, lora, mcfg.path if mcfg.path != DEMO_MODEL else str(model_dir), mcfg.adapter, seed)
     trainable, total = parameter_counts(model)
     return Loaded(model, tok, model_dir, cfg, trainable, total)

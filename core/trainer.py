@@ -433,7 +433,7 @@ class Trainer:
             ckpt = runs.latest_checkpoint(self.run_dir)
 
         train_ex, valid_ex = self._load_data()
-        loaded: Loaded = load_for_training(c.model, c.lora, dtype)
+        loaded: Loaded = load_for_training(c.model, c.lora, dtype, c.train.seed)
         model, tok = loaded.model, loaded.tokenizer
         train = tokenize(tok, train_ex, c.data.max_seq_len, kto, c.train.seed)
         valid = tokenize(tok, valid_ex, c.data.max_seq_len, kto, c.train.seed + 1)
