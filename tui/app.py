@@ -25,7 +25,7 @@ from .screens.data import DataScreen
 from .screens.dialogs import QuitScreen
 from .screens.help import HelpScreen
 from .screens.runs import RunsScreen
-from .screens.train import TrainScreen
+from .screens.train import TrainScreen, find_running
 from .state import CONFIG_NAME, AppState, ModelStatus
 
 
@@ -122,6 +122,8 @@ class TunedeckApp(App[int]):
         self.theme_changed_signal.subscribe(self, self._remember_theme)
         self.mode_change_signal.subscribe(self, lambda _mode: self.refresh_header())
         self.refresh_header()
+        if find_running(self.state.runs_root) is not None:
+            self.call_after_refresh(self.switch_mode, "train")  # re-opened over a live run: show it
 
     def _remember_theme(self, theme: Any) -> None:
         try:
