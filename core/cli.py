@@ -339,12 +339,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     if workers > 1 or hostfile is not None:
         return _train_distributed(args, run_dir, resume, workers, hostfile)
     if args.detach:
-        pid = runs.spawn_detached(run_dir, resume=resume)
-        if not runs.wait_started(run_dir, pid):
-            tail = "\n".join(runs.tail_log(run_dir, 15))
-            raise UserError(f"training process exited at start; {run_dir / 'train.log'}:\n{tail}")
-        print(run_dir)
-        return 0
+        return _report_detached(run_dir, runs.spawn_detached(run_dir, resume=resume), timeout=60)
     print(f"run: {run_dir}", file=sys.stderr)
     printer = None if args.quiet else ProgressPrinter(sys.stderr)
     code = Trainer(run_dir, resume=resume, progress=printer).run()
@@ -355,6 +350,17 @@ def cmd_train(args: argparse.Namespace) -> int:
         print(f"tunedeck: error: {info.error}", file=sys.stderr)
     print(run_dir)
     return code
+
+
+def _report_detached(run_dir: Path, pid: int, timeout: float) -> int:
+    """Wait until a detached trainer holds its run; print the run dir, or fail with the log's tail."""
+    from . import runs
+
+    if not runs.wait_started(run_dir, pid, timeout=timeout):
+        tail = "\n".join(runs.tail_log(run_dir, 15))
+        raise UserError(f"training exited at start; {run_dir / 'train.log'}:\n{tail}")
+    print(run_dir)
+    return 0
 
 
 def _check_workers(args: argparse.Namespace) -> tuple[int, Path | None]:
@@ -401,12 +407,7 @@ def _train_distributed(args: argparse.Namespace, run_dir: Path, resume: bool, wo
     from .progress import ProgressPrinter
 
     if args.detach:
-        pid = launch.spawn(run_dir, resume, workers, hostfile, detach=True)
-        if not runs.wait_started(run_dir, pid, timeout=180):
-            tail = "\n".join(runs.tail_log(run_dir, 15))
-            raise UserError(f"training processes exited at start; {run_dir / 'train.log'}:\n{tail}")
-        print(run_dir)
-        return 0
+        return _report_detached(run_dir, launch.spawn(run_dir, resume, workers, hostfile, detach=True), timeout=180)
     print(f"run: {run_dir} ({workers} workers; their output goes to {run_dir / 'train.log'})", file=sys.stderr)
     printer = None if args.quiet else ProgressPrinter(sys.stderr)
     proc = launch.spawn(run_dir, resume, workers, hostfile, detach=False)

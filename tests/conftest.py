@@ -90,3 +90,14 @@ def wait_for(run_dir: Path, pred, timeout: float = 240) -> dict:
                 return e
         time.sleep(0.1)
     raise AssertionError(f"timed out; events: {runs.read_events(run_dir)}; log: {runs.tail_log(run_dir, 40)}")
+
+
+def wait_until(cond, timeout: float, what: str) -> None:
+    """Poll `cond` until it is true, or fail naming `what`."""
+    import time
+
+    deadline = time.monotonic() + timeout
+    while not cond():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting for {what}")
+        time.sleep(0.2)

@@ -14,7 +14,7 @@ from pathlib import Path
 import psutil
 import pytest
 
-from tests.conftest import BIN, run_cli
+from tests.conftest import BIN, run_cli, wait_until as wait
 from tests.tui.test_train_screen import make_workspace
 from tunedeck.core import runs
 from tunedeck.tui.screens.train import find_running
@@ -23,12 +23,6 @@ pytestmark = [pytest.mark.slow, pytest.mark.skipif(shutil.which("tmux") is None,
 ENV_KEYS = ("XDG_CACHE_HOME", "XDG_CONFIG_HOME", "HF_HUB_OFFLINE", "TOKENIZERS_PARALLELISM", "PATH")
 
 
-def wait(cond: Callable[[], object], timeout: float, what: str) -> None:
-    deadline = time.monotonic() + timeout
-    while not cond():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        time.sleep(0.2)
 
 
 def test_quit_leaves_the_run_training_and_reopening_reattaches(tmp_path: Path, demo_model: Path) -> None:
