@@ -111,6 +111,8 @@ class TunedeckApp(App[int]):
     """The current model's tokenizer: loaded on demand by `request_tokenizer`; screens watch this."""
 
     def __init__(self, state: AppState) -> None:
+        if find_running(state.runs_root) is not None:
+            self.DEFAULT_MODE = "train"  # re-opened over a live run: start on it (read by App.__init__)
         super().__init__()
         self.state = state
         for theme in THEMES:
@@ -122,8 +124,6 @@ class TunedeckApp(App[int]):
         self.theme_changed_signal.subscribe(self, self._remember_theme)
         self.mode_change_signal.subscribe(self, lambda _mode: self.refresh_header())
         self.refresh_header()
-        if find_running(self.state.runs_root) is not None:
-            self.call_after_refresh(self.switch_mode, "train")  # re-opened over a live run: show it
 
     def _remember_theme(self, theme: Any) -> None:
         try:
