@@ -44,10 +44,6 @@ Progress = Callable[[dict[str, Any]], None]
 N_METRICS = 10
 
 
-class StopTraining(Exception):
-    pass
-
-
 class InputError(Exception):
     """The data or model cannot be trained on as configured; the message says why (no traceback)."""
 
@@ -140,8 +136,6 @@ class Trainer:
         previous = {sig: signal.signal(sig, self._on_signal) for sig in (signal.SIGINT, signal.SIGTERM)}
         try:
             return self._train()
-        except StopTraining:
-            return 0
         except (data.DataError, ModelError, InputError) as e:  # the user's data or model: the message says it all
             return self._fail(str(e), "input")
         except WriteError as e:
