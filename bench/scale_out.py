@@ -10,6 +10,14 @@ worker, whether the per-step losses agree, and the machine's load average before
     python bench/scale_out.py --workers 1,2,4 --batch 8 --steps 12
     python bench/scale_out.py --size tiny --steps 4   # a quick check of the plumbing
 
+On an NVIDIA host, N workers are N GPUs over NCCL (`tunedeck train --workers N`). The multi-GPU
+measurement: the random-weight Mistral-7B-v0.3 shape in bf16, LoRA r16 on q,v, 4 sequences of 2048
+tokens per GPU (weak scaling: global batch 4 on 1 GPU, 8 on 2), plus a 1-GPU run at the 2-GPU run's
+global batch (with gradient checkpointing, to fit) whose per-step losses the 2-GPU run must match:
+
+    python bench/scale_out.py --size 7b --data long --seq 2048 --per-worker-batch 4 --keys q_proj,v_proj \
+        --rank 16 --workers 1,2 --match-loss --steps 8 --warmup 2
+
 On one machine, N workers split its cores (OPENBLAS_NUM_THREADS = cores // N each), so the ideal is
 the speedup of N single-threaded processes over one multi-threaded BLAS: it pays where one process
 cannot keep every core busy (small matmuls, Python overhead), and costs an all-reduce of the LoRA
@@ -58,17 +66,36 @@ def write_config(ws: Path, model: Path, args: argparse.Namespace) -> Path:
     cfg.train.eval_batches = 1
     cfg.data.max_seq_len = args.seq
     cfg.data.valid_fraction = 0.05
+    if args.data == "long":
+        cfg.data.path = str(long_dataset(ws, args.seq))
     cfg.lora.rank = args.rank
+    if args.keys:
+        cfg.lora.keys = args.keys.split(",")
     cfg.lora.dropout = 0.0  # so that the runs' losses can be compared step by step
     path = ws / "tunedeck.toml"
     C.save(cfg, path)
     return path
 
 
-def run(config: Path, workers: int, run_dir: Path, args: argparse.Namespace) -> dict[str, Any]:
+def long_dataset(ws: Path, seq: int, n: int = 256) -> Path:
+    """Prompt/completion examples whose completions run past max_seq_len: every sequence is `seq` tokens."""
+    import random
+
+    rng = random.Random(0)
+    words = "tool call result query weather calendar search note file open read write list user answer".split()
+    path = ws / "long.jsonl"
+    path.write_text("".join(json.dumps({"prompt": f"Task {i}: " + " ".join(rng.choices(words, k=8)),
+                                        "completion": " ".join(rng.choices(words, k=seq))}) + "\n"
+                            for i in range(n)))
+    return path
+
+
+def run(config: Path, workers: int, run_dir: Path, args: argparse.Namespace, batch: int,
+        grad_checkpoint: bool = False) -> dict[str, Any]:
     from tunedeck.core import runs
 
-    cmd = [str(BIN), "train", str(config), "--run-dir", str(run_dir), "--quiet"]
+    cmd = [str(BIN), "train", str(config), "--run-dir", str(run_dir), "--quiet", "--set",
+           f"train.batch_size={batch}", "--set", f"train.grad_checkpoint={str(grad_checkpoint).lower()}"]
     if workers > 1:
         cmd += ["--workers", str(workers)]
     before = load()
@@ -83,6 +110,9 @@ def run(config: Path, workers: int, run_dir: Path, args: argparse.Namespace) -> 
     start = next(e for e in events if e["type"] == "start")
     return {
         "workers": workers,
+        "global_batch": batch,
+        "grad_checkpoint": grad_checkpoint,
+        "peak_memory_gb_rank0": max(e["peak_memory_gb"] for e in steps),
         "tokens_per_sec": round(statistics.median(e["tokens_per_sec"] for e in timed), 1),
         "tokens_per_sec_per_worker": round(statistics.median(e["tokens_per_sec_per_worker"] for e in timed), 1),
         "step_time_median": round(statistics.median(e["step_time"] for e in timed), 3),
@@ -96,11 +126,42 @@ def run(config: Path, workers: int, run_dir: Path, args: argparse.Namespace) -> 
     }
 
 
+def report(res: dict[str, Any]) -> None:
+    print(f"{res['workers']} worker(s), global batch {res['global_batch']}{' (grad checkpointing)' if res['grad_checkpoint'] else ''}: "
+          f"{res['tokens_per_sec']:.0f} tok/s ({res['tokens_per_sec_per_worker']:.0f}/worker), median step "
+          f"{res['step_time_median']:.2f} s, peak {res['peak_memory_gb_rank0']:.1f} GB (rank 0), wall "
+          f"{res['wall_seconds']:.0f} s, load {res['load_before']} -> {res['load_after']}", flush=True)
+
+
+def loss_diff(a: list[float], b: list[float]) -> float:
+    n = min(len(a), len(b))
+    return round(max((abs(x - y) / abs(y) for x, y in zip(a[:n], b[:n])), default=0.0), 6)
+
+
+def device_name() -> str:
+    from tunedeck.core.backend import detect
+
+    kind = detect().kind
+    if kind == "cuda":
+        out = subprocess.run(["nvidia-smi", "--query-gpu=name", "--format=csv,noheader"], capture_output=True, text=True)
+        names = out.stdout.split("\n")
+        return f"{len([n for n in names if n.strip()])} x {names[0].strip()}"
+    return f"{kind}, {os.cpu_count()} cores"
+
+
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--size", default="small", choices=["tiny", "small"])
+    p.add_argument("--size", default="small", choices=["tiny", "small", "7b"])
     p.add_argument("--workers", default="1,2", help="comma-separated worker counts (default 1,2)")
     p.add_argument("--batch", type=int, default=8, help="global batch (a multiple of every worker count)")
+    p.add_argument("--per-worker-batch", type=int, default=0,
+                   help="weak scaling: global batch = this x workers (overrides --batch)")
+    p.add_argument("--match-loss", action="store_true",
+                   help="also run 1 worker at the largest run's global batch (gradient checkpointing on) and "
+                        "compare its per-step losses with that run's")
+    p.add_argument("--data", default="sample", choices=["sample", "long"],
+                   help="sample: the bundled dataset; long: synthetic sequences that fill --seq")
+    p.add_argument("--keys", default="", help="LoRA keys, comma-separated (default: the preset's)")
     p.add_argument("--seq", type=int, default=256, help="data.max_seq_len")
     p.add_argument("--rank", type=int, default=8)
     p.add_argument("--steps", type=int, default=8, help="timed steps")
@@ -109,7 +170,8 @@ def main() -> int:
     p.add_argument("--keep", metavar="DIR", help="work in DIR (kept) instead of a temporary directory")
     args = p.parse_args()
     counts = [int(x) for x in args.workers.split(",")]
-    if any(args.batch % n for n in counts):
+    batches = {n: args.per_worker_batch * n if args.per_worker_batch else args.batch for n in counts}
+    if any(batches[n] % n for n in counts):
         raise SystemExit(f"--batch {args.batch} must be a multiple of every worker count {counts}")
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     with tempfile.TemporaryDirectory(prefix="tunedeck-scale-") as tmp:
@@ -119,21 +181,31 @@ def main() -> int:
         config = write_config(ws, model, args)
         results = []
         for n in counts:
-            res = run(config, n, ws / f"run-{n}w-{int(time.time())}", args)
+            res = run(config, n, ws / f"run-{n}w-{int(time.time())}", args, batches[n])
             results.append(res)
-            print(f"{n} worker(s): {res['tokens_per_sec']:.0f} tok/s ({res['tokens_per_sec_per_worker']:.0f}/worker), "
-                  f"median step {res['step_time_median']:.2f} s, wall {res['wall_seconds']:.0f} s, "
-                  f"load {res['load_before']} -> {res['load_after']}", flush=True)
+            report(res)
+        match = None
+        if args.match_loss:
+            top = max(counts)
+            match = run(config, 1, ws / f"run-1w-match-{int(time.time())}", args, batches[top], grad_checkpoint=True)
+            report(match)
     base = results[0]
     for res in results:
         res["speedup"] = round(res["tokens_per_sec"] / base["tokens_per_sec"], 3)
-        n = min(len(res["losses"]), len(base["losses"]))
-        res["max_rel_loss_diff_vs_first"] = max(
-            (abs(a - b) / abs(b) for a, b in zip(res["losses"][:n], base["losses"][:n])), default=0.0)
+        res["scaling_efficiency"] = round(res["speedup"] / (res["workers"] / base["workers"]), 3)  # ideal: N x
+        if res["global_batch"] == base["global_batch"]:
+            res["max_rel_loss_diff_vs_first"] = loss_diff(res["losses"], base["losses"])
+    summary = {"size": args.size, "global_batches": batches, "seq": args.seq, "steps": args.steps,
+               "cpus": os.cpu_count(), "device": device_name(), "results": results}
+    if match is not None:
+        top = next(r for r in results if r["workers"] == max(counts))
+        summary["loss_match"] = {"workers": top["workers"], "global_batch": match["global_batch"],
+                                 "max_rel_loss_diff": loss_diff(top["losses"], match["losses"]),
+                                 "losses_multi": top["losses"], "losses_single": match["losses"],
+                                 "single_peak_memory_gb": match["peak_memory_gb_rank0"]}
+        match.pop("losses")
     for res in results:
         res.pop("losses")
-    summary = {"size": args.size, "batch": args.batch, "seq": args.seq, "steps": args.steps, "cpus": os.cpu_count(),
-               "results": results}
     print(json.dumps(summary))
     return 0
 

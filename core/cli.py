@@ -244,8 +244,9 @@ def add_train_parsers(sub: argparse._SubParsersAction) -> None:
                    help="override a config key, e.g. train.iters=50 (repeatable)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.add_argument("--workers", type=int, metavar="N",
-                   help="data-parallel on this machine: N processes through mlx.launch (ring backend over "
-                        "loopback), each taking 1/N of every batch; train.batch_size must be a multiple of N")
+                   help="data-parallel on this machine: N processes through mlx.launch (one GPU each over NCCL "
+                        "on an NVIDIA machine, else the ring backend over loopback), each taking 1/N of every "
+                        "batch; train.batch_size must be a multiple of N")
     p.add_argument("--hosts", metavar="FILE",
                    help="data-parallel over several machines: an mlx.launch hostfile (JSON; ring over "
                         "Ethernet/Thunderbolt, or JACCL); one rank per host entry. The run directory, data "

@@ -1,6 +1,7 @@
 """Data-parallel training through `mlx.launch`, MLX's launcher: several local processes or several Macs.
 
-`tunedeck train CONFIG --workers N` starts N local ranks with the ring backend over loopback;
+`tunedeck train CONFIG --workers N` starts N local ranks: one per GPU with NCCL on an NVIDIA machine,
+else with the ring backend over loopback;
 `--hosts FILE` hands mlx.launch a hostfile (ring over Ethernet/Thunderbolt, or JACCL when the file
 says `"backend": "jaccl"`). Every rank runs `python -m tunedeck.core.cli _run RUN_DIR`; the trainer
 shards each global batch across them (core.trainer). Rank 0 takes the run's lock and writes the
@@ -23,7 +24,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from . import runs
-from .backend import subprocess_env
+from .backend import detect, subprocess_env
 
 
 class LaunchError(Exception):
@@ -83,12 +84,20 @@ def free_port_base(n: int, host: str = "127.0.0.1", tries: int = 200) -> int:
     raise LaunchError(f"no {n} consecutive free ports on {host}")
 
 
-def launcher_prefix(workers: int, hostfile: Path | None = None) -> list[str]:
-    """`mlx.launch ... --`: N local ranks on the ring backend, or the ranks of a hostfile."""
+def launcher_prefix(workers: int, hostfile: Path | None = None, cuda: bool = False) -> list[str]:
+    """`mlx.launch ... --`: N local ranks (NCCL, one GPU each, where `cuda`; else the ring backend), or
+    the ranks of a hostfile."""
     argv = launcher_argv()
     if hostfile is not None:  # the backend comes from the file (default ring); ports from mlx.launch's default
         return [*argv, "--hostfile", str(Path(hostfile).resolve()), "--"]
+    if cuda:  # mlx.launch gives rank r CUDA_VISIBLE_DEVICES=r
+        return [*argv, "--backend", "nccl", "-n", str(workers), "--nccl-port", str(free_port_base(1)), "--"]
     return [*argv, "--backend", "ring", "-n", str(workers), "--starting-port", str(free_port_base(workers)), "--"]
+
+
+def nccl_env() -> dict[str, str]:
+    """NVLink multicast (NVLS) stays off: on shared hosts a job that uses it can take every GPU down."""
+    return {"NCCL_NVLS_ENABLE": os.environ.get("NCCL_NVLS_ENABLE", "0")}
 
 
 def rank_env(workers: int, local: bool = True) -> dict[str, str]:
@@ -103,8 +112,9 @@ def spawn(run_dir: Path, resume: bool, workers: int, hostfile: Path | None = Non
     """Start the launcher: detached (its own session, output to train.log; returns its PID) or attached
     (returns the Popen; Ctrl-C reaches every local rank, which checkpoint and stop)."""
     run_dir = Path(run_dir).resolve()
-    prefix = launcher_prefix(workers, hostfile)
-    env = rank_env(workers, local=hostfile is None)
+    cuda = hostfile is None and detect().kind == "cuda"
+    prefix = launcher_prefix(workers, hostfile, cuda)
+    env = nccl_env() if cuda else rank_env(workers, local=hostfile is None)
     if detach:
         return runs.spawn_detached(run_dir, resume=resume, extra_env=env, launcher=prefix)
     cmd = [*prefix, sys.executable, "-m", "tunedeck.core.cli", "_run", str(run_dir), *(["--resume"] if resume else [])]

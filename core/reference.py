@@ -15,6 +15,7 @@ import mlx.nn as nn
 import numpy as np
 
 from .batching import Sequences, eval_batches, pack
+from .collective import host_sum
 from .losses import packed_logps
 
 def cache_key(seqs: Sequences, model_id: str) -> str:
@@ -71,10 +72,10 @@ def reference_logps(model: nn.Module, seqs: Sequences, batch_size: int, run_dir:
     n_kl = len(seqs.kl_ids) if seqs.kl_ids is not None else 0
     cached = _read_cache(path, key) if rank == 0 else None
     if size > 1:
-        hit = _all_sum(np.array([cached is not None], np.float32), group)[0] > 0
+        hit = host_sum(np.array([cached is not None], np.float32), group)[0] > 0
         if hit:  # rank 0's arrays everywhere: the others add zeros
             logps, kl = cached if cached is not None else (np.zeros(len(seqs), np.float32), np.zeros(n_kl, np.float32))
-            return _all_sum(logps, group), _all_sum(kl, group), True
+            return host_sum(logps, group), host_sum(kl, group), True
     elif cached is not None:
         return cached[0], cached[1], True
     was_training = model.training
@@ -86,7 +87,7 @@ def reference_logps(model: nn.Module, seqs: Sequences, batch_size: int, run_dir:
           if seqs.kl_ids is not None else np.zeros(0, np.float32))
     model.train(was_training)
     if size > 1:
-        logps, kl = _all_sum(logps, group), _all_sum(kl, group)
+        logps, kl = host_sum(logps, group), host_sum(kl, group)
     if rank == 0:
         tmp = path.with_suffix(".tmp.npz")
         np.savez(tmp, key=np.array(key), logps=logps, kl_logps=kl)
@@ -100,10 +101,3 @@ def _read_cache(path: Path, key: str) -> tuple[np.ndarray, np.ndarray] | None:
             if str(cached["key"]) == key:
                 return cached["logps"], cached["kl_logps"]
     return None
-
-
-def _all_sum(values: np.ndarray, group) -> np.ndarray:
-    """Element-wise sum over the workers (exact where all but one contribute zeros)."""
-    if values.size == 0:
-        return values
-    return np.array(mx.distributed.all_sum(mx.array(values), group=group, stream=mx.cpu))

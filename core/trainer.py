@@ -30,7 +30,7 @@ import mlx.optimizers as optim
 import numpy as np
 from mlx.utils import tree_flatten, tree_map, tree_unflatten
 
-from . import backend, data, memory, runs
+from . import backend, collective, data, memory, runs
 from .batching import BatchPlan, Sequences, eval_batches, pack, tokenize
 from .config import Config, load as load_config
 from .fsutil import atomic_dir, atomic_write_bytes
@@ -97,7 +97,7 @@ class Trainer:
         self.resume = resume
         self.progress = progress
         self.cfg, _ = load_config(run_dir / "config.toml")
-        self.world = mx.distributed.init()
+        self.world = collective.init_group()
         self.rank, self.size = self.world.rank(), self.world.size()
         self.events: runs.EventWriter | None = None
         self.stop_signal: int | None = None
@@ -299,10 +299,7 @@ class Trainer:
 
     def _sum(self, values: Any) -> np.ndarray:
         """Element-wise float64 sum of a host vector over the workers (the vector itself with one worker)."""
-        a = np.asarray(values, dtype=np.float64)
-        if self.size == 1:
-            return a
-        return np.array(mx.distributed.all_sum(mx.array(a, dtype=mx.float64), group=self.world, stream=mx.cpu))
+        return collective.host_sum(np.asarray(values, dtype=np.float64), self.world)
 
     def _sync_from_rank0(self, model: nn.Module, optimizer: optim.Optimizer, restored: bool) -> None:
         """Every worker starts from rank 0's adapter, step and (on resume) optimizer state: rank 0 alone picks
@@ -312,8 +309,7 @@ class Trainer:
 
         def broadcast(tree: Any) -> list[tuple[str, mx.array]]:  # all_sum with zeros from all but rank 0: exact
             # sorted: a tree loaded from a checkpoint and one made by optimizer.init list their keys differently
-            return [(k, mx.distributed.all_sum(v if self.rank == 0 else mx.zeros_like(v), group=self.world,
-                                               stream=mx.cpu)) for k, v in sorted(tree_flatten(tree))]
+            return [(k, collective.broadcast(v, self.world)) for k, v in sorted(tree_flatten(tree))]
 
         model.load_weights(broadcast(model.trainable_parameters()), strict=False)
         if restored_any:

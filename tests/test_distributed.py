@@ -8,8 +8,11 @@ distribution (KTO trains with dropout off anyway).
 
 from __future__ import annotations
 
+import json
 import os
 import signal
+import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -173,7 +176,24 @@ def test_launcher_command_and_threads(tmp_path: Path, monkeypatch) -> None:
     hosts.write_text('{"backend": "ring", "hosts": [{"ssh": "a", "ips": ["10.0.0.1"]}, {"ssh": "b", "ips": ["10.0.0.2"]}]}')
     assert launch.hostfile_hosts(hosts) == 2
     assert launch.launcher_prefix(2, hosts)[-3:] == ["--hostfile", str(hosts.resolve()), "--"]
+    nccl = launch.launcher_prefix(2, cuda=True)
+    assert nccl[nccl.index("--backend") + 1] == "nccl" and nccl[nccl.index("-n") + 1] == "2"
+    monkeypatch.delenv("NCCL_NVLS_ENABLE", raising=False)
+    assert launch.nccl_env() == {"NCCL_NVLS_ENABLE": "0"}
     monkeypatch.delenv("OPENBLAS_NUM_THREADS", raising=False)
     monkeypatch.setattr(os, "cpu_count", lambda: 8)
     assert launch.rank_env(2)["OPENBLAS_NUM_THREADS"] == "4" and launch.rank_env(16)["OMP_NUM_THREADS"] == "1"
     assert launch.rank_env(2, local=False) == {}
+
+
+def test_nccl_launch_gives_each_rank_one_gpu(tmp_path: Path) -> None:
+    """The NCCL prefix through the real mlx.launch: rank r sees GPU r and the NCCL rendezvous; without CUDA,
+    tunedeck's collectives stay on the CPU stream even with those variables set."""
+    probe = ("import os, json; from tunedeck.core import collective; print(json.dumps([os.environ['MLX_RANK'], "
+             "os.environ['CUDA_VISIBLE_DEVICES'], os.environ['MLX_WORLD_SIZE'], bool(os.environ['NCCL_HOST_IP']), "
+             "collective.uses_nccl()]))")
+    r = subprocess.run([*launch.launcher_prefix(2, cuda=True), sys.executable, "-c", probe],
+                       capture_output=True, text=True, timeout=60, cwd=tmp_path)
+    assert r.returncode == 0, r.stderr
+    seen = sorted(json.loads(line[line.index("["):]) for line in r.stdout.splitlines() if "[" in line)
+    assert seen == [["0", "0", "2", True, False], ["1", "1", "2", True, False]]
