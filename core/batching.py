@@ -12,6 +12,7 @@ from functools import lru_cache
 import numpy as np
 
 from .data import Example
+from .prefix_kl import shares_prompt
 from .template import encode, encode_example
 
 WINDOW_BATCHES = 16  # sort by length within windows of this many batches, then shuffle batch order
@@ -27,6 +28,7 @@ class Sequences:
     kl_ids: list[np.ndarray] | None = None
     kl_starts: np.ndarray | None = None
     partners: np.ndarray | None = None  # KL partner index of each example
+    kl_shared: np.ndarray | None = None  # bool: the KL pair starts with the example's own prompt (core.prefix_kl)
     truncated: int = 0  # examples whose prompt was cut to fit max_seq_len
 
     def __len__(self) -> int:
@@ -35,6 +37,12 @@ class Sequences:
     @property
     def lengths(self) -> np.ndarray:
         return np.fromiter((len(s) for s in self.ids), dtype=np.int64, count=len(self.ids))
+
+    def set_kl_pairs(self, kl_ids: list[np.ndarray], kl_starts: np.ndarray, partners: np.ndarray | None = None) -> None:
+        """Attach KTO's KL pairs (and note which start with their example's own prompt)."""
+        self.kl_ids, self.kl_starts, self.partners = kl_ids, np.asarray(kl_starts, dtype=np.int64), partners
+        self.kl_shared = np.array([shares_prompt(a, st, b, kst) for a, st, b, kst
+                                   in zip(self.ids, self.starts, self.kl_ids, self.kl_starts)], dtype=bool)
 
     def trained_tokens(self, idx: np.ndarray) -> int:
         return int(sum(len(self.ids[i]) - self.starts[i] for i in idx))
@@ -62,9 +70,8 @@ def tokenize(tokenizer, examples: list[Example], max_seq_len: int, kto: bool, se
     if kto and len(examples) >= 2:
         partners = derangement(len(examples), seed)
         kl = [encode(tokenizer, ex.prompt, examples[p].completion, max_seq_len) for ex, p in zip(examples, partners)]
-        seqs.kl_ids = [np.asarray(e.ids, dtype=np.int32) for e in kl]
-        seqs.kl_starts = np.asarray([e.prompt_len for e in kl], dtype=np.int64)
-        seqs.partners = partners
+        seqs.set_kl_pairs([np.asarray(e.ids, dtype=np.int32) for e in kl],
+                          np.asarray([e.prompt_len for e in kl], dtype=np.int64), partners)
     return seqs
 
 

@@ -583,7 +583,7 @@ def measure_peak(cfg, steps: int = 2, seq_len: int | None = None, model_config: 
     import numpy as np
     from mlx_lm.models import llama
 
-    from . import backend
+    from . import backend, prefix_kl
     from .batching import Sequences
     from .model import apply_adapters
     from .reference import compute as reference_compute
@@ -627,8 +627,8 @@ def measure_peak(cfg, steps: int = 2, seq_len: int | None = None, model_config: 
         seqs = Sequences(ids=ids, starts=starts, labels=labels)
         ref = ref_kl = None
         if kto:
-            seqs.kl_ids = [np.concatenate([ids[i][: L - k], ids[(i + 1) % n][L - k:]]) for i in range(n)]
-            seqs.kl_starts = starts.copy()
+            seqs.set_kl_pairs([np.concatenate([ids[i][: L - k], ids[(i + 1) % n][L - k:]]) for i in range(n)],
+                              starts.copy())
             mx.reset_peak_memory()
             model.eval()
             ref = reference_compute(model, seqs.ids, seqs.starts, 2 * B)
@@ -643,6 +643,7 @@ def measure_peak(cfg, steps: int = 2, seq_len: int | None = None, model_config: 
             grad_checkpoint(model.layers[0])
         trainer = object.__new__(Trainer)
         trainer.cfg, trainer.size, trainer.rank = cfg, 1, 0
+        trainer.share_kl_prefix = kto and cfg.kto.loss_type == "kto" and prefix_kl.supported(model)
         mode = getattr(cfg.train, "compile", "auto")  # as Trainer._train decides
         trainer.compiled = mode == "on" or (mode == "auto" and backend.detect().kind != "cpu")
         optimizer = trainer._optimizer(max(steps, 1))

@@ -30,7 +30,7 @@ import mlx.optimizers as optim
 import numpy as np
 from mlx.utils import tree_flatten, tree_map, tree_unflatten
 
-from . import backend, collective, data, memory, runs
+from . import backend, collective, data, memory, prefix_kl, runs
 from .batching import BatchPlan, Sequences, eval_batches, pack, tokenize
 from .config import Config, load as load_config
 from .fsutil import atomic_dir, atomic_write_bytes
@@ -102,6 +102,7 @@ class Trainer:
         self.events: runs.EventWriter | None = None
         self.stop_signal: int | None = None
         self.step = 0
+        self.share_kl_prefix = False  # set once the model is loaded: prefix_kl.supported(model)
 
     # --- lifecycle ---------------------------------------------------------------------------
 
@@ -211,13 +212,23 @@ class Trainer:
         ga, clip, size = c.train.grad_accumulation, c.train.max_grad_norm, self.size
         poison_grads = fault("nan_grad") is not None  # test-only: NaN into the gradients, not the loss
 
-        def loss_fn(model, seq, desirable, ref, kl, poison, weight):
+        def kl_baseline(policy_kl, ref_kl):
+            if size > 1:  # as TRL across processes: each worker's batch mean, averaged, then clamped at 0
+                kl = mx.stop_gradient(mx.mean(policy_kl - ref_kl))
+                return mx.maximum(mx.distributed.all_sum(kl, group=self.world) / size, 0.0)
+            return kto_kl(policy_kl, ref_kl)
+
+        def loss_fn(model, seq, desirable, ref, kl, poison, weight, shared_kl, ref_kl):
             if not kto:
                 loss, ntoks = packed_sft_loss(model, *seq)
                 zero = mx.array(0.0)
                 loss = (loss if poison_grads else loss * poison) * weight
-                return loss, mx.stack([ntoks, zero, zero, zero, zero, zero, zero])
-            logps = packed_logps(model, *seq)
+                return loss, mx.stack([ntoks, zero, zero, zero, zero, zero, zero, zero])
+            if shared_kl:  # the KL pairs ride on this forward's prompt keys/values (core.prefix_kl)
+                logps, policy_kl = prefix_kl.policy_and_kl_logps(model, seq, shared_kl)
+                kl = kl_baseline(policy_kl, ref_kl)
+            else:
+                logps = packed_logps(model, *seq)
             losses, rewards = kto_losses_masked(
                 logps, ref, desirable, kl, c.kto.beta, c.kto.desirable_weight, c.kto.undesirable_weight, c.kto.loss_type
             )
@@ -225,26 +236,22 @@ class Trainer:
             u = 1 - d
             lp = mx.stop_gradient(logps)
             aux = mx.stack([seq[3].sum(), (rewards * d).sum(), d.sum(), (rewards * u).sum(), u.sum(),
-                            (lp * d).sum(), (lp * u).sum()])
+                            (lp * d).sum(), (lp * u).sum(), kl])
             return (losses.mean() if poison_grads else losses.mean() * poison) * weight, aux
 
         value_and_grad = nn.value_and_grad(model, loss_fn)
 
         def step(seq, desirable, ref, kl_seq, ref_kl, poison, weight, prev_grad, do_update):
-            if kto and c.kto.loss_type == "kto":
-                policy_kl = packed_logps(model, *kl_seq)
-                if size > 1:  # as TRL across processes: each worker's batch mean, averaged, then clamped at 0
-                    kl = mx.stop_gradient(mx.mean(policy_kl - ref_kl))
-                    kl = mx.maximum(mx.distributed.all_sum(kl, group=self.world) / size, 0.0)
-                else:
-                    kl = kto_kl(policy_kl, ref_kl)
+            shared_kl = kl_seq if kto and c.kto.loss_type == "kto" and len(kl_seq) == 5 else ()
+            if kto and c.kto.loss_type == "kto" and not shared_kl:  # a separate forward over the KL pairs
+                kl = kl_baseline(packed_logps(model, *kl_seq), ref_kl)
+                if not self.compiled:
+                    # eager: finish the KL forward before the policy's forward/backward (measured on CPU:
+                    # KTO step 1.9x -> 1.5x the gradient step alone, and the KL activations are freed first)
+                    mx.eval(kl)
             else:
                 kl = mx.array(0.0)
-            if not self.compiled:
-                # eager: finish the KL forward before the policy's forward/backward (measured on CPU:
-                # KTO step 1.9x -> 1.5x the gradient step alone, and the KL activations are freed first)
-                mx.eval(kl)
-            (loss, aux), grad = value_and_grad(model, seq, desirable, ref, kl, poison, weight)
+            (loss, aux), grad = value_and_grad(model, seq, desirable, ref, kl, poison, weight, shared_kl, ref_kl)
             if poison_grads:
                 grad = tree_map(lambda g: g * poison, grad)
             if prev_grad is not None:
@@ -261,7 +268,7 @@ class Trainer:
                     norm = optim.clip_grad_norm(grad, float("inf"))[1]
                 optimizer.update(model, grad)
                 grad = None
-            metrics = mx.concatenate([loss[None], aux[:1], aux[1:5], kl[None], aux[5:], norm[None]])
+            metrics = mx.concatenate([loss[None], aux[:1], aux[1:5], aux[7:8], aux[5:7], norm[None]])
             return metrics, grad
 
         if not self.compiled:
@@ -286,10 +293,14 @@ class Trainer:
                 weight = self.size * _loss_tokens(seqs, idx) / max(_loss_tokens(seqs, whole), 1)
         with_kl = ref_kl is not None and seqs.kl_ids is not None
         kl_ids = [seqs.kl_ids[i] for i in idx] if with_kl else []
-        seq = pack([seqs.ids[i] for i in idx], seqs.starts[idx], longest=max(map(len, kl_ids), default=0))
+        shared = with_kl and self.share_kl_prefix and bool(seqs.kl_shared[idx].all())
+        seq = pack([seqs.ids[i] for i in idx], seqs.starts[idx],
+                   longest=0 if shared else max(map(len, kl_ids), default=0))
         zero = mx.array(0.0)
         kl_seq: tuple[mx.array, ...] = (zero, zero, zero, zero)
-        if with_kl:
+        if shared:  # five arrays: the KL pass reuses the prompts' keys/values (core.prefix_kl)
+            kl_seq = tuple(map(mx.array, prefix_kl.pack(kl_ids, seqs.kl_starts[idx])))
+        elif with_kl:
             kl_seq = tuple(map(mx.array, pack(kl_ids, seqs.kl_starts[idx], longest=seq[0].shape[1],
                                               k_min=seq[1].shape[1])))
         arrays = (tuple(map(mx.array, seq)), mx.array(seqs.labels[idx]),
@@ -339,8 +350,15 @@ class Trainer:
                 total += loss.item() * n.item()
                 ntoks += n.item()
                 continue
-            kl = kto_kl(packed_logps(model, *kl_seq), r_kl) if c.kto.loss_type == "kto" else mx.array(0.0)
-            losses, rw = kto_losses_masked(packed_logps(model, *seq), r, desirable, kl, c.kto.beta,
+            kl = mx.array(0.0)
+            if len(kl_seq) == 5:
+                logps, policy_kl = prefix_kl.policy_and_kl_logps(model, seq, kl_seq)
+                kl = kto_kl(policy_kl, r_kl)
+            else:
+                logps = packed_logps(model, *seq)
+                if c.kto.loss_type == "kto":
+                    kl = kto_kl(packed_logps(model, *kl_seq), r_kl)
+            losses, rw = kto_losses_masked(logps, r, desirable, kl, c.kto.beta,
                                            c.kto.desirable_weight, c.kto.undesirable_weight, c.kto.loss_type)
             mx.eval(losses, rw)
             total += losses.sum().item()
@@ -436,6 +454,7 @@ class Trainer:
         ref = ref_valid = None
         ref_info: dict[str, Any] = {}
         if kto:
+            self.share_kl_prefix = c.kto.loss_type == "kto" and prefix_kl.supported(model)
             t0 = time.perf_counter()
             ident = model_identity(loaded.model_dir, dtype, c.model.quantize, c.model.adapter)
             bs = c.train.batch_size * 2

@@ -1,0 +1,118 @@
+"""KTO's KL pairs computed on top of the policy's own forward pass, sharing the prompt.
+
+The KL pair of example i is its prompt x_i followed by another example's completion y_j. Its tokens
+up to the end of x_i are example i's own first tokens, and under causal attention the keys and
+values at those positions depend on nothing after them. So the policy forward of example i already
+holds everything the KL pair needs for its prompt: the KL pass only has to run y_j, attending to
+those cached keys/values (read with no gradient) at RoPE positions continuing from |x_i|. The first
+token of y_j is predicted from the policy's hidden state at the prompt's last position.
+
+This replaces a full second forward over x_i + y_j by one over y_j alone. The result is the same
+log-probability up to floating-point rounding (tested against the separate forward). Used for
+models whose attention follows mlx-lm's llama/mistral/qwen cache protocol (`cache.offset`,
+`update_and_fetch`, `make_mask`), without sliding-window layers, and for batches where every KL
+pair's prompt tokens equal its example's (prompt truncation can make them differ).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import mlx.core as mx
+import mlx.nn as nn
+import numpy as np
+
+from .losses import PLAIN_HEAD, token_logps
+
+SHARED_ARCHITECTURES = PLAIN_HEAD
+
+
+def supported(model: nn.Module) -> bool:
+    """Whether the model's attention layers can take the KL pass's prefix cache."""
+    inner = getattr(model, "model", None)
+    return (getattr(model, "model_type", None) in SHARED_ARCHITECTURES and inner is not None
+            and getattr(inner, "swa_idx", None) is None and getattr(inner, "pipeline_size", 1) == 1)
+
+
+def shares_prompt(ids: np.ndarray, start: int, kl_ids: np.ndarray, kl_start: int) -> bool:
+    """Whether a KL pair starts with its example's exact prompt and has a completion token after it."""
+    return start == kl_start and 1 <= start < len(kl_ids) and np.array_equal(ids[:start], kl_ids[:start])
+
+
+def pack(kl_ids: list[np.ndarray], starts: np.ndarray, k_to: int = 8) -> tuple[np.ndarray, ...]:
+    """The KL pass's arrays for a batch whose pairs share their prompts (see module doc).
+
+    Returns (tokens [B, W], offsets [B], attention mask [B, 1, W, P+W] bool, targets [B, W+1],
+    loss mask [B, W+1]) where P is the longest prompt and W+1 the longest KL completion rounded up to
+    `k_to`. tokens are each completion but its last token, at positions offsets[b] = |prompt| onwards;
+    targets are the whole completion (the first predicted from the policy's last prompt position).
+    """
+    starts = np.asarray(starts, dtype=np.int64)
+    comps = [seq[int(st):] for seq, st in zip(kl_ids, starts)]
+    k = k_to * -(-max(len(c) for c in comps) // k_to)
+    w, p = k - 1, int(starts.max())
+    b = len(comps)
+    tokens = np.zeros((b, max(w, 1)), np.int32)
+    targets = np.zeros((b, k), np.int32)
+    loss_mask = np.zeros((b, k), np.float32)
+    for i, c in enumerate(comps):
+        tokens[i, : len(c) - 1] = c[:-1]
+        targets[i, : len(c)] = c
+        loss_mask[i, : len(c)] = 1.0
+    w = tokens.shape[1]
+    prefix = np.arange(p)[None, None, :] < starts[:, None, None]  # [B, 1, P]: the example's own prompt only
+    own = np.tril(np.ones((w, w), bool))  # causal within the completion
+    attn = np.concatenate([np.broadcast_to(prefix, (b, w, p)), np.broadcast_to(own, (b, w, w))], axis=-1)
+    return tokens, starts.astype(np.int32), attn[:, None], targets, loss_mask
+
+
+class _Recorder:
+    """Cache stand-in for the policy forward: keeps each layer's (rotated) keys and values."""
+
+    offset = 0
+
+    def update_and_fetch(self, keys: mx.array, values: mx.array) -> tuple[mx.array, mx.array]:
+        self.keys, self.values = keys, values
+        return keys, values
+
+    def make_mask(self, n: int, return_array: bool = False, window_size: int | None = None) -> Any:
+        return "causal"
+
+
+class _Prefix:
+    """Cache stand-in for the KL pass: the example's recorded prompt keys/values, then the pass's own."""
+
+    def __init__(self, recorded: _Recorder, offsets: mx.array, mask: mx.array) -> None:
+        width = mask.shape[-1] - mask.shape[-2]
+        self.keys = mx.stop_gradient(recorded.keys[:, :, :width])
+        self.values = mx.stop_gradient(recorded.values[:, :, :width])
+        self.offset, self.mask = offsets, mask
+
+    def update_and_fetch(self, keys: mx.array, values: mx.array) -> tuple[mx.array, mx.array]:
+        return mx.concatenate([self.keys, keys], axis=2), mx.concatenate([self.values, values], axis=2)
+
+    def make_mask(self, n: int, return_array: bool = False, window_size: int | None = None) -> mx.array:
+        return self.mask
+
+
+def _head(model: nn.Module, hidden: mx.array) -> mx.array:
+    if getattr(model.args, "tie_word_embeddings", False):
+        return model.model.embed_tokens.as_linear(hidden)
+    return model.lm_head(hidden)
+
+
+def policy_and_kl_logps(model: nn.Module, seq: tuple[mx.array, ...], kl: tuple[mx.array, ...]) -> tuple[mx.array, mx.array]:
+    """Summed completion log-probs of the batch (differentiable) and of its KL pairs (no gradient).
+
+    seq is batching.pack's (tokens, positions, targets, mask); kl is `pack`'s five arrays.
+    """
+    tokens, positions, targets, mask = seq
+    kl_tokens, offsets, attn, kl_targets, kl_mask = kl
+    recorders = [_Recorder() for _ in model.model.layers]
+    hidden = mx.take_along_axis(model.model(tokens[:, :-1], cache=recorders), positions[..., None], axis=1)
+    logps = (token_logps(_head(model, hidden), targets) * mask).sum(axis=-1)
+    prefixes = [_Prefix(r, offsets, attn) for r in recorders]
+    kl_hidden = model.model(kl_tokens, cache=prefixes)
+    kl_hidden = mx.concatenate([mx.stop_gradient(hidden[:, :1]), kl_hidden], axis=1)[:, : kl_targets.shape[1]]
+    kl_logps = (token_logps(_head(model, kl_hidden), kl_targets) * kl_mask).sum(axis=-1)
+    return logps, mx.stop_gradient(kl_logps)

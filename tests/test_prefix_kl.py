@@ -1,0 +1,115 @@
+"""KTO's KL pairs on the policy forward's prompt keys/values (core.prefix_kl), against separate forwards."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import mlx.core as mx
+import mlx.nn as nn
+import numpy as np
+import pytest
+from mlx.utils import tree_flatten, tree_map
+
+from tests.conftest import small_config
+from tunedeck.core import data, demo, prefix_kl, runs
+from tunedeck.core.batching import pack, tokenize
+from tunedeck.core.losses import packed_logps
+from tunedeck.core.trainer import Trainer
+
+
+@pytest.fixture(scope="module")
+def lora_model(demo_model: Path):
+    """The demo model with LoRA on q,v and random (non-zero) adapter weights, tokenised sample data."""
+    import mlx_lm
+    from mlx_lm.tuner.utils import linear_to_lora_layers
+
+    model, tok = mlx_lm.load(str(demo_model))
+    model.freeze()
+    linear_to_lora_layers(model, len(model.layers), {"rank": 4, "scale": 2.0, "dropout": 0.0,
+                                                      "keys": ["self_attn.q_proj", "self_attn.v_proj"]})
+    mx.random.seed(3)
+    model.update(tree_map(lambda p: 0.05 * mx.random.normal(p.shape), model.trainable_parameters()))
+    seqs = tokenize(tok, data.load(demo.sample_dataset()).examples[:48], 512, kto=True, seed=0)
+    return model, seqs
+
+
+def separate(model, seqs, idx):
+    kl = packed_logps(model, *map(mx.array, pack([seqs.kl_ids[i] for i in idx], seqs.kl_starts[idx])))
+    return packed_logps(model, *map(mx.array, pack([seqs.ids[i] for i in idx], seqs.starts[idx]))), kl
+
+
+@pytest.mark.parametrize("rows", [[0, 1, 2, 3, 4, 5], [7], [10, 30, 11, 40]])
+def test_kl_logps_equal_a_separate_forward(lora_model, rows) -> None:
+    model, seqs = lora_model
+    idx = np.array(rows)
+    assert seqs.kl_shared[idx].all()
+    starts = seqs.starts[idx]
+    assert len(idx) == 1 or len(set(starts.tolist())) > 1  # prompts of different lengths in one batch
+    seq = tuple(map(mx.array, pack([seqs.ids[i] for i in idx], starts)))
+    kl = tuple(map(mx.array, prefix_kl.pack([seqs.kl_ids[i] for i in idx], seqs.kl_starts[idx])))
+    policy, policy_kl = prefix_kl.policy_and_kl_logps(model, seq, kl)
+    want, want_kl = separate(model, seqs, idx)
+    np.testing.assert_allclose(np.array(policy), np.array(want), rtol=1e-5)
+    np.testing.assert_allclose(np.array(policy_kl), np.array(want_kl), rtol=1e-5)
+    assert np.abs(np.array(policy_kl)).min() > 1  # real log-probs, not masked-out zeros
+
+
+def test_no_gradient_flows_through_the_kl_pass(lora_model) -> None:
+    model, seqs = lora_model
+    idx = np.arange(4)
+    seq = tuple(map(mx.array, pack([seqs.ids[i] for i in idx], seqs.starts[idx])))
+    kl = tuple(map(mx.array, prefix_kl.pack([seqs.kl_ids[i] for i in idx], seqs.kl_starts[idx])))
+
+    def both(m):
+        p, k = prefix_kl.policy_and_kl_logps(m, seq, kl)
+        return p.sum() + 3.0 * k.sum()
+
+    def policy_only(m):
+        return packed_logps(m, *seq).sum()
+
+    _, g = nn.value_and_grad(model, both)(model)
+    _, g_ref = nn.value_and_grad(model, policy_only)(model)
+    for (name, a), (_, b) in zip(tree_flatten(g), tree_flatten(g_ref)):
+        np.testing.assert_allclose(np.array(a), np.array(b), rtol=1e-4, atol=1e-6, err_msg=name)
+    assert any(np.abs(np.array(a)).max() > 0 for _, a in tree_flatten(g))
+
+
+def test_truncated_prompts_are_not_shared(lora_model, demo_model: Path) -> None:
+    import mlx_lm
+
+    _, tok = mlx_lm.load(str(demo_model))
+    seqs = tokenize(tok, data.load(demo.sample_dataset()).examples[:48], 96, kto=True, seed=0)
+    assert seqs.truncated and not seqs.kl_shared.all()
+    for i in range(len(seqs)):
+        same = seqs.kl_starts[i] == seqs.starts[i] and np.array_equal(seqs.ids[i][: seqs.starts[i]],
+                                                                      seqs.kl_ids[i][: seqs.kl_starts[i]])
+        assert bool(seqs.kl_shared[i]) == bool(same)
+
+
+def test_training_with_and_without_sharing_agree(tmp_path: Path, monkeypatch) -> None:
+    """Whole KTO runs (including batches that must fall back: prompts cut to fit) give the same losses,
+    KL estimates and rewards either way."""
+    results = []
+    packs = []
+    real_pack = prefix_kl.pack
+    monkeypatch.setattr(prefix_kl, "pack", lambda *a, **k: packs.append(1) or real_pack(*a, **k))
+    for share in (True, False):
+        if not share:
+            monkeypatch.setattr(prefix_kl, "supported", lambda model: False)
+        config = small_config(tmp_path / str(share), "kto", iters=4, eval_every=4, save_every=4)
+        from tunedeck.core import config as C
+        from tunedeck.core.trainer import prepare_run
+
+        cfg, _ = C.load(config)
+        cfg.data.max_seq_len = 160  # some prompts get cut: their batches take the separate KL forward
+        run_dir = prepare_run(cfg, config, config.parent / "runs")
+        assert Trainer(run_dir).run() == 0
+        results.append([e for e in runs.read_events(run_dir) if e["type"] in ("step", "eval")])
+    shared, separate_ = results
+    assert len(shared) == len(separate_) == 6  # eval at 0, 4 steps, eval at 4
+    assert 0 < len(packs) < 6  # of 4 training and 2 evaluation batches, some shared and some not
+    for a, b in zip(shared, separate_):
+        for key in ("loss", "kl", "rewards_chosen", "rewards_rejected", "val_loss"):
+            if key in a:
+                assert a[key] == pytest.approx(b[key], rel=1e-4, abs=1e-6), key
+    assert any(e.get("kl", 0) > 0 for e in shared)  # the KL baseline is live, not clamped to 0 throughout
