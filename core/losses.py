@@ -28,6 +28,13 @@ def token_logps(logits: mx.array, targets: mx.array) -> mx.array:
 PLAIN_HEAD = {"llama", "mistral", "qwen2", "qwen3"}
 
 
+def head(model: nn.Module, hidden: mx.array) -> mx.array:
+    """The vocabulary projection of final (normed) hidden states: lm_head or the tied embedding."""
+    if getattr(model.args, "tie_word_embeddings", False):
+        return model.model.embed_tokens.as_linear(hidden)
+    return model.lm_head(hidden)
+
+
 def completion_logits(model: nn.Module, inputs: mx.array, positions: mx.array) -> mx.array:
     """Logits at `positions` only ([B, K] indices into the inputs): [B, K, V].
 
@@ -37,10 +44,13 @@ def completion_logits(model: nn.Module, inputs: mx.array, positions: mx.array) -
     idx = positions[..., None]
     if getattr(model, "model_type", None) not in PLAIN_HEAD or not hasattr(model, "model"):
         return mx.take_along_axis(model(inputs), idx, axis=1)
-    hidden = mx.take_along_axis(model.model(inputs), idx, axis=1)
-    if getattr(model.args, "tie_word_embeddings", False):
-        return model.model.embed_tokens.as_linear(hidden)
-    return model.lm_head(hidden)
+    return head(model, mx.take_along_axis(model.model(inputs), idx, axis=1))
+
+
+def hidden_logps(model: nn.Module, hidden: mx.array, positions: mx.array, targets: mx.array,
+                 mask: mx.array) -> mx.array:
+    """Masked per-position log-probs [B, K] of the targets, from the final hidden states [B, L, H]."""
+    return token_logps(head(model, mx.take_along_axis(hidden, positions[..., None], axis=1)), targets) * mask
 
 
 def packed_logps(model: nn.Module, tokens: mx.array, positions: mx.array, targets: mx.array,

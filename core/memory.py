@@ -637,15 +637,12 @@ def measure_peak(cfg, steps: int = 2, seq_len: int | None = None, model_config: 
             out["reference_gb"] = (mx.get_peak_memory() - base) / GB
             mx.clear_cache()
 
-        if cfg.train.grad_checkpoint:
-            from mlx_lm.tuner.trainer import grad_checkpoint
-
-            grad_checkpoint(model.layers[0])
         trainer = object.__new__(Trainer)
         trainer.cfg, trainer.size, trainer.rank = cfg, 1, 0
         trainer.share_kl_prefix = kto and cfg.kto.loss_type == "kto" and prefix_kl.supported(model)
         mode = getattr(cfg.train, "compile", "auto")  # as Trainer._train decides
         trainer.compiled = mode == "on" or (mode == "auto" and backend.detect().kind != "cpu")
+        trainer._checkpointing(model)
         optimizer = trainer._optimizer(max(steps, 1))
         model.train(not kto)
         step = trainer._make_step(model, optimizer)

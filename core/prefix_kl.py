@@ -22,7 +22,7 @@ import mlx.core as mx
 import mlx.nn as nn
 import numpy as np
 
-from .losses import PLAIN_HEAD, token_logps
+from .losses import PLAIN_HEAD, head, token_logps
 
 SHARED_ARCHITECTURES = PLAIN_HEAD
 
@@ -95,10 +95,19 @@ class _Prefix:
         return self.mask
 
 
-def _head(model: nn.Module, hidden: mx.array) -> mx.array:
-    if getattr(model.args, "tie_word_embeddings", False):
-        return model.model.embed_tokens.as_linear(hidden)
-    return model.lm_head(hidden)
+def recorders(model: nn.Module) -> list[Any]:
+    """One cache stand-in per layer, to pass as `cache=` to the policy forward: they keep its keys/values."""
+    return [_Recorder() for _ in model.model.layers]
+
+
+def kl_logps(model: nn.Module, recorded: list[Any], first_hidden: mx.array, kl: tuple[mx.array, ...]) -> mx.array:
+    """Summed log-probs of the KL pairs' completions (no gradient), from the policy forward's recorded
+    keys/values and its final hidden state at each prompt's last position (`first_hidden`, [B, 1, H])."""
+    kl_tokens, offsets, attn, kl_targets, kl_mask = kl
+    prefixes = [_Prefix(r, offsets, attn) for r in recorded]
+    kl_hidden = model.model(kl_tokens, cache=prefixes)
+    kl_hidden = mx.concatenate([mx.stop_gradient(first_hidden), kl_hidden], axis=1)[:, : kl_targets.shape[1]]
+    return mx.stop_gradient((token_logps(head(model, kl_hidden), kl_targets) * kl_mask).sum(axis=-1))
 
 
 def policy_and_kl_logps(model: nn.Module, seq: tuple[mx.array, ...], kl: tuple[mx.array, ...]) -> tuple[mx.array, mx.array]:
@@ -107,12 +116,7 @@ def policy_and_kl_logps(model: nn.Module, seq: tuple[mx.array, ...], kl: tuple[m
     seq is batching.pack's (tokens, positions, targets, mask); kl is `pack`'s five arrays.
     """
     tokens, positions, targets, mask = seq
-    kl_tokens, offsets, attn, kl_targets, kl_mask = kl
-    recorders = [_Recorder() for _ in model.model.layers]
-    hidden = mx.take_along_axis(model.model(tokens[:, :-1], cache=recorders), positions[..., None], axis=1)
-    logps = (token_logps(_head(model, hidden), targets) * mask).sum(axis=-1)
-    prefixes = [_Prefix(r, offsets, attn) for r in recorders]
-    kl_hidden = model.model(kl_tokens, cache=prefixes)
-    kl_hidden = mx.concatenate([mx.stop_gradient(hidden[:, :1]), kl_hidden], axis=1)[:, : kl_targets.shape[1]]
-    kl_logps = (token_logps(_head(model, kl_hidden), kl_targets) * kl_mask).sum(axis=-1)
-    return logps, mx.stop_gradient(kl_logps)
+    recorded = recorders(model)
+    hidden = mx.take_along_axis(model.model(tokens[:, :-1], cache=recorded), positions[..., None], axis=1)
+    logps = (token_logps(head(model, hidden), targets) * mask).sum(axis=-1)
+    return logps, kl_logps(model, recorded, hidden[:, :1], kl)

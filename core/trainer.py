@@ -30,11 +30,11 @@ import mlx.optimizers as optim
 import numpy as np
 from mlx.utils import tree_flatten, tree_map, tree_unflatten
 
-from . import backend, collective, data, memory, prefix_kl, runs
+from . import backend, collective, data, layerwise, memory, prefix_kl, runs
 from .batching import BatchPlan, Sequences, eval_batches, pack, tokenize
 from .config import Config, load as load_config
 from .fsutil import atomic_dir, atomic_write_bytes
-from .losses import kto_kl, kto_losses_masked, packed_logps, packed_sft_loss
+from .losses import completion_logits, hidden_logps, kto_kl, kto_losses_masked, packed_logps, packed_sft_loss, token_logps
 from .model import ADAPTER_CONFIG, ADAPTER_FILE, Loaded, ModelError, load_for_training, write_adapters
 from .reference import model_identity, reference_logps
 
@@ -103,6 +103,7 @@ class Trainer:
         self.stop_signal: int | None = None
         self.step = 0
         self.share_kl_prefix = False  # set once the model is loaded: prefix_kl.supported(model)
+        self.layerwise = False  # gradient checkpointing through core.layerwise (set once the model is loaded)
 
     # --- lifecycle ---------------------------------------------------------------------------
 
@@ -196,6 +197,16 @@ class Trainer:
             raise InputError(msg)
         return train, valid
 
+    def _checkpointing(self, model: nn.Module) -> None:
+        """train.grad_checkpoint: layer by layer (core.layerwise) where the model allows, else mlx-lm's."""
+        self.layerwise = self.cfg.train.grad_checkpoint and layerwise.supported(model)
+        if self.layerwise:  # evaluated layer by layer: no whole-step compile
+            self.compiled = False
+        elif self.cfg.train.grad_checkpoint:
+            from mlx_lm.tuner.trainer import grad_checkpoint
+
+            grad_checkpoint(model.layers[0])
+
     def _optimizer(self, total_steps: int) -> optim.Optimizer:
         return optim.AdamW(learning_rate=schedule(self.cfg, total_steps), weight_decay=self.cfg.train.weight_decay)
 
@@ -218,17 +229,15 @@ class Trainer:
                 return mx.maximum(mx.distributed.all_sum(kl, group=self.world) / size, 0.0)
             return kto_kl(policy_kl, ref_kl)
 
-        def loss_fn(model, seq, desirable, ref, kl, poison, weight, shared_kl, ref_kl):
+        def objective(token_lps, seq, desirable, ref, kl, poison, weight):
+            """(loss, aux) from the masked per-token log-probs [B, K] of the batch's completions."""
             if not kto:
-                loss, ntoks = packed_sft_loss(model, *seq)
+                ntoks = seq[3].sum()
+                loss = -token_lps.sum() / mx.maximum(ntoks, 1)
                 zero = mx.array(0.0)
                 loss = (loss if poison_grads else loss * poison) * weight
                 return loss, mx.stack([ntoks, zero, zero, zero, zero, zero, zero, zero])
-            if shared_kl:  # the KL pairs ride on this forward's prompt keys/values (core.prefix_kl)
-                logps, policy_kl = prefix_kl.policy_and_kl_logps(model, seq, shared_kl)
-                kl = kl_baseline(policy_kl, ref_kl)
-            else:
-                logps = packed_logps(model, *seq)
+            logps = token_lps.sum(axis=-1)
             losses, rewards = kto_losses_masked(
                 logps, ref, desirable, kl, c.kto.beta, c.kto.desirable_weight, c.kto.undesirable_weight, c.kto.loss_type
             )
@@ -239,7 +248,33 @@ class Trainer:
                             (lp * d).sum(), (lp * u).sum(), kl])
             return (losses.mean() if poison_grads else losses.mean() * poison) * weight, aux
 
-        value_and_grad = nn.value_and_grad(model, loss_fn)
+        def loss_fn(model, seq, desirable, ref, kl, poison, weight, shared_kl, ref_kl):
+            tokens, positions, targets, mask = seq
+            if shared_kl:  # the KL pairs ride on this forward's prompt keys/values (core.prefix_kl)
+                recorded = prefix_kl.recorders(model)
+                hidden = model.model(tokens[:, :-1], cache=recorded)
+                token_lps = hidden_logps(model, hidden, positions, targets, mask)
+                first = mx.take_along_axis(hidden, positions[:, :1, None], axis=1)
+                kl = kl_baseline(prefix_kl.kl_logps(model, recorded, first, shared_kl), ref_kl)
+            else:
+                token_lps = token_logps(completion_logits(model, tokens[:, :-1], positions), targets) * mask
+            return objective(token_lps, seq, desirable, ref, kl, poison, weight)
+
+        def layerwise_loss(model, seq, desirable, ref, kl, poison, weight, shared_kl, ref_kl):
+            """loss_fn's value and gradients through core.layerwise (gradient checkpointing, bounded memory)."""
+            tokens, positions, targets, mask = seq
+            recorded = prefix_kl.recorders(model) if shared_kl else None
+
+            def on_hidden(hidden, kl=kl):
+                if shared_kl:
+                    first = mx.take_along_axis(hidden, positions[:, :1, None], axis=1)
+                    kl = kl_baseline(prefix_kl.kl_logps(model, recorded, first, shared_kl), ref_kl)
+                return objective(hidden_logps(model, hidden, positions, targets, mask), seq, desirable, ref, kl,
+                                 poison, weight)
+
+            return layerwise.value_and_grad(model, tokens[:, :-1], on_hidden, recorded)
+
+        value_and_grad = partial(layerwise_loss if self.layerwise else nn.value_and_grad(model, loss_fn), model)
 
         def step(seq, desirable, ref, kl_seq, ref_kl, poison, weight, prev_grad, do_update):
             shared_kl = kl_seq if kto and c.kto.loss_type == "kto" and len(kl_seq) == 5 else ()
@@ -251,7 +286,7 @@ class Trainer:
                     mx.eval(kl)
             else:
                 kl = mx.array(0.0)
-            (loss, aux), grad = value_and_grad(model, seq, desirable, ref, kl, poison, weight, shared_kl, ref_kl)
+            (loss, aux), grad = value_and_grad(seq, desirable, ref, kl, poison, weight, shared_kl, ref_kl)
             if poison_grads:
                 grad = tree_map(lambda g: g * poison, grad)
             if prev_grad is not None:
@@ -463,10 +498,7 @@ class Trainer:
             ref, ref_valid = (r_logps, r_kl), (v_logps, v_kl)
             ref_info = {"reference_cached": hit, "reference_seconds": round(time.perf_counter() - t0, 2)}
 
-        if c.train.grad_checkpoint:
-            from mlx_lm.tuner.trainer import grad_checkpoint
-
-            grad_checkpoint(model.layers[0])
+        self._checkpointing(model)
         optimizer = self._optimizer(total)
         if ckpt is not None:
             self._restore(ckpt, model, optimizer)

@@ -1,0 +1,77 @@
+"""Gradient checkpointing one transformer layer at a time: activations bounded by a single layer's.
+
+mlx-lm's `grad_checkpoint` wraps each layer in `mx.checkpoint`, which asks MLX to recompute the layer
+during the backward pass. But the step stays one lazy graph and MLX's scheduler may run those
+recomputations long before their gradients are needed: on CUDA a 7B 4-bit step at 2 x 1024 peaked at
+~17 GB with it against ~22.5 GB without (bench/results/h100_memory_probe.txt), for mlx-lm and tunedeck
+alike. Here the forward keeps only each layer's input; the loss and its gradient with respect to the
+final hidden states are evaluated; then the backward runs from the top layer down, evaluating each
+layer's recomputed forward, its adapter gradients and its input cotangent before moving on. At most
+one layer's activations are alive, whatever the scheduler does. The price is one evaluation per layer
+(no whole-step `mx.compile`).
+
+Used for models whose trainable parameters all sit in `model.model.layers` and whose layers take
+(hidden, mask, cache) with a plain causal mask (the llama/mistral/qwen family, without sliding
+windows). The result equals `nn.value_and_grad` on the whole model up to floating-point rounding.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable
+
+import mlx.core as mx
+import mlx.nn as nn
+from mlx.utils import tree_flatten
+
+from .losses import PLAIN_HEAD
+
+
+def supported(model: nn.Module) -> bool:
+    """Whether `value_and_grad` can run this model layer by layer."""
+    inner = getattr(model, "model", None)
+    if getattr(model, "model_type", None) not in PLAIN_HEAD or inner is None or not hasattr(inner, "layers"):
+        return False
+    if getattr(inner, "swa_idx", None) is not None or getattr(inner, "pipeline_size", 1) != 1:
+        return False
+    return all(k.startswith("model.layers.") for k, _ in tree_flatten(model.trainable_parameters()))
+
+
+def value_and_grad(model: nn.Module, inputs: mx.array, loss_on_hidden: Callable[[mx.array], tuple[mx.array, mx.array]],
+                   caches: list[Any] | None = None) -> tuple[tuple[mx.array, mx.array], dict[str, Any]]:
+    """((loss, aux), gradients) of `loss_on_hidden(model.model(inputs))` over the trainable parameters.
+
+    `loss_on_hidden` takes the final (normed) hidden states [B, L, H] and returns (scalar loss, aux);
+    `caches` are per-layer cache stand-ins passed to the forward only (core.prefix_kl's recorders).
+    Everything returned is already evaluated.
+    """
+    inner = model.model
+    layers = inner.layers
+    hidden = inner.embed_tokens(inputs)
+    saved = []
+    for i, layer in enumerate(layers):
+        saved.append(hidden)
+        hidden = layer(hidden, "causal", cache=None if caches is None else caches[i])
+    mx.eval(saved, hidden)
+
+    (loss, aux), cotangent = mx.value_and_grad(lambda h: loss_on_hidden(inner.norm(h)))(hidden)
+    mx.eval(loss, aux, cotangent)
+    del hidden
+
+    grads: list[Any] = [None] * len(layers)
+    for i in reversed(range(len(layers))):
+        layer, params = layers[i], layers[i].trainable_parameters()
+
+        def projected(p: Any, x: mx.array, layer: nn.Module = layer, cot: mx.array = cotangent) -> mx.array:
+            layer.update(p)
+            return (layer(x, "causal") * cot).astype(mx.float32).sum()  # its gradient is the layer's VJP
+
+        if tree_flatten(params):
+            grads[i], cotangent = mx.grad(projected, argnums=(0, 1))(params, saved[i])
+        else:  # a layer without adapters (lora.num_layers < all): only the cotangent passes through
+            grads[i], cotangent = params, mx.grad(projected, argnums=1)(params, saved[i])
+        layer.update(params)
+        saved[i] = None
+        mx.eval(grads[i], cotangent)
+    tree = model.trainable_parameters()
+    tree["model"]["layers"] = grads
+    return (loss, aux), tree
