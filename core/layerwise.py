@@ -22,36 +22,56 @@ from typing import Any, Callable
 import mlx.core as mx
 import mlx.nn as nn
 from mlx.utils import tree_flatten
+from mlx_lm.models.base import create_attention_mask
 
 from .losses import PLAIN_HEAD
 
 
+def stepwise_forward_ok(model: nn.Module) -> bool:
+    """Whether `forward` can run this model's layers one at a time (llama/mistral/qwen, no sliding window)."""
+    inner = getattr(model, "model", None)
+    return (getattr(model, "model_type", None) in PLAIN_HEAD and inner is not None and hasattr(inner, "layers")
+            and getattr(inner, "swa_idx", None) is None and getattr(inner, "pipeline_size", 1) == 1)
+
+
 def supported(model: nn.Module) -> bool:
     """Whether `value_and_grad` can run this model layer by layer."""
-    inner = getattr(model, "model", None)
-    if getattr(model, "model_type", None) not in PLAIN_HEAD or inner is None or not hasattr(inner, "layers"):
-        return False
-    if getattr(inner, "swa_idx", None) is not None or getattr(inner, "pipeline_size", 1) != 1:
-        return False
-    return all(k.startswith("model.layers.") for k, _ in tree_flatten(model.trainable_parameters()))
+    return stepwise_forward_ok(model) and all(
+        k.startswith("model.layers.") for k, _ in tree_flatten(model.trainable_parameters()))
+
+
+def forward(model: nn.Module, inputs: mx.array, caches: list[Any] | None = None,
+            keep_inputs: bool = False) -> tuple[mx.array, list[mx.array]]:
+    """model.model's forward, evaluated one layer at a time: (final hidden states before the norm, the
+    layers' inputs if `keep_inputs`). Evaluating per layer also bounds what the backend holds for the
+    duration of one evaluation (on CUDA, temporaries such as dequantized weights live until it ends)."""
+    inner = model.model
+    hidden = inner.embed_tokens(inputs)
+    mask = create_attention_mask(hidden, caches[0] if caches else None)
+    saved = []
+    for i, layer in enumerate(inner.layers):
+        if keep_inputs:
+            saved.append(hidden)
+        hidden = layer(hidden, mask, cache=None if caches is None else caches[i])
+        mx.eval(hidden)
+    return hidden, saved
 
 
 def value_and_grad(model: nn.Module, inputs: mx.array, loss_on_hidden: Callable[[mx.array], tuple[mx.array, mx.array]],
-                   caches: list[Any] | None = None) -> tuple[tuple[mx.array, mx.array], dict[str, Any]]:
+                   caches: list[Any] | None = None,
+                   after_forward: Callable[[mx.array], Any] | None = None) -> tuple[tuple[mx.array, mx.array], dict[str, Any]]:
     """((loss, aux), gradients) of `loss_on_hidden(model.model(inputs))` over the trainable parameters.
 
     `loss_on_hidden` takes the final (normed) hidden states [B, L, H] and returns (scalar loss, aux);
-    `caches` are per-layer cache stand-ins passed to the forward only (core.prefix_kl's recorders).
-    Everything returned is already evaluated.
+    `caches` are per-layer cache stand-ins passed to the forward only (core.prefix_kl's recorders);
+    `after_forward(normed hidden)` runs between the forward and the loss (KTO's KL pass). Everything
+    returned is already evaluated.
     """
     inner = model.model
     layers = inner.layers
-    hidden = inner.embed_tokens(inputs)
-    saved = []
-    for i, layer in enumerate(layers):
-        saved.append(hidden)
-        hidden = layer(hidden, "causal", cache=None if caches is None else caches[i])
-    mx.eval(saved, hidden)
+    hidden, saved = forward(model, inputs, caches, keep_inputs=True)
+    if after_forward is not None:
+        after_forward(mx.stop_gradient(inner.norm(hidden)))
 
     (loss, aux), cotangent = mx.value_and_grad(lambda h: loss_on_hidden(inner.norm(h)))(hidden)
     mx.eval(loss, aux, cotangent)

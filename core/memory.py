@@ -180,10 +180,8 @@ GROUP_SIZE = 64  # core.model.load_base quantizes with group size 64
 # through the unfused graph; CUDA when T is not a multiple of 128), plus the input of each LoRA'd
 # projection (normed h for q/k/v, h for gate/up, I for down) and, with dropout (SFT), a dropped copy
 # and its mask for each LoRA'd projection: 2 x its input instead of the shared one.
-# With `train.grad_checkpoint` MLX's eval order recomputes the LoRA'd projections' inputs early and
-# keeps them to the end of the backward, so a checkpointed layer still keeps its input h, the normed
-# h (q/k/v LoRA), the recomputed q, k, v and attention output (o LoRA), h + I (gate/up), 2I (down)
-# and 1.5h more with dropout; measured, not what checkpointing promises (the block input alone).
+# With `train.grad_checkpoint` (core.layerwise) a layer keeps only its input h between the forward
+# and its turn in the backward, which recomputes its full activations.
 # On top of what the layers keep, the peak holds either one layer's working set during its backward
 # (_WORK_*) or the logits phase: the float32 logits over the completion positions (B x K x V) and
 # their gradient buffers (SFT 3 copies: the logits, the softmax and the scattered target gradient; KTO
@@ -191,9 +189,9 @@ GROUP_SIZE = 64  # core.model.load_base quantizes with group size 64
 _WORK_NOGC = (9.0, 4.0, 3.4, 1.7)  # per token: x h, x (q + 2kv), x I, x heads*T (unfused attention)
 _WORK_GC = (4.0, 3.6, 4.5, 1.9)  # on top of one layer's full activations (recomputed)
 _LOGITS_PHASE_GC_H = 6.0  # x h per token, with checkpointing, beside the logits phase
-# The KTO reference pass (before training, no gradient, micro-batch 2B): one float32 copy of the
-# logits plus a forward working set of these elements per token.
-_REF_WORK = (7.1, 4.9, 2.0, 1.0)
+# The KTO reference pass (before training, no gradient, micro-batch 2B, one layer per evaluation):
+# one float32 copy of the logits plus a forward working set of these elements per token.
+_REF_WORK = (4.3, 2.9, 1.2, 0.6)
 # Loading (core.model.load_base): mlx_lm.load materialises the whole checkpoint, then the cast to
 # the training dtype and/or the quantization run beside it; measured peaks were checkpoint + 0.58x
 # the cast copy and checkpoint + 0.62x the quantized weights.
@@ -397,9 +395,7 @@ def _forecast(cfg, g: _Geometry, budget_gb: float, L: int, completion_len: int |
     if drop:
         S += (2 * n_qkv * h - lq * h) + lo * q + (2 * n_gu * h - lgu * h) + ld * inter
     if t.grad_checkpoint:
-        G = h + lq * h + lo * ((2 * q + 2 * kv) if lq else q) + lgu * (h + 2 * inter) + ld * 3 * inter
-        G += drop * (1.5 * h * (lq + lgu) + ld * inter)
-        stored = min(G, S)
+        stored = h  # core.layerwise keeps each layer's input only
         a, b, c, d = _WORK_GC
         work = S + a * h + b * qkv3 + c * inter + d * nhT
         beside_logits = S + _LOGITS_PHASE_GC_H * h

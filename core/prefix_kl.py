@@ -22,6 +22,7 @@ import mlx.core as mx
 import mlx.nn as nn
 import numpy as np
 
+from . import layerwise
 from .losses import PLAIN_HEAD, head, token_logps
 
 SHARED_ARCHITECTURES = PLAIN_HEAD
@@ -100,12 +101,17 @@ def recorders(model: nn.Module) -> list[Any]:
     return [_Recorder() for _ in model.model.layers]
 
 
-def kl_logps(model: nn.Module, recorded: list[Any], first_hidden: mx.array, kl: tuple[mx.array, ...]) -> mx.array:
+def kl_logps(model: nn.Module, recorded: list[Any], first_hidden: mx.array, kl: tuple[mx.array, ...],
+             stepwise: bool = False) -> mx.array:
     """Summed log-probs of the KL pairs' completions (no gradient), from the policy forward's recorded
-    keys/values and its final hidden state at each prompt's last position (`first_hidden`, [B, 1, H])."""
+    keys/values and its final hidden state at each prompt's last position (`first_hidden`, [B, 1, H]).
+    `stepwise` evaluates the pass one layer at a time (core.layerwise.forward)."""
     kl_tokens, offsets, attn, kl_targets, kl_mask = kl
     prefixes = [_Prefix(r, offsets, attn) for r in recorded]
-    kl_hidden = model.model(kl_tokens, cache=prefixes)
+    if stepwise:
+        kl_hidden = model.model.norm(layerwise.forward(model, kl_tokens, prefixes)[0])
+    else:
+        kl_hidden = model.model(kl_tokens, cache=prefixes)
     kl_hidden = mx.concatenate([mx.stop_gradient(first_hidden), kl_hidden], axis=1)[:, : kl_targets.shape[1]]
     return mx.stop_gradient((token_logps(head(model, kl_hidden), kl_targets) * kl_mask).sum(axis=-1))
 

@@ -14,9 +14,10 @@ import mlx.core as mx
 import mlx.nn as nn
 import numpy as np
 
+from . import layerwise
 from .batching import Sequences, eval_batches, pack
 from .collective import host_sum
-from .losses import packed_logps
+from .losses import hidden_logps, packed_logps
 
 def cache_key(seqs: Sequences, model_id: str) -> str:
     """Hash of the token data and the model identity (weights files, dtype, quantization, adapter)."""
@@ -50,8 +51,14 @@ def compute(model: nn.Module, ids: list[np.ndarray], starts: np.ndarray, batch_s
     batches = eval_batches(lengths, batch_size)
     if part is not None:
         batches = batches[part[0] :: part[1]]
+    stepwise = layerwise.stepwise_forward_ok(model)
     for idx in batches:
-        logps = packed_logps(model, *map(mx.array, pack([ids[i] for i in idx], starts[idx])))
+        tokens, positions, targets, mask = map(mx.array, pack([ids[i] for i in idx], starts[idx]))
+        if stepwise:  # one layer per evaluation: bounds what the backend holds (see core.layerwise)
+            hidden = model.model.norm(layerwise.forward(model, tokens[:, :-1])[0])
+            logps = hidden_logps(model, hidden, positions, targets, mask).sum(axis=-1)
+        else:
+            logps = packed_logps(model, tokens, positions, targets, mask)
         out[idx] = np.array(logps.astype(mx.float32))
         if on_batch:
             on_batch(len(idx))

@@ -264,15 +264,19 @@ class Trainer:
             """loss_fn's value and gradients through core.layerwise (gradient checkpointing, bounded memory)."""
             tokens, positions, targets, mask = seq
             recorded = prefix_kl.recorders(model) if shared_kl else None
+            found = {"kl": kl}
 
-            def on_hidden(hidden, kl=kl):
-                if shared_kl:
-                    first = mx.take_along_axis(hidden, positions[:, :1, None], axis=1)
-                    kl = kl_baseline(prefix_kl.kl_logps(model, recorded, first, shared_kl), ref_kl)
-                return objective(hidden_logps(model, hidden, positions, targets, mask), seq, desirable, ref, kl,
-                                 poison, weight)
+            def kl_pass(hidden):  # between the forward and the loss, one layer at a time as well
+                first = mx.take_along_axis(hidden, positions[:, :1, None], axis=1)
+                found["kl"] = kl_baseline(prefix_kl.kl_logps(model, recorded, first, shared_kl, stepwise=True), ref_kl)
+                mx.eval(found["kl"])
+                recorded.clear()  # the prompt keys/values are not needed any more
 
-            return layerwise.value_and_grad(model, tokens[:, :-1], on_hidden, recorded)
+            def on_hidden(hidden):
+                return objective(hidden_logps(model, hidden, positions, targets, mask), seq, desirable, ref,
+                                 found["kl"], poison, weight)
+
+            return layerwise.value_and_grad(model, tokens[:, :-1], on_hidden, recorded, kl_pass if shared_kl else None)
 
         value_and_grad = partial(layerwise_loss if self.layerwise else nn.value_and_grad(model, loss_fn), model)
 
