@@ -4,9 +4,10 @@ Each contender runs in its own worker process (clean peak-memory counters), on i
 sequences: mlx-lm through `mlx_lm.tuner.trainer.train` with its training callback (its own
 tokens/s and peak memory), tunedeck through `core.trainer.Trainer` (step events). Tokens are
 counted the same way for both: trained (target) tokens per step. Timings are medians over the steps
-after `--warmup`. The last line printed is one JSON object.
+after `--warmup`; with `--repeat N` each contender runs N times, interleaved, and keeps its fastest
+run. The last line printed is one JSON object.
 
-    python bench/compare_mlx_lm.py --quick                      # demo model, ~2 min on a laptop CPU
+    python bench/compare_mlx_lm.py --quick                      # demo model, ~2.5 min on a 2-core CPU
     python bench/compare_mlx_lm.py --size small --data sample   # ~47M params, the bundled dataset
     python bench/compare_mlx_lm.py --size 7b --seq 2048 --batch 4 --keys q_proj,v_proj --rank 16
 """
@@ -199,6 +200,9 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--grad-checkpoint", action="store_true")
     p.add_argument("--compile", default="auto", choices=["auto", "on", "off"], help="tunedeck's train.compile")
     p.add_argument("--skip-kto", action="store_true")
+    p.add_argument("--repeat", type=int, default=1,
+                   help="run each contender this many times, interleaved, and keep each one's fastest run "
+                        "(--quick: 4; timings on a shared CPU vary by 10-20%% from run to run)")
     p.add_argument("--quick", action="store_true", help="tiny model, few steps: under 3 minutes on a laptop CPU")
     p.add_argument("--worker", help=argparse.SUPPRESS)
     return p
@@ -207,7 +211,8 @@ def parser() -> argparse.ArgumentParser:
 def main() -> None:
     args = parser().parse_args()
     if args.quick:
-        args.size, args.steps, args.warmup, args.examples, args.seq = "tiny", 30, 5, 96, 128
+        args.size, args.steps, args.warmup, args.examples, args.seq = "tiny", 20, 5, 96, 128
+        args.repeat = max(args.repeat, 4)
     if not args.dtype:
         from tunedeck.core.backend import detect
 
@@ -225,9 +230,12 @@ def main() -> None:
     from tunedeck.core.backend import detect
 
     device = detect()
-    results = {"mlx_lm": run_worker(args, "mlx_lm"), "tunedeck_sft": run_worker(args, "sft")}
-    if not args.skip_kto:
-        results["tunedeck_kto"] = run_worker(args, "kto")
+    names = {"mlx_lm": "mlx_lm", "tunedeck_sft": "sft", **({} if args.skip_kto else {"tunedeck_kto": "kto"})}
+    runs: dict[str, list[dict[str, Any]]] = {name: [] for name in names}
+    for _ in range(args.repeat):  # interleaved, so that a slow spell of the machine hits every contender
+        for name, which in names.items():
+            runs[name].append(run_worker(args, which))
+    results = {name: min(rs, key=lambda r: r["step_time"]) for name, rs in runs.items()}  # each one's best run
     print(f"\n{'':14} {'tokens/s':>10} {'step s':>8} {'peak GB':>8} {'wall s':>7}")
     for name, r in results.items():
         print(f"{name:14} {r['tokens_per_sec']:>10.0f} {r['step_time']:>8.3f} {r['peak_memory_gb']:>8.2f} {r['wall_seconds']:>7.0f}")
@@ -238,7 +246,7 @@ def main() -> None:
         "tunedeck_tokens_per_sec": sft["tokens_per_sec"], "mlx_lm_tokens_per_sec": base["tokens_per_sec"],
         "device": f"{device.kind} ({device.note})", "dtype": args.dtype, "size": args.size, "batch": args.batch,
         "seq": args.seq, "data": args.data, "prompt_share": args.prompt_share if args.data == "synthetic" else None,
-        "quantize": args.quantize, "grad_checkpoint": args.grad_checkpoint,
+        "quantize": args.quantize, "grad_checkpoint": args.grad_checkpoint, "repeat": args.repeat,
     }
     if "tunedeck_kto" in results:
         kto = results["tunedeck_kto"]

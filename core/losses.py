@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import mlx.core as mx
 import mlx.nn as nn
+from mlx_lm.models.base import create_attention_mask
 
 
 def token_logps(logits: mx.array, targets: mx.array) -> mx.array:
@@ -35,16 +36,53 @@ def head(model: nn.Module, hidden: mx.array) -> mx.array:
     return model.lm_head(hidden)
 
 
+# Architectures whose last block is mlx-lm's llama TransformerBlock, which `hidden_at` runs at the
+# completion positions only.
+LLAMA_BLOCK = {"llama", "mistral"}
+
+
+def hidden_at(model: nn.Module, inputs: mx.array, positions: mx.array, caches: list | None = None) -> mx.array:
+    """model.model(inputs) at `positions` only ([B, K], each row's trained positions in order, then padding
+    that repeats the first): the final normed hidden states [B, K, H].
+
+    Only these positions reach the loss, so the last block computes its keys and values at every position
+    but its queries, attention output and MLP at these alone (for llama/mistral; other architectures
+    run whole and are gathered). `caches` are per-layer cache stand-ins (core.prefix_kl's recorders).
+    """
+    inner = model.model
+    idx = positions[..., None]
+    if getattr(model, "model_type", None) not in LLAMA_BLOCK:
+        return mx.take_along_axis(inner(inputs, cache=caches), idx, axis=1)
+    hidden = inner.embed_tokens(inputs)
+    mask = create_attention_mask(hidden, caches[0] if caches else None)
+    *lower, last = inner.layers
+    for i, layer in enumerate(lower):
+        hidden = layer(hidden, mask, cache=caches[i] if caches else None)
+    attn, x = last.self_attn, last.input_layernorm(hidden)
+    B, L, _ = x.shape
+    K = positions.shape[1]
+    q = attn.q_proj(mx.take_along_axis(x, idx, axis=1)).reshape(B, K, attn.n_heads, -1).transpose(0, 2, 1, 3)
+    k = attn.k_proj(x).reshape(B, L, attn.n_kv_heads, -1).transpose(0, 2, 1, 3)
+    v = attn.v_proj(x).reshape(B, L, attn.n_kv_heads, -1).transpose(0, 2, 1, 3)
+    q = attn.rope(q, offset=positions[:, 0])  # the trained positions of a row are consecutive
+    k = attn.rope(k)
+    if caches:
+        k, v = caches[-1].update_and_fetch(k, v)
+    allowed = (mx.arange(L)[None, None, :] <= positions[:, :, None])[:, None]  # causal, at each query's position
+    out = mx.fast.scaled_dot_product_attention(q, k, v, scale=attn.scale, mask=allowed)
+    h = mx.take_along_axis(hidden, idx, axis=1) + attn.o_proj(out.transpose(0, 2, 1, 3).reshape(B, K, -1))
+    return inner.norm(h + last.mlp(last.post_attention_layernorm(h)))
+
+
 def completion_logits(model: nn.Module, inputs: mx.array, positions: mx.array) -> mx.array:
     """Logits at `positions` only ([B, K] indices into the inputs): [B, K, V].
 
     The projection to the vocabulary (and its float32 softmax) is the largest activation of a
     step; computing it for the K completion positions instead of all L saves memory and time.
     """
-    idx = positions[..., None]
     if getattr(model, "model_type", None) not in PLAIN_HEAD or not hasattr(model, "model"):
-        return mx.take_along_axis(model(inputs), idx, axis=1)
-    return head(model, mx.take_along_axis(model.model(inputs), idx, axis=1))
+        return mx.take_along_axis(model(inputs), positions[..., None], axis=1)
+    return head(model, hidden_at(model, inputs, positions))
 
 
 def hidden_logps(model: nn.Module, hidden: mx.array, positions: mx.array, targets: mx.array,

@@ -203,11 +203,12 @@ OVERHEAD_GB = 0.002  # MLX's own small arrays (random state, step counter, causa
 # Activations x this, per backend: 1.0 = the CPU-measured model above. Set from `measure_peak` runs on
 # that backend (Metal and CUDA are modelled, not yet measured, at the time of writing).
 ACTIVATION_SCALE: dict[str, float] = {"cpu": 1.0, "metal": 1.0, "cuda": 1.0}
-# MLX 0.32.4's CUDA backend holds far more than the CPU-measured model during a step (with gradient
-# checkpointing especially, and more with quantized weights). Fitted to the 7B step peaks measured on an
-# H100 (bench/results/h100_forecast_7b.txt), bytes per batch token; consistent with mlx-lm's own slope
-# there (+4.9 GB per 1,024 tokens at 4-bit with checkpointing).
-CUDA_EXTRA_PER_TOKEN: dict[str, float] = {"float": 3.6e6, "quantized": 5.75e6}
+# MLX 0.32.4's CUDA backend holds far more than the CPU-measured model during a step (more with quantized
+# weights). Bytes per batch token, fitted to 7B peaks measured on an H100: "float" to the bf16 steps of
+# bench/results/h100_forecast_7b.txt (it over-forecasts 4 x 2048 without checkpointing: 89 GB against
+# 65 measured); "quantized" to the 4-bit 2 x 1024 layer-by-layer checkpointed steps of
+# bench/results/h100_q4_b2_s1024_gc.txt (SFT 15.9 GB, KTO 13.8 GB).
+CUDA_EXTRA_PER_TOKEN: dict[str, float] = {"float": 3.6e6, "quantized": 4.5e6}
 OVERHEAD_FRACTION = 0.02  # of the dynamic parts: allocator rounding, what the fits miss
 
 

@@ -23,7 +23,7 @@ import mlx.nn as nn
 import numpy as np
 
 from . import layerwise
-from .losses import PLAIN_HEAD, head, token_logps
+from .losses import PLAIN_HEAD, head, hidden_at, token_logps
 
 SHARED_ARCHITECTURES = PLAIN_HEAD
 
@@ -123,6 +123,6 @@ def policy_and_kl_logps(model: nn.Module, seq: tuple[mx.array, ...], kl: tuple[m
     """
     tokens, positions, targets, mask = seq
     recorded = recorders(model)
-    hidden = mx.take_along_axis(model.model(tokens[:, :-1], cache=recorded), positions[..., None], axis=1)
+    hidden = hidden_at(model, tokens[:, :-1], positions, recorded)
     logps = (token_logps(head(model, hidden), targets) * mask).sum(axis=-1)
     return logps, kl_logps(model, recorded, hidden[:, :1], kl)

@@ -34,7 +34,7 @@ from . import backend, collective, data, layerwise, memory, prefix_kl, runs
 from .batching import BatchPlan, Sequences, eval_batches, pack, tokenize
 from .config import Config, load as load_config
 from .fsutil import atomic_dir, atomic_write_bytes
-from .losses import completion_logits, hidden_logps, kto_kl, kto_losses_masked, packed_logps, packed_sft_loss, token_logps
+from .losses import completion_logits, head, hidden_at, hidden_logps, kto_kl, kto_losses_masked, packed_logps, packed_sft_loss, token_logps
 from .model import ADAPTER_CONFIG, ADAPTER_FILE, Loaded, ModelError, load_for_training, write_adapters
 from .reference import model_identity, reference_logps
 
@@ -252,10 +252,9 @@ class Trainer:
             tokens, positions, targets, mask = seq
             if shared_kl:  # the KL pairs ride on this forward's prompt keys/values (core.prefix_kl)
                 recorded = prefix_kl.recorders(model)
-                hidden = model.model(tokens[:, :-1], cache=recorded)
-                token_lps = hidden_logps(model, hidden, positions, targets, mask)
-                first = mx.take_along_axis(hidden, positions[:, :1, None], axis=1)
-                kl = kl_baseline(prefix_kl.kl_logps(model, recorded, first, shared_kl), ref_kl)
+                hidden = hidden_at(model, tokens[:, :-1], positions, recorded)
+                token_lps = token_logps(head(model, hidden), targets) * mask
+                kl = kl_baseline(prefix_kl.kl_logps(model, recorded, hidden[:, :1], shared_kl), ref_kl)
             else:
                 token_lps = token_logps(completion_logits(model, tokens[:, :-1], positions), targets) * mask
             return objective(token_lps, seq, desirable, ref, kl, poison, weight)

@@ -113,3 +113,30 @@ def test_training_with_and_without_sharing_agree(tmp_path: Path, monkeypatch) ->
             if key in a:
                 assert a[key] == pytest.approx(b[key], rel=1e-4, abs=1e-6), key
     assert any(e.get("kl", 0) > 0 for e in shared)  # the KL baseline is live, not clamped to 0 throughout
+
+
+def test_last_layer_at_the_trained_positions_only(lora_model) -> None:
+    """losses.hidden_at runs the last block's queries and MLP at the completion positions alone: same
+    hidden states, log-probs and gradients as the whole forward, gathered."""
+    from tunedeck.core.losses import hidden_at
+
+    model, seqs = lora_model
+    idx = np.array([3, 17, 25, 8])
+    tokens, positions, targets, mask = map(mx.array, pack([seqs.ids[i] for i in idx], seqs.starts[idx]))
+    got = hidden_at(model, tokens[:, :-1], positions)
+    want = mx.take_along_axis(model.model(tokens[:, :-1]), positions[..., None], axis=1)
+    trained = np.array(mask, bool)
+    np.testing.assert_allclose(np.array(got)[trained], np.array(want)[trained], rtol=1e-5, atol=1e-5)
+
+    def whole(m):
+        return (mx.take_along_axis(m(tokens[:, :-1]), positions[..., None], axis=1).sum(-1) * mask).sum()
+
+    def partial_(m):
+        from tunedeck.core.losses import head
+
+        return (head(m, hidden_at(m, tokens[:, :-1], positions)).sum(-1) * mask).sum()
+
+    _, g_want = nn.value_and_grad(model, whole)(model)
+    _, g_got = nn.value_and_grad(model, partial_)(model)
+    for (name, a), (_, b) in zip(tree_flatten(g_got), tree_flatten(g_want)):
+        np.testing.assert_allclose(np.array(a), np.array(b), rtol=1e-3, atol=1e-5, err_msg=name)
