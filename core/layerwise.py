@@ -24,7 +24,7 @@ import mlx.nn as nn
 from mlx.utils import tree_flatten
 from mlx_lm.models.base import create_attention_mask
 
-from .losses import PLAIN_HEAD
+from .losses import PLAIN_HEAD, hidden_logps
 
 
 def stepwise_forward_ok(model: nn.Module) -> bool:
@@ -55,6 +55,13 @@ def forward(model: nn.Module, inputs: mx.array, caches: list[Any] | None = None,
         hidden = layer(hidden, mask, cache=None if caches is None else caches[i])
         mx.eval(hidden)
     return hidden, saved
+
+
+def sequence_logps(model: nn.Module, tokens: mx.array, positions: mx.array, targets: mx.array,
+                   mask: mx.array) -> mx.array:
+    """losses.packed_logps (no gradient) with the forward evaluated one layer at a time."""
+    hidden = model.model.norm(forward(model, tokens[:, :-1])[0])
+    return hidden_logps(model, hidden, positions, targets, mask).sum(axis=-1)
 
 
 def value_and_grad(model: nn.Module, inputs: mx.array, loss_on_hidden: Callable[[mx.array], tuple[mx.array, mx.array]],

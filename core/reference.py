@@ -17,7 +17,7 @@ import numpy as np
 from . import layerwise
 from .batching import Sequences, eval_batches, pack
 from .collective import host_sum
-from .losses import hidden_logps, packed_logps
+from .losses import packed_logps
 
 def cache_key(seqs: Sequences, model_id: str) -> str:
     """Hash of the token data and the model identity (weights files, dtype, quantization, adapter)."""
@@ -53,12 +53,9 @@ def compute(model: nn.Module, ids: list[np.ndarray], starts: np.ndarray, batch_s
         batches = batches[part[0] :: part[1]]
     stepwise = layerwise.stepwise_forward_ok(model)
     for idx in batches:
-        tokens, positions, targets, mask = map(mx.array, pack([ids[i] for i in idx], starts[idx]))
-        if stepwise:  # one layer per evaluation: bounds what the backend holds (see core.layerwise)
-            hidden = model.model.norm(layerwise.forward(model, tokens[:, :-1])[0])
-            logps = hidden_logps(model, hidden, positions, targets, mask).sum(axis=-1)
-        else:
-            logps = packed_logps(model, tokens, positions, targets, mask)
+        batch = tuple(map(mx.array, pack([ids[i] for i in idx], starts[idx])))
+        # one layer per evaluation where the model allows: bounds what the backend holds (core.layerwise)
+        logps = layerwise.sequence_logps(model, *batch) if stepwise else packed_logps(model, *batch)
         out[idx] = np.array(logps.astype(mx.float32))
         if on_batch:
             on_batch(len(idx))

@@ -282,7 +282,8 @@ class Trainer:
         def step(seq, desirable, ref, kl_seq, ref_kl, poison, weight, prev_grad, do_update):
             shared_kl = kl_seq if kto and c.kto.loss_type == "kto" and len(kl_seq) == 5 else ()
             if kto and c.kto.loss_type == "kto" and not shared_kl:  # a separate forward over the KL pairs
-                kl = kl_baseline(packed_logps(model, *kl_seq), ref_kl)
+                kl_logps = layerwise.sequence_logps if self.layerwise else packed_logps
+                kl = kl_baseline(kl_logps(model, *kl_seq), ref_kl)
                 if not self.compiled:
                     # eager: finish the KL forward before the policy's forward/backward (measured on CPU:
                     # KTO step 1.9x -> 1.5x the gradient step alone, and the KL activations are freed first)

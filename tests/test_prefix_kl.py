@@ -86,9 +86,10 @@ def test_truncated_prompts_are_not_shared(lora_model, demo_model: Path) -> None:
         assert bool(seqs.kl_shared[i]) == bool(same)
 
 
-def test_training_with_and_without_sharing_agree(tmp_path: Path, monkeypatch) -> None:
+@pytest.mark.parametrize("checkpointing", [False, True])
+def test_training_with_and_without_sharing_agree(tmp_path: Path, monkeypatch, checkpointing: bool) -> None:
     """Whole KTO runs (including batches that must fall back: prompts cut to fit) give the same losses,
-    KL estimates and rewards either way."""
+    KL estimates and rewards either way, with plain and with layer-by-layer checkpointed steps."""
     results = []
     packs = []
     real_pack = prefix_kl.pack
@@ -102,6 +103,7 @@ def test_training_with_and_without_sharing_agree(tmp_path: Path, monkeypatch) ->
 
         cfg, _ = C.load(config)
         cfg.data.max_seq_len = 160  # some prompts get cut: their batches take the separate KL forward
+        cfg.train.grad_checkpoint = checkpointing
         run_dir = prepare_run(cfg, config, config.parent / "runs")
         assert Trainer(run_dir).run() == 0
         results.append([e for e in runs.read_events(run_dir) if e["type"] in ("step", "eval")])
