@@ -388,6 +388,18 @@ def _check_workers(args: argparse.Namespace) -> tuple[int, Path | None]:
                   file=sys.stderr)
         workers = n
     workers = workers or 1
+    if workers > 1 and hostfile is None:
+        from .backend import detect
+
+        if detect().kind == "cuda":
+            import mlx.core as mx
+
+            from .launch import check_gpu_count
+
+            try:
+                check_gpu_count(workers, mx.device_count(mx.gpu))
+            except LaunchError as e:
+                raise UserError(f"{e}; nothing was started") from None
     if workers > 1:
         source = Path(args.resume) / "config.toml" if args.resume else Path(args.config)
         try:

@@ -95,6 +95,13 @@ def launcher_prefix(workers: int, hostfile: Path | None = None, cuda: bool = Fal
     return [*argv, "--backend", "ring", "-n", str(workers), "--starting-port", str(free_port_base(workers)), "--"]
 
 
+def check_gpu_count(workers: int, gpus: int) -> None:
+    """One rank per GPU: refuse more local workers than this NVIDIA machine has GPUs."""
+    if workers > gpus:
+        raise LaunchError(f"--workers {workers} but this machine has {gpus} GPU{'s' if gpus != 1 else ''}: "
+                          f"each worker trains on its own GPU; use --workers {gpus} or fewer")
+
+
 def nccl_env() -> dict[str, str]:
     """NVLink multicast (NVLS) stays off: on shared hosts a job that uses it can take every GPU down."""
     return {"NCCL_NVLS_ENABLE": os.environ.get("NCCL_NVLS_ENABLE", "0")}

@@ -178,6 +178,9 @@ def test_launcher_command_and_threads(tmp_path: Path, monkeypatch) -> None:
     assert launch.launcher_prefix(2, hosts)[-3:] == ["--hostfile", str(hosts.resolve()), "--"]
     nccl = launch.launcher_prefix(2, cuda=True)
     assert nccl[nccl.index("--backend") + 1] == "nccl" and nccl[nccl.index("-n") + 1] == "2"
+    launch.check_gpu_count(2, 2)
+    with pytest.raises(launch.LaunchError, match="--workers 3 but this machine has 2 GPUs"):
+        launch.check_gpu_count(3, 2)
     monkeypatch.delenv("NCCL_NVLS_ENABLE", raising=False)
     assert launch.nccl_env() == {"NCCL_NVLS_ENABLE": "0"}
     monkeypatch.delenv("OPENBLAS_NUM_THREADS", raising=False)
