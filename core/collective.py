@@ -37,7 +37,7 @@ def host_sum(values: np.ndarray, group: mx.distributed.Group) -> np.ndarray:
         return values
     summed = mx.distributed.all_sum(mx.array(values, dtype=mx.float32 if uses_nccl() else mx.float64),
                                     group=group, stream=stream())
-    return np.array(summed.astype(mx.float32) if uses_nccl() else summed).astype(values.dtype)
+    return np.array(summed).astype(values.dtype)
 
 
 def broadcast(array: mx.array, group: mx.distributed.Group) -> mx.array:

@@ -580,7 +580,7 @@ def measure_peak(cfg, steps: int = 2, seq_len: int | None = None, model_config: 
     import numpy as np
     from mlx_lm.models import llama
 
-    from . import backend, prefix_kl
+    from . import backend
     from .batching import Sequences
     from .model import apply_adapters
     from .reference import compute as reference_compute
@@ -636,10 +636,9 @@ def measure_peak(cfg, steps: int = 2, seq_len: int | None = None, model_config: 
 
         trainer = object.__new__(Trainer)
         trainer.cfg, trainer.size, trainer.rank = cfg, 1, 0
-        trainer.share_kl_prefix = kto and cfg.kto.loss_type == "kto" and prefix_kl.supported(model)
         mode = getattr(cfg.train, "compile", "auto")  # as Trainer._train decides
         trainer.compiled = mode == "on" or (mode == "auto" and backend.detect().kind != "cpu")
-        trainer._checkpointing(model)
+        trainer._setup_step(model)
         optimizer = trainer._optimizer(max(steps, 1))
         model.train(not kto)
         step = trainer._make_step(model, optimizer)

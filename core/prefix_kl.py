@@ -23,16 +23,13 @@ import mlx.nn as nn
 import numpy as np
 
 from . import layerwise
-from .losses import PLAIN_HEAD, head, hidden_at, token_logps
-
-SHARED_ARCHITECTURES = PLAIN_HEAD
+from .losses import head, hidden_at, token_logps
 
 
 def supported(model: nn.Module) -> bool:
-    """Whether the model's attention layers can take the KL pass's prefix cache."""
-    inner = getattr(model, "model", None)
-    return (getattr(model, "model_type", None) in SHARED_ARCHITECTURES and inner is not None
-            and getattr(inner, "swa_idx", None) is None and getattr(inner, "pipeline_size", 1) == 1)
+    """Whether the model's attention layers can take the KL pass's prefix cache: those that core.layerwise
+    can also run one at a time (llama/mistral/qwen, no sliding window)."""
+    return layerwise.stepwise_forward_ok(model)
 
 
 def shares_prompt(ids: np.ndarray, start: int, kl_ids: np.ndarray, kl_start: int) -> bool:

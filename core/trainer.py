@@ -34,7 +34,7 @@ from . import backend, collective, data, layerwise, memory, prefix_kl, runs
 from .batching import BatchPlan, Sequences, eval_batches, pack, tokenize
 from .config import Config, load as load_config
 from .fsutil import atomic_dir, atomic_write_bytes
-from .losses import completion_logits, head, hidden_at, hidden_logps, kto_kl, kto_losses_masked, packed_logps, packed_sft_loss, token_logps
+from .losses import hidden_logps, kto_kl, kto_losses_masked, packed_logps, packed_sft_loss
 from .model import ADAPTER_CONFIG, ADAPTER_FILE, Loaded, ModelError, load_for_training, write_adapters
 from .reference import model_identity, reference_logps
 
@@ -102,8 +102,7 @@ class Trainer:
         self.events: runs.EventWriter | None = None
         self.stop_signal: int | None = None
         self.step = 0
-        self.share_kl_prefix = False  # set once the model is loaded: prefix_kl.supported(model)
-        self.layerwise = False  # gradient checkpointing through core.layerwise (set once the model is loaded)
+        self.share_kl_prefix = self.layerwise = False  # set by _setup_step once the model is loaded
 
     # --- lifecycle ---------------------------------------------------------------------------
 
@@ -197,8 +196,11 @@ class Trainer:
             raise InputError(msg)
         return train, valid
 
-    def _checkpointing(self, model: nn.Module) -> None:
-        """train.grad_checkpoint: layer by layer (core.layerwise) where the model allows, else mlx-lm's."""
+    def _setup_step(self, model: nn.Module) -> None:
+        """What the step can do with this model: KTO's KL pairs on the policy forward (core.prefix_kl), and
+        train.grad_checkpoint layer by layer (core.layerwise) where the model allows, else mlx-lm's."""
+        c = self.cfg
+        self.share_kl_prefix = c.train.method == "kto" and c.kto.loss_type == "kto" and prefix_kl.supported(model)
         self.layerwise = self.cfg.train.grad_checkpoint and layerwise.supported(model)
         if self.layerwise:  # evaluated layer by layer: no whole-step compile
             self.compiled = False
@@ -229,15 +231,14 @@ class Trainer:
                 return mx.maximum(mx.distributed.all_sum(kl, group=self.world) / size, 0.0)
             return kto_kl(policy_kl, ref_kl)
 
-        def objective(token_lps, seq, desirable, ref, kl, poison, weight):
-            """(loss, aux) from the masked per-token log-probs [B, K] of the batch's completions."""
+        def objective(logps, seq, desirable, ref, kl, poison, weight):
+            """(loss, aux) from the summed completion log-probs [B] of the batch's sequences."""
             if not kto:
                 ntoks = seq[3].sum()
-                loss = -token_lps.sum() / mx.maximum(ntoks, 1)
+                loss = -logps.sum() / mx.maximum(ntoks, 1)
                 zero = mx.array(0.0)
                 loss = (loss if poison_grads else loss * poison) * weight
                 return loss, mx.stack([ntoks, zero, zero, zero, zero, zero, zero, zero])
-            logps = token_lps.sum(axis=-1)
             losses, rewards = kto_losses_masked(
                 logps, ref, desirable, kl, c.kto.beta, c.kto.desirable_weight, c.kto.undesirable_weight, c.kto.loss_type
             )
@@ -249,15 +250,12 @@ class Trainer:
             return (losses.mean() if poison_grads else losses.mean() * poison) * weight, aux
 
         def loss_fn(model, seq, desirable, ref, kl, poison, weight, shared_kl, ref_kl):
-            tokens, positions, targets, mask = seq
             if shared_kl:  # the KL pairs ride on this forward's prompt keys/values (core.prefix_kl)
-                recorded = prefix_kl.recorders(model)
-                hidden = hidden_at(model, tokens[:, :-1], positions, recorded)
-                token_lps = token_logps(head(model, hidden), targets) * mask
-                kl = kl_baseline(prefix_kl.kl_logps(model, recorded, hidden[:, :1], shared_kl), ref_kl)
+                logps, policy_kl = prefix_kl.policy_and_kl_logps(model, seq, shared_kl)
+                kl = kl_baseline(policy_kl, ref_kl)
             else:
-                token_lps = token_logps(completion_logits(model, tokens[:, :-1], positions), targets) * mask
-            return objective(token_lps, seq, desirable, ref, kl, poison, weight)
+                logps = packed_logps(model, *seq)
+            return objective(logps, seq, desirable, ref, kl, poison, weight)
 
         def layerwise_loss(model, seq, desirable, ref, kl, poison, weight, shared_kl, ref_kl):
             """loss_fn's value and gradients through core.layerwise (gradient checkpointing, bounded memory)."""
@@ -272,8 +270,8 @@ class Trainer:
                 recorded.clear()  # the prompt keys/values are not needed any more
 
             def on_hidden(hidden):
-                return objective(hidden_logps(model, hidden, positions, targets, mask), seq, desirable, ref,
-                                 found["kl"], poison, weight)
+                return objective(hidden_logps(model, hidden, positions, targets, mask).sum(axis=-1), seq, desirable,
+                                 ref, found["kl"], poison, weight)
 
             return layerwise.value_and_grad(model, tokens[:, :-1], on_hidden, recorded, kl_pass if shared_kl else None)
 
@@ -493,7 +491,6 @@ class Trainer:
         ref = ref_valid = None
         ref_info: dict[str, Any] = {}
         if kto:
-            self.share_kl_prefix = c.kto.loss_type == "kto" and prefix_kl.supported(model)
             t0 = time.perf_counter()
             ident = model_identity(loaded.model_dir, dtype, c.model.quantize, c.model.adapter)
             bs = c.train.batch_size * 2
@@ -502,7 +499,7 @@ class Trainer:
             ref, ref_valid = (r_logps, r_kl), (v_logps, v_kl)
             ref_info = {"reference_cached": hit, "reference_seconds": round(time.perf_counter() - t0, 2)}
 
-        self._checkpointing(model)
+        self._setup_step(model)
         optimizer = self._optimizer(total)
         if ckpt is not None:
             self._restore(ckpt, model, optimizer)
