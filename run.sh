@@ -1,11 +1,16 @@
 #!/usr/bin/env bash
 # tunedeck on a fresh machine:
 #   ./run.sh          set up (first time only) and open the app on the bundled demo
-#   ./run.sh test     set up (first time only) and run the test suite
-#   ./run.sh ARGS...  set up, then `tunedeck ARGS...` (e.g. ./run.sh train my.toml)
+#   ./run.sh test     set up (first time only) and run the test suite (pytest arguments may follow)
+#   ./run.sh lint     ruff and the import contracts (core never imports the front ends)
+#   ./run.sh lock     refresh constraints.txt from a fresh install of pyproject.toml's ranges
+#   ./run.sh ARGS...  set up, then `tunedeck ARGS...` in the current directory (e.g. ./run.sh data check my.jsonl)
 set -euo pipefail
-cd "$(dirname "$0")"
+ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 PY=${PYTHON:-python3}
+VENV="$ROOT/.venv"
+
+say() { echo "run.sh: $*" >&2; }
 
 system_packages() {
   # OpenBLAS makes float32 training ~30x faster on Linux CPUs; tmux is used by the terminal tests.
@@ -18,22 +23,61 @@ system_packages() {
   local sudo=""
   [ "$(id -u)" = 0 ] || { command -v sudo >/dev/null && sudo="sudo -n"; }
   if [ "$(id -u)" = 0 ] || [ -n "$sudo" ]; then
+    say "installing ${need[*]} with apt-get (about 20 s)"
     $sudo apt-get update -qq >/dev/null 2>&1 || true
     DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq "${need[@]}" >/dev/null 2>&1 \
-      || echo "run.sh: could not install ${need[*]}; training on this CPU will be slower" >&2
+      || say "could not install ${need[*]}; training on this CPU will be slower"
   else
-    echo "run.sh: please install ${need[*]} (apt-get install ${need[*]}) for fast CPU training" >&2
+    say "please install ${need[*]} (apt-get install ${need[*]}) for fast CPU training"
   fi
 }
 
+link_commands() {
+  # Put `tunedeck` (and mlx-lm's generate, which README uses) on PATH: a link in ~/.local/bin, ~/bin or
+  # /usr/local/bin, the first that is on PATH and writable, else ~/.local/bin with the line to add to the
+  # profile (TUNEDECK_BIN_DIR overrides). Never replaces a command that is not a tunedeck checkout's.
+  local dir="${TUNEDECK_BIN_DIR:-}" d
+  if [ -z "$dir" ]; then
+    for d in "$HOME/.local/bin" "$HOME/bin" /usr/local/bin; do
+      case ":$PATH:" in *":$d:"*) [ -d "$d" ] && [ -w "$d" ] && { dir=$d; break; } ;; esac
+    done
+  fi
+  dir=${dir:-$HOME/.local/bin}
+  mkdir -p "$dir"
+  local cmd target changed=""
+  for cmd in tunedeck mlx_lm.generate; do
+    target="$dir/$cmd"
+    local old; old=$(readlink "$target" 2>/dev/null || true)
+    [ "$old" = "$VENV/bin/$cmd" ] && continue
+    case "$old" in */.venv/bin/"$cmd") rm -f "$target"; say "$target pointed to another checkout ($old)" ;; esac
+    if [ -e "$target" ] || [ -L "$target" ]; then
+      say "$target exists and is not this checkout's; left alone (use $VENV/bin/$cmd)"
+      continue
+    fi
+    ln -s "$VENV/bin/$cmd" "$target" && changed=1
+  done
+  [ -n "$changed" ] || return 0
+  case ":$PATH:" in
+    *":$dir:"*) say "\`tunedeck\` is on your PATH now ($dir/tunedeck): use it from any directory" ;;
+    *) say "\`tunedeck\` is linked in $dir, which is not on your PATH; add this line to your shell profile:"
+       say "  export PATH=\"$dir:\$PATH\"" ;;
+  esac
+}
+
 setup() {
-  local stamp=.venv/.tunedeck-installed
-  if [ -f "$stamp" ] && [ "$stamp" -nt pyproject.toml ]; then return 0; fi
+  local stamp="$VENV/.tunedeck-installed"
+  if [ -f "$stamp" ] && [ "$stamp" -nt "$ROOT/pyproject.toml" ] && [ "$stamp" -nt "$ROOT/constraints.txt" ]; then return 0; fi
+  say "first-time set-up in $VENV (usually 1.5-2 minutes, and the first install builds llama.cpp for the GGUF check, a few minutes more; later starts skip it)"
   system_packages
-  [ -x .venv/bin/python ] || "$PY" -m venv .venv
-  .venv/bin/python -m pip install -q --upgrade pip >/dev/null 2>&1 || true
-  .venv/bin/python -m pip install -q -e ".[test]"
+  if [ ! -x "$VENV/bin/python" ]; then say "creating the virtual environment"; "$PY" -m venv "$VENV"; fi
+  say "installing tunedeck and its dependencies (mlx, mlx-lm, textual, ... pinned by constraints.txt; about a minute)"
+  "$VENV/bin/python" -m pip install -q --upgrade pip >/dev/null 2>&1 || true
+  if ! CMAKE_ARGS="-DGGML_NATIVE=OFF" "$VENV/bin/python" -m pip install -q --disable-pip-version-check -c "$ROOT/constraints.txt" -e "$ROOT[test,lint,verify,oracle]" \
+      2> >(grep -v "^WARNING: Location .* is ignored" >&2); then
+    say "pip install failed (see above)"; exit 1
+  fi
   touch "$stamp"
+  say "set-up done"
 }
 
 preload_blas() {
@@ -44,8 +88,35 @@ preload_blas() {
   done
 }
 
-setup
+lint() {
+  # import-linter reads the installed package; the editable install maps `tunedeck` onto the repo
+  # root, which grimp cannot walk, so give it the wheel's layout through links.
+  local tree status=0; tree=$(mktemp -d)
+  mkdir "$tree/tunedeck"
+  for d in core tui themes; do ln -s "$ROOT/$d" "$tree/tunedeck/$d"; done
+  cp "$ROOT/tunedeck_init.py" "$tree/tunedeck/__init__.py"
+  (cd "$ROOT" && "$VENV/bin/ruff" check . && PYTHONPATH="$tree" "$VENV/bin/lint-imports" --no-cache) || status=$?
+  rm -rf "$tree"
+  return $status
+}
+
+lock() {
+  local scratch; scratch=$(mktemp -d)
+  "$PY" -m venv "$scratch/venv"
+  CMAKE_ARGS="-DGGML_NATIVE=OFF" "$scratch/venv/bin/python" -m pip install -q "$ROOT[test,lint,verify,oracle]"
+  { sed -n '1,2p' "$ROOT/constraints.txt"; "$scratch/venv/bin/python" -m pip freeze | grep -v -E '^(-e |tunedeck)'; } > "$ROOT/constraints.txt.new"
+  mv "$ROOT/constraints.txt.new" "$ROOT/constraints.txt"
+  rm -rf "$scratch"
+  say "constraints.txt refreshed; run ./run.sh test before committing it"
+}
+
 case "${1:-}" in
-  test) shift; preload_blas; exec .venv/bin/pytest -q "$@" ;;
-  *) exec .venv/bin/tunedeck "$@" ;;
+  lock) shift; lock; exit ;;
+esac
+setup
+link_commands
+case "${1:-}" in
+  test) shift; preload_blas; cd "$ROOT"; exec "$VENV/bin/pytest" -q "$@" ;;
+  lint) shift; lint ;;
+  *) exec "$VENV/bin/tunedeck" "$@" ;;
 esac

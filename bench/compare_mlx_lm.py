@@ -126,7 +126,7 @@ def worker_tunedeck(args: argparse.Namespace, method: str) -> dict[str, Any]:
         if kto:
             cfg.kto.undesirable_weight = 2.25
 
-        def synthetic_tokenize(tokenizer, examples, max_seq_len, kto_, seed):
+        def synthetic_tokenize(tokenizer, examples, max_seq_len, kto_, seed, **_options):
             ids, starts, labels = sequences(args, tokenizer, kto_)
             seqs = Sequences(ids=ids, starts=starts, labels=labels)
             if kto_:

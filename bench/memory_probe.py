@@ -36,10 +36,10 @@ def main() -> None:
     import mlx_lm
     from mlx_lm.tuner.trainer import default_loss, grad_checkpoint
 
+    from tunedeck.core.batching import pack, pad
     from tunedeck.core.config import LoraConfig
     from tunedeck.core.losses import packed_sft_loss, sft_loss
     from tunedeck.core.model import apply_adapters
-    from tunedeck.core.batching import pack, pad
 
     out: dict = {}
     model, _ = mlx_lm.load(args.model, lazy=args.lazy)

@@ -74,8 +74,8 @@ def detect() -> Backend:
     return decide(platform.system(), has_metal, has_cuda, find_openblas(), os.environ.get("LD_PRELOAD", ""))
 
 
-def reexec_argv_env(argv: list[str]) -> tuple[list[str], dict[str, str]] | None:
-    """If this Linux process lacks the OpenBLAS preload, the argv/env to re-run it with; else None."""
+def reexec_argv_env(argv: list[str], module: str) -> tuple[list[str], dict[str, str]] | None:
+    """If this Linux process lacks the OpenBLAS preload, the argv/env to re-run `python -m module argv` with; else None."""
     if platform.system() != "Linux" or os.environ.get(REEXEC_FLAG) or os.environ.get("TUNEDECK_NO_BLAS"):
         return None
     lib = find_openblas()
@@ -83,7 +83,7 @@ def reexec_argv_env(argv: list[str]) -> tuple[list[str], dict[str, str]] | None:
         return None
     env = dict(os.environ, LD_PRELOAD=_with_preload(os.environ.get("LD_PRELOAD", ""), lib))
     env[REEXEC_FLAG] = "1"
-    return [sys.executable, "-m", "tunedeck.core.cli", *argv], env
+    return [sys.executable, "-m", module, *argv], env
 
 
 def subprocess_env(extra: dict[str, str] | None = None) -> dict[str, str]:

@@ -9,7 +9,6 @@ once; `ChatModel.reply(..., adapter=False)` runs the same weights with the LoRA 
 from __future__ import annotations
 
 import json
-import unicodedata
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -18,7 +17,6 @@ from typing import Any
 from .model import ADAPTER_CONFIG, ADAPTER_FILE
 
 #: Bidirectional-override code points that reorder how a terminal shows the text around them.
-_BIDI = set(range(0x202A, 0x202F)) | set(range(0x2066, 0x206A))
 
 
 class ChatError(Exception):
@@ -41,29 +39,17 @@ class ChatModel:
     base: str
     adapter: Path | None
 
-    def reply(self, messages: list[dict[str, str]], adapter: bool = True, max_tokens: int = 256,
-              temperature: float = 0.7, top_p: float = 1.0) -> Iterator[Chunk]:
-        """Stream a reply; with adapter=False the LoRA layers are swapped out while it generates."""
+    def reply(self, messages: list[dict[str, Any]], adapter: bool = True, max_tokens: int = 256,
+              temperature: float = 0.7, top_p: float = 1.0, tools: list[dict[str, Any]] | None = None) -> Iterator[Chunk]:
+        """Stream a reply (the tool schemas `tools` rendered with the prompt); with adapter=False the LoRA
+        layers are swapped out while it generates."""
         if adapter or self.adapter is None:
-            yield from stream_reply(self.model, self.tokenizer, messages, max_tokens, temperature, top_p)
+            yield from stream_reply(self.model, self.tokenizer, messages, max_tokens, temperature, top_p, tools)
             return
         from .model import adapters_disabled
 
         with adapters_disabled(self.model):
-            yield from stream_reply(self.model, self.tokenizer, messages, max_tokens, temperature, top_p)
-
-
-def visible(text: str) -> str:
-    """`text` with control characters (ESC, CR, bidi overrides...) shown as escapes; newlines and tabs kept."""
-    if text.isprintable():
-        return text
-    out = []
-    for ch in text:
-        if ch in "\n\t" or not (unicodedata.category(ch) == "Cc" or ord(ch) in _BIDI):
-            out.append(ch)
-        else:
-            out.append(ch.encode("unicode_escape").decode("ascii"))
-    return "".join(out)
+            yield from stream_reply(self.model, self.tokenizer, messages, max_tokens, temperature, top_p, tools)
 
 
 def _run_base(run_dir: Path) -> str:
@@ -132,9 +118,10 @@ def load_chat_model(base: str, adapter: Path | None) -> ChatModel:
     return ChatModel(model, tokenizer, base, adapter)
 
 
-def stream_reply(model: Any, tokenizer: Any, messages: list[dict[str, str]], max_tokens: int = 256,
-                 temperature: float = 0.7, top_p: float = 1.0) -> Iterator[Chunk]:
-    """Stream the assistant's reply to `messages`, rendered with the tokenizer's chat template."""
+def stream_reply(model: Any, tokenizer: Any, messages: list[dict[str, Any]], max_tokens: int = 256,
+                 temperature: float = 0.7, top_p: float = 1.0, tools: list[dict[str, Any]] | None = None) -> Iterator[Chunk]:
+    """Stream the assistant's reply to `messages` (and the tool schemas `tools`), rendered with the
+    tokenizer's chat template."""
     from mlx_lm import stream_generate
     from mlx_lm.sample_utils import make_sampler
 
@@ -142,7 +129,7 @@ def stream_reply(model: Any, tokenizer: Any, messages: list[dict[str, str]], max
 
     if max_tokens < 1:
         raise ValueError("max_tokens must be at least 1")
-    ids = encode_prompt(tokenizer, messages)
+    ids = encode_prompt(tokenizer, messages, tools)
     sampler = make_sampler(temp=max(temperature, 0.0), top_p=top_p if 0 < top_p < 1 else 0.0)
     for r in stream_generate(model, tokenizer, ids, max_tokens=max_tokens, sampler=sampler):
         yield Chunk(r.text, float(r.generation_tps), r.finish_reason)

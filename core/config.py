@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import os
 import re
+import sys
 import tomllib
 import typing
 from dataclasses import dataclass, field
@@ -18,16 +20,28 @@ from typing import Any
 
 import tomli_w
 
-from .fsutil import atomic_write_text
+from .fsutil import NotRegularFile, atomic_write_text, open_regular
 
 DEFAULT_MODEL = "mistralai/Mistral-7B-Instruct-v0.3"
 DEMO_MODEL = "demo"  # resolved by core.demo to the cached tiny model
 
-# LoRA + KTO wants a far lower learning rate than LoRA + SFT: the KTO loss saturates (sigmoid of a
-# reward margin) and its gradients scale with beta; at SFT rates the policy drifts from the reference
-# within a few dozen steps, the KL estimate explodes and rewards collapse. TRL's KTO default is 5e-7
-# for full fine-tuning; LoRA updates are low-rank and scaled, so ~10x higher is the usual choice.
-DEFAULT_LR = {"sft": 1e-4, "kto": 5e-6}
+# Defaults for LoRA with bias-corrected AdamW (train.optimizer = "adamw", torch's AdamW). TRL's defaults
+# are for full fine-tuning (SFTConfig 2e-5, KTOConfig 1e-6); LoRA's low-rank, scaled updates take about 10x
+# that. SFT: 1e-4, the usual LoRA rate. KTO: 10 x TRL's 1e-6 = 1e-5; its loss saturates (a sigmoid of a
+# reward margin) and its gradients scale with beta, so at SFT rates the policy leaves the reference within
+# a few dozen steps and rewards collapse. mlx-lm's default (1e-5 with uncorrected Adam) runs its first
+# hundreds of steps 3-6.5x hotter than the same rate here: (1 - b1^t) / sqrt(1 - b2^t) is 3.2 at t = 1,
+# 6.5 at t = 10, 3.2 at t = 100.
+DEFAULT_LR = {"sft": 1e-4, "kto": 1e-5}
+MIN_LR = 1e-12  # a learning rate is 0 (the method's default) or at least this
+
+# Linear layers inside a transformer block of the supported architectures (llama, mistral, qwen2,
+# qwen3, gemma: attention + SwiGLU MLP); `lora.keys` names them, optionally with their parent
+# ("self_attn.q_proj"). The embedding and the output head are not adapted.
+LORA_KEYS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
+MAX_LAYERS = 4096
+MAX_STEPS = 10_000_000  # optimizer steps and step intervals; step numbers stay exact in float32 (< 2**24)
+MAX_SEED = 2**32 - 1  # the trainer seeds mx.random (uint64) with seed * 1_000_003 + micro-batch index
 
 
 @dataclass
@@ -46,6 +60,9 @@ class DataConfig:
     max_seq_len: int = 2048
     valid_fraction: float = 0.1
     strict: bool = True  # False: set bad lines aside (reported) instead of refusing the file
+    string_format: str = "raw"  # raw | chat: plain-string prompt/completion records as TRL reads them, or templated
+    train_on: str = "all_assistant"  # SFT: all_assistant | last
+    tools: str = ""  # tool schemas (JSON list); relative to the dataset's directory; "" = tools.json beside it
 
 
 @dataclass
@@ -70,10 +87,12 @@ class TrainConfig:
     warmup_steps: int = 20
     min_lr_ratio: float = 0.1
     weight_decay: float = 0.0
+    optimizer: str = "adamw"  # adamw (bias-corrected, torch's) | adamw_mlx (mlx-lm's, uncorrected)
     max_grad_norm: float = 1.0  # 0 = no clipping
     grad_checkpoint: bool = True
     compile: str = "auto"  # auto | on | off: mx.compile the step (auto: on GPUs, off on CPUs)
     save_every: int = 100
+    keep_checkpoints: int = 3  # 0 = keep all
     eval_every: int = 100
     eval_batches: int = 16  # 0 = the whole validation split
     report_every: int = 1
@@ -86,6 +105,7 @@ class KtoConfig:
     desirable_weight: float = 1.0
     undesirable_weight: float = 1.0
     loss_type: str = "kto"  # kto | apo_zero_unpaired
+    kl_pairs: str = "batch"  # batch (TRL's rotation inside each micro-batch) | dataset (a fixed derangement)
 
 
 @dataclass
@@ -115,11 +135,15 @@ CHOICES: dict[str, tuple[Any, ...]] = {
     "model.quantize": (0, 4, 8),
     "model.dtype": ("auto", "float32", "bfloat16", "float16"),
     "data.format": ("auto", "kto", "messages", "trl_unpaired", "sharegpt", "prompt_completion", "text"),
+    "data.train_on": ("all_assistant", "last"),
     "lora.type": ("lora", "dora"),
     "train.method": ("sft", "kto"),
+    "data.string_format": ("raw", "chat"),
     "train.lr_schedule": ("cosine", "linear", "constant"),
+    "train.optimizer": ("adamw", "adamw_mlx"),
     "train.compile": ("auto", "on", "off"),
     "kto.loss_type": ("kto", "apo_zero_unpaired"),
+    "kto.kl_pairs": ("batch", "dataset"),
 }
 
 # (minimum, maximum, minimum inclusive?) for numeric keys
@@ -129,21 +153,22 @@ RANGES: dict[str, tuple[float | None, float | None, bool]] = {
     "lora.rank": (1, 1024, True),
     "lora.scale": (0.0, None, False),
     "lora.dropout": (0.0, 0.9, True),
-    "lora.num_layers": (-1, None, True),
-    "train.iters": (1, None, True),
-    "train.epochs": (0.0, None, True),
+    "lora.num_layers": (-1, MAX_LAYERS, True),
+    "train.iters": (1, MAX_STEPS, True),
+    "train.epochs": (0.0, 10_000.0, True),
     "train.batch_size": (1, 4096, True),
     "train.grad_accumulation": (1, 1024, True),
     "train.learning_rate": (0.0, 1.0, True),
-    "train.warmup_steps": (0, None, True),
+    "train.warmup_steps": (0, MAX_STEPS, True),
     "train.min_lr_ratio": (0.0, 1.0, True),
     "train.weight_decay": (0.0, 1.0, True),
     "train.max_grad_norm": (0.0, None, True),
-    "train.save_every": (1, None, True),
-    "train.eval_every": (1, None, True),
-    "train.eval_batches": (0, None, True),
-    "train.report_every": (1, None, True),
-    "train.seed": (0, None, True),
+    "train.save_every": (1, MAX_STEPS, True),
+    "train.keep_checkpoints": (0, None, True),
+    "train.eval_every": (1, MAX_STEPS, True),
+    "train.eval_batches": (0, MAX_STEPS, True),
+    "train.report_every": (1, MAX_STEPS, True),
+    "train.seed": (0, MAX_SEED, True),
     "kto.beta": (0.0, None, False),
     "kto.desirable_weight": (0.0, None, False),
     "kto.undesirable_weight": (0.0, None, False),
@@ -193,8 +218,25 @@ def _type_name(tp: Any) -> str:
     return {bool: "true or false", int: "an integer", float: "a number", str: "a string"}[tp]
 
 
+class _Underflow(float):
+    """A TOML float literal that is not zero but reads as 0.0 (1e-400); `literal` is its text."""
+
+    literal: str
+
+
+def parse_float(text: str) -> float:
+    """tomllib's parse_float: float(text), marking a nonzero literal that underflows to 0.0."""
+    value = float(text)
+    if value == 0 and re.search(r"[1-9]", re.split(r"[eE]", text)[0]):
+        value = _Underflow(value)
+        value.literal = text
+    return value
+
+
 def _coerce(key: str, value: Any, tp: Any) -> tuple[Any, str | None]:
     """Check `value` against `tp`; return (value, None) or (None, what was expected)."""
+    if isinstance(value, _Underflow):
+        return None, f"got {value.literal}, too small for a 64-bit float (it would read as 0); expected 0 or larger"
     expected = f"expected {_type_name(tp)}, got {_describe(value)}"
     if tp is bool:
         return (value, None) if isinstance(value, bool) else (None, expected)
@@ -203,7 +245,10 @@ def _coerce(key: str, value: Any, tp: Any) -> tuple[Any, str | None]:
         return (value, None) if ok else (None, expected)
     if tp is float:
         if isinstance(value, (int, float)) and not isinstance(value, bool):
-            return float(value), None
+            try:
+                return float(value), None
+            except OverflowError:
+                return None, f"got {_describe(value)}, too large for a 64-bit float"
         return None, expected
     if tp is str:
         return (value, None) if isinstance(value, str) else (None, expected)
@@ -215,8 +260,20 @@ def _coerce(key: str, value: Any, tp: Any) -> tuple[Any, str | None]:
 
 
 def _describe(value: Any) -> str:
+    """"integer 5", "string 'x'", ...: the value's repr cut short (see _cut)."""
     kind = {bool: "boolean", int: "integer", float: "number", str: "string", list: "list", dict: "table"}
-    return f"{kind.get(type(value), type(value).__name__)} {value!r}"
+    return f"{kind.get(type(value), type(value).__name__)} {_cut(value)}"
+
+
+def _cut(value: Any, limit: int = 60) -> str:
+    """repr(value) in at most `limit` characters: a long or deeply nested value is shown by its start."""
+    if isinstance(value, int) and abs(value).bit_length() > 4 * limit:
+        return f"<an integer of about {int(abs(value).bit_length() * math.log10(2)) + 1:,} digits>"
+    try:
+        text = repr(value)
+    except RecursionError:
+        return "<nested too deeply to show>"
+    return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
 def from_dict(raw: dict[str, Any]) -> tuple[Config, list[ConfigProblem]]:
@@ -253,23 +310,19 @@ def validate(cfg: Config) -> list[ConfigProblem]:
         value = get_value(cfg, key)
         if value not in choices:
             opts = ", ".join(repr(c) for c in choices)
-            problems.append(ConfigProblem(key, f"got {value!r}; expected one of {opts}"))
-    for key, (lo, hi, inclusive) in RANGES.items():
-        value = get_value(cfg, key)
-        if isinstance(value, float) and not math.isfinite(value):
-            problems.append(ConfigProblem(key, f"got {value!r}; expected a finite number"))
-            continue
-        if lo is not None and (value < lo if inclusive else value <= lo):
-            rel = ">=" if inclusive else ">"
-            problems.append(ConfigProblem(key, f"got {value!r}; expected {rel} {lo}"))
-        elif hi is not None and value > hi:
-            problems.append(ConfigProblem(key, f"got {value!r}; expected <= {hi}"))
+            problems.append(ConfigProblem(key, f"got {_cut(value)}; expected one of {opts}"))
+    for key, bounds in RANGES.items():
+        if msg := _range_problem(get_value(cfg, key), *bounds):
+            problems.append(ConfigProblem(key, msg))
+    problems += _lora_problems(cfg.lora)
+    lr = cfg.train.learning_rate
+    if 0 < lr < MIN_LR:
+        problems.append(ConfigProblem("train.learning_rate", f"got {lr:g}; expected 0 (the method's default) "
+                                      f"or {MIN_LR:g} to 1"))
     if not cfg.model.path.strip():
         problems.append(ConfigProblem("model.path", "is empty; expected a local directory, a Hugging Face id or \"demo\""))
     if not cfg.data.path.strip():
         problems.append(ConfigProblem("data.path", "is empty; expected the path of a JSONL dataset"))
-    if not cfg.lora.keys:
-        problems.append(ConfigProblem("lora.keys", "is empty; expected at least one layer name such as \"q_proj\""))
     if cfg.train.method == "kto":
         if cfg.train.batch_size < 2:
             problems.append(ConfigProblem(
@@ -298,6 +351,33 @@ def validate(cfg: Config) -> list[ConfigProblem]:
     return problems
 
 
+def _range_problem(value: float, lo: float | None, hi: float | None, inclusive: bool) -> str | None:
+    """What is wrong with a numeric value for a RANGES entry, or None."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return f"got {value!r}; expected a finite number"
+    span = f" (the range is {lo} to {hi})" if lo is not None and hi is not None else ""
+    if lo is not None and (value < lo if inclusive else value <= lo):
+        return f"got {_cut(value)}; expected {'>=' if inclusive else '>'} {lo}{span}"
+    if hi is not None and value > hi:
+        return f"got {_cut(value)}; expected <= {hi}{span}"
+    return None
+
+
+def _lora_problems(lora: LoraConfig) -> list[ConfigProblem]:
+    """lora.num_layers is -1 or a count; lora.keys names linear layers of a block (LORA_KEYS)."""
+    problems: list[ConfigProblem] = []
+    if lora.num_layers == 0:
+        problems.append(ConfigProblem("lora.num_layers", f"got 0; expected -1 (every layer) or 1 to {MAX_LAYERS} "
+                                      "(the last N layers)"))
+    if not lora.keys:
+        problems.append(ConfigProblem("lora.keys", "is empty; expected at least one layer name such as \"q_proj\""))
+    for key in lora.keys:
+        if key.rsplit(".", 1)[-1] not in LORA_KEYS:
+            problems.append(ConfigProblem("lora.keys", f"got {_cut(key)}; not a linear layer of a transformer block; "
+                                          f"expected names among {', '.join(LORA_KEYS)}"))
+    return problems
+
+
 def errors(problems: list[ConfigProblem]) -> list[ConfigProblem]:
     return [p for p in problems if p.severity == "error"]
 
@@ -310,15 +390,52 @@ def get_value(cfg: Config, key: str) -> Any:
 _TOML_POS = re.compile(r"\(at line (\d+), column (\d+)\)")
 
 
+def toml_loads(text: str) -> dict[str, Any]:
+    """tomllib.loads, dropping a leading UTF-8 BOM and marking floats that underflow to 0 (_Underflow).
+
+    Raises TOMLDecodeError, RecursionError (nesting too deep) or ValueError (an integer longer than
+    Python reads).
+    """
+    return tomllib.loads(text.removeprefix("\ufeff"), parse_float=parse_float)
+
+
 def parse_toml(text: str) -> tuple[dict[str, Any] | None, list[ConfigProblem]]:
     """Parse TOML text; a syntax error becomes one problem with its line and column."""
     try:
-        return tomllib.loads(text), []
+        return toml_loads(text), []
     except tomllib.TOMLDecodeError as e:
-        msg = str(e)
-        m = _TOML_POS.search(msg)
-        line, col = (int(m.group(1)), int(m.group(2))) if m else (None, None)
-        return None, [ConfigProblem("", f"invalid TOML: {_TOML_POS.sub('', msg).strip()}", line, col)]
+        return None, [_syntax_problem(text, str(e))]
+    except RecursionError:
+        return None, [ConfigProblem("", "invalid TOML: arrays or inline tables nested too deeply to parse")]
+    except ValueError:
+        return None, [_long_integer_problem(text)]
+
+
+def _syntax_problem(text: str, msg: str) -> ConfigProblem:
+    """A TOMLDecodeError's message as a problem at its line and column; "at end of document" (a file
+    cut short) is placed after the last line that is not blank."""
+    if m := _TOML_POS.search(msg):
+        return ConfigProblem("", f"invalid TOML: {_TOML_POS.sub('', msg).strip()}", int(m.group(1)), int(m.group(2)))
+    if "(at end of document)" not in msg:
+        return ConfigProblem("", f"invalid TOML: {msg}")
+    lines = text.removeprefix("\ufeff").splitlines() or [""]
+    line = max((i for i, s in enumerate(lines) if s.strip()), default=0)
+    reason = msg.replace("(at end of document)", "").strip()
+    return ConfigProblem("", f"invalid TOML: {reason} at the end of the file (is it cut short?)",
+                         line + 1, len(lines[line]) + 1)
+
+
+def _long_integer_problem(text: str) -> ConfigProblem:
+    """The problem of a TOML integer with more digits than Python converts (sys.get_int_max_str_digits)."""
+    limit = sys.get_int_max_str_digits()
+    for m in re.finditer(r"[0-9][0-9_]*", text):
+        digits = len(m.group().replace("_", ""))
+        if limit and digits > limit:
+            line = text.count("\n", 0, m.start()) + 1
+            col = m.start() - (text.rfind("\n", 0, m.start()) + 1) + 1
+            return ConfigProblem("", f"invalid TOML: an integer of {digits:,} digits (at most {limit:,} are read)",
+                                 line, col)
+    return ConfigProblem("", "invalid TOML: a number too long to read")
 
 
 def loads(text: str) -> tuple[Config | None, list[ConfigProblem]]:
@@ -332,15 +449,7 @@ def loads(text: str) -> tuple[Config | None, list[ConfigProblem]]:
 def load(path: str | Path, overrides: list[str] | None = None) -> tuple[Config, list[ConfigProblem]]:
     """Load a config file, apply `--set` overrides; raise ConfigError on any error, return warnings."""
     path = Path(path)
-    try:
-        text = path.read_text(encoding="utf-8")
-    except FileNotFoundError:
-        raise ConfigError([ConfigProblem("", "file not found")], str(path)) from None
-    except IsADirectoryError:
-        raise ConfigError([ConfigProblem("", "is a directory; expected a TOML file")], str(path)) from None
-    except (OSError, UnicodeDecodeError) as e:
-        raise ConfigError([ConfigProblem("", f"cannot read: {e}")], str(path)) from None
-    cfg, problems = loads(text)
+    cfg, problems = loads(read_text(path))
     if cfg is not None and overrides:
         problems += apply_overrides(cfg, overrides)
         problems += validate(cfg)
@@ -350,14 +459,37 @@ def load(path: str | Path, overrides: list[str] | None = None) -> tuple[Config, 
     return cfg, problems
 
 
+def read_text(path: Path) -> str:
+    """A TOML file's text; ConfigError (naming the file) if it is missing, not a regular file (a FIFO is
+    refused, never waited on), unreadable or not UTF-8."""
+    def fail(msg: str) -> ConfigError:
+        return ConfigError([ConfigProblem("", msg)], str(path))
+
+    try:
+        with os.fdopen(open_regular(os.path.realpath(path)), "rb") as f:
+            data = f.read()
+    except FileNotFoundError:
+        raise fail("file not found") from None
+    except NotRegularFile:
+        kind = "a directory" if path.is_dir() else "not a regular file (a FIFO, socket or device)"
+        raise fail(f"is {kind}; expected a TOML file") from None
+    except OSError as e:
+        raise fail(f"cannot read: {e.strerror or e}") from None
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as e:
+        line = data.count(b"\n", 0, e.start) + 1
+        raise fail(f"cannot read: invalid UTF-8 at byte {e.start} (line {line}); expected UTF-8 text") from None
+
+
 def parse_override(item: str) -> tuple[str, Any]:
     """Parse `key.path=value`: the value as TOML if it parses (numbers, booleans, arrays), else a string."""
     if "=" not in item:
         raise ValueError(f"--set {item!r}: expected key=value, e.g. train.iters=50")
     key, text = (s.strip() for s in item.split("=", 1))
     try:
-        value = tomllib.loads(f"v = {text}")["v"]
-    except tomllib.TOMLDecodeError:
+        value = toml_loads(f"v = {text}")["v"]
+    except (ValueError, RecursionError):  # not TOML (TOMLDecodeError is a ValueError): taken as a string
         value = text
     return key, value
 
@@ -399,34 +531,47 @@ HELP: dict[str, str] = {
     "data.max_seq_len": "longer examples lose prompt tokens from the left; the completion is kept",
     "data.valid_fraction": "share of examples held out for validation (stratified by label)",
     "data.strict": "true: refuse a file with bad lines; false: set them aside and report them",
+    "data.string_format": "plain-string {prompt, completion} records: raw (as TRL: the text itself, no chat template, "
+                          "EOS appended) or chat (the prompt as one user message through the chat template)",
+    "data.train_on": "SFT trains every assistant turn (all_assistant, as TRL's assistant_only_loss) or the last one; "
+                     "KTO always judges the last",
+    "data.tools": "tool schemas (a JSON list) for native tool calls; relative to the dataset's directory "
+                  "(empty = tools.json beside the dataset, if any)",
     "lora.type": "lora or dora",
     "lora.rank": "rank of the low-rank update",
     "lora.scale": "multiplier of the update (alpha / rank)",
     "lora.dropout": "dropout on the adapter input during training",
-    "lora.keys": "linear layers that get adapters, by name (q_proj, k_proj, v_proj, o_proj, gate_proj, up_proj, down_proj)",
-    "lora.num_layers": "adapt the last N transformer blocks (-1 = all)",
+    "lora.keys": "linear layers that get adapters, by name (q_proj, k_proj, v_proj, o_proj, gate_proj, up_proj, "
+                 "down_proj; other names are refused)",
+    "lora.num_layers": "adapt the last N transformer blocks (-1 = all; otherwise 1 to 4096)",
     "train.method": "sft (assistant tokens of desirable examples) or kto (desirable and undesirable)",
-    "train.iters": "optimizer steps",
+    "train.iters": "optimizer steps (at most 10,000,000, as for every step count)",
     "train.epochs": "> 0 overrides iters: passes over the training split",
     "train.batch_size": "examples per micro-batch (KTO needs >= 2)",
     "train.grad_accumulation": "micro-batches per optimizer step",
-    "train.learning_rate": "0 = the method's default (1e-4 for SFT, 5e-6 for KTO)",
+    "train.learning_rate": "0 = the method's default (1e-4 for SFT, 1e-5 for KTO); otherwise 1e-12 to 1 (a value "
+                           "that underflows to 0, like 1e-400, is refused)",
     "train.lr_schedule": "cosine, linear or constant, after a linear warmup",
     "train.warmup_steps": "steps of linear warmup from 0",
     "train.min_lr_ratio": "final learning rate as a fraction of the peak (cosine/linear)",
     "train.weight_decay": "AdamW weight decay",
+    "train.optimizer": "adamw (bias-corrected, as torch and TRL) or adamw_mlx (mlx-lm's AdamW, no bias correction: "
+                       "its early steps are 3-6.5x larger at the same rate)",
     "train.max_grad_norm": "clip the global gradient norm (0 = off)",
     "train.grad_checkpoint": "recompute activations in the backward pass, one layer at a time: much less memory, ~30% slower",
     "train.compile": "mx.compile the training step: auto = on for GPUs, off for CPUs (where it is slower); not with layer-by-layer checkpointing",
     "train.save_every": "checkpoint every N steps",
+    "train.keep_checkpoints": "keep the newest N checkpoints, deleting older ones once a new one verifies (0 = keep all)",
     "train.eval_every": "validation loss every N steps",
     "train.eval_batches": "validation batches per evaluation (0 = all)",
     "train.report_every": "write a step event every N steps",
-    "train.seed": "seed for data order, dropout and initialisation",
+    "train.seed": "seed for data order, dropout and initialisation (0 to 2**32 - 1)",
     "kto.beta": "KTO temperature: larger keeps the policy closer to the reference",
     "kto.desirable_weight": "lambda_D; with undesirable_weight keep (lD*nD)/(lU*nU) in [1, 4/3]",
     "kto.undesirable_weight": "lambda_U",
     "kto.loss_type": "kto (TRL's, with the KL baseline) or apo_zero_unpaired (no KL)",
+    "kto.kl_pairs": "batch (each example's prompt with the previous example's completion in its micro-batch, as TRL) "
+                    "or dataset (a fixed derangement over the split)",
 }
 
 

@@ -1,19 +1,37 @@
 """The offline demo model: a tiny Mistral-architecture model with a BPE tokenizer trained on the sample data.
 
 `mlx_lm.load(dir)` loads it like any Hugging Face checkpoint (`model_type: "mistral"` maps to
-mlx-lm's llama implementation). Weights are random but deterministic for a seed; it exists so that
-tests, the demo and benchmarks exercise the real code paths without a model hub.
+mlx-lm's llama implementation). `build` starts from random weights, deterministic for a seed, and by
+default (`steps` > 0, as `ensure` and `tunedeck demo-model` do) pre-trains them briefly, from scratch,
+as a plain causal LM on every bundled conversation, desirable and undesirable alike: the base model
+then speaks the sample data's language and imitates both its good and its bad behaviours, so chat,
+base-vs-adapter comparison and `tunedeck eval` show answers a person can judge. With
+`TUNEDECK_DEMO_RANDOM=1` in the environment, "demo" resolves to the random-weight model instead (fast
+to build; the test suite uses it).
 """
 
 from __future__ import annotations
 
+import contextlib
+import hashlib
 import json
+import math
 import os
+import sys
+import time
 from collections.abc import Callable, Iterator
+from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, TextIO
 
-from .fsutil import atomic_dir
+import numpy as np
+
+from .fsutil import atomic_dir, sha256_file
+from .progress import fmt_duration, write_soft
+
+Progress = Callable[[str], None]
+RANDOM_ENV = "TUNEDECK_DEMO_RANDOM"  # "1": "demo" means the random-weight model (fast to build; the tests use it)
+BAR_WIDTH = 24
 
 SPECIAL_TOKENS = [
     "<unk>", "<s>", "</s>", "[INST]", "[/INST]", "[TOOL_CALLS]",
@@ -49,10 +67,57 @@ def model_config(size: str = "tiny", vocab_size: int = 2000) -> dict[str, Any]:
     return cfg
 
 
-def default_dir() -> Path:
-    """The user cache location of the demo model (`$XDG_CACHE_HOME/tunedeck/demo-model`)."""
+@dataclass(frozen=True)
+class Recipe:
+    """How the demo model is pre-trained (the defaults build `tunedeck demo-model` in about 2 minutes here)."""
+
+    steps: int = 240
+    batch_size: int = 16
+    max_seq_len: int = 256  # longer conversations lose prompt tokens from the left (p95 is 294 tokens)
+    learning_rate: float = 3e-3
+    warmup_steps: int = 20
+    min_lr_ratio: float = 0.1
+    max_grad_norm: float = 1.0
+
+
+RECIPE = Recipe()
+RECIPE_VERSION = 1  # bump when the pre-training code changes its result
+PAD_MULTIPLE = 32  # batch lengths are padded to a multiple of this (few shapes for mx.compile)
+
+
+def random_by_default() -> bool:
+    """True when `TUNEDECK_DEMO_RANDOM=1`: "demo" resolves to the random-weight model."""
+    return os.environ.get(RANDOM_ENV, "") == "1"
+
+
+def cache_root() -> Path:
     cache = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
-    return Path(cache) / "tunedeck" / "demo-model"
+    return Path(cache) / "tunedeck"
+
+
+def cache_key(size: str = "tiny", seed: int = 0, tokenizer: str = "demo", steps: int = RECIPE.steps) -> str:
+    """A digest of everything that changes a build: the recipe (with `steps`; 0 = random weights) and
+    its code version, the architecture, seed, tokenizer, the bundled data (the tokenizer's and the
+    pre-training corpus) and MLX's version."""
+    import mlx.core as mx
+
+    recipe = asdict(Recipe(**{**asdict(RECIPE), "steps": steps})) if steps else None
+    data = {p.name: sha256_file(p) for p in sorted(sample_data_dir().glob("*.jsonl"))}
+    what = {"version": RECIPE_VERSION, "recipe": recipe, "size": size, "seed": seed,
+            "tokenizer": tokenizer, "data": data, "mlx": mx.__version__}
+    return hashlib.sha256(json.dumps(what, sort_keys=True).encode()).hexdigest()[:12]
+
+
+def default_dir(random: bool | None = None, size: str = "tiny", seed: int = 0, tokenizer: str = "demo") -> Path:
+    """Where a demo model lives in the user cache (`$XDG_CACHE_HOME/tunedeck/`): the pre-trained one
+    in `demo-model-pretrained-<cache_key>`, the random one in `demo-model` (other sizes, seeds or
+    tokenizers: `demo-model-random-<cache_key>`). `random=None` follows TUNEDECK_DEMO_RANDOM."""
+    if random is None:
+        random = random_by_default()
+    if random and (size, seed, tokenizer) == ("tiny", 0, "demo"):
+        return cache_root() / "demo-model"
+    kind = "random" if random else "pretrained"
+    return cache_root() / f"demo-model-{kind}-{cache_key(size, seed, tokenizer, 0 if random else RECIPE.steps)}"
 
 
 def sample_data_dir() -> Path:
@@ -103,19 +168,22 @@ def build_tokenizer(dest: Path, vocab_size: int = 2000) -> int:
     return tok.get_vocab_size()
 
 
-def build_weights(dest: Path, size: str, vocab_size: int, seed: int) -> None:
-    """Random, seeded weights for a SIZES architecture, saved as safetensors with config.json.
-
-    The 7b shape is stored in bfloat16 (14.5 GB), the small ones in float32.
-    """
+def init_model(size: str, vocab_size: int, seed: int) -> tuple[Any, dict[str, Any]]:
+    """Random, seeded weights for a SIZES architecture (mlx-lm's llama module) and its config.json."""
     import mlx.core as mx
-    from mlx.utils import tree_flatten
     from mlx_lm.models import llama
 
     cfg = model_config(size, vocab_size)
     mx.random.seed(seed)
-    model = llama.Model(llama.ModelArgs.from_dict(cfg))
-    if size == "7b":
+    return llama.Model(llama.ModelArgs.from_dict(cfg)), cfg
+
+
+def save_weights(dest: Path, model: Any, cfg: dict[str, Any]) -> None:
+    """model.safetensors + config.json; the 7b shape is stored in bfloat16 (14.5 GB), the others in float32."""
+    import mlx.core as mx
+    from mlx.utils import tree_flatten
+
+    if cfg["hidden_size"] == SIZES["7b"]["hidden_size"]:
         model.set_dtype(mx.bfloat16)
     weights = dict(tree_flatten(model.parameters()))
     mx.eval(weights)
@@ -123,20 +191,137 @@ def build_weights(dest: Path, size: str, vocab_size: int, seed: int) -> None:
     (dest / "config.json").write_text(json.dumps(cfg, indent=2) + "\n", encoding="utf-8")
 
 
+# --- pre-training ----------------------------------------------------------------------------
+
+
+def corpus_ids(tokenizer: Any, max_seq_len: int) -> list[np.ndarray]:
+    """Every bundled conversation, desirable and undesirable, rendered with the chat template (prompt,
+    final assistant turn, end of turn) as token ids; longer ones lose prompt tokens from the left."""
+    from . import data
+    from .template import encode_example
+
+    examples = data.load(sample_dataset()).examples
+    return [np.array(encode_example(tokenizer, ex, max_seq_len).ids, dtype=np.int32) for ex in examples]
+
+
+def batch_plan(lengths: np.ndarray, batch_size: int, steps: int, seed: int) -> list[np.ndarray]:
+    """Each step's sequence indices: groups of `batch_size` neighbours in length order (little
+    padding), every group once per epoch, in an order drawn from (seed, epoch)."""
+    order = np.argsort(lengths, kind="stable")
+    groups = [order[i : i + batch_size] for i in range(0, len(order), batch_size)]
+    plan: list[np.ndarray] = []
+    epoch = 0
+    while len(plan) < steps:
+        plan += [groups[i] for i in np.random.default_rng([seed, epoch]).permutation(len(groups))]
+        epoch += 1
+    return plan[:steps]
+
+
+def pad_batch(seqs: list[np.ndarray], idx: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(ids [B, T+1], mask [B, T]) with T a multiple of PAD_MULTIPLE: inputs ids[:, :-1], targets
+    ids[:, 1:], mask 1 where the target is a real token."""
+    longest = max(len(seqs[i]) for i in idx) - 1
+    t = -(-longest // PAD_MULTIPLE) * PAD_MULTIPLE
+    ids = np.zeros((len(idx), t + 1), dtype=np.int32)
+    mask = np.zeros((len(idx), t), dtype=np.float32)
+    for row, i in enumerate(idx):
+        ids[row, : len(seqs[i])] = seqs[i]
+        mask[row, : len(seqs[i]) - 1] = 1.0
+    return ids, mask
+
+
+def _bar(step: int, total: int, loss: float, eta: float | None) -> str:
+    done = "#" * int(BAR_WIDTH * step / max(total, 1))
+    return f"[{done:<{BAR_WIDTH}}] pre-training step {step}/{total} loss {loss:.3f} ETA {fmt_duration(eta)}"
+
+
+def pretrain(model: Any, seqs: list[np.ndarray], recipe: Recipe, seed: int, say: Progress) -> float:
+    """Train every weight of `model` as a causal LM on `seqs` (next-token loss on every token);
+    returns the last step's loss. AdamW, warmup then cosine decay, clipping, compiled step."""
+    import mlx.core as mx
+    import mlx.nn as nn
+    import mlx.optimizers as optim
+
+    lr, warm = recipe.learning_rate, min(recipe.warmup_steps, recipe.steps - 1)
+    schedule = optim.join_schedules(
+        [optim.linear_schedule(lr / max(warm, 1), lr, max(warm, 1)),
+         optim.cosine_decay(lr, max(recipe.steps - warm, 1), lr * recipe.min_lr_ratio)], [warm])
+    opt = optim.AdamW(learning_rate=schedule, weight_decay=0.0)
+
+    def loss_fn(m: Any, x: Any, y: Any, mask: Any) -> Any:
+        return (nn.losses.cross_entropy(m(x), y) * mask).sum() / mask.sum()
+
+    value_and_grad = nn.value_and_grad(model, loss_fn)
+    state = [model.state, opt.state]
+
+    def step(ids: Any, mask: Any) -> Any:
+        loss, grads = value_and_grad(model, ids[:, :-1], ids[:, 1:], mask)
+        grads, _ = optim.clip_grad_norm(grads, recipe.max_grad_norm)
+        opt.update(model, grads)
+        return loss
+
+    step = mx.compile(step, inputs=state, outputs=state)
+    plan = batch_plan(np.array([len(s) for s in seqs]), recipe.batch_size, recipe.steps, seed)
+    every = max(1, recipe.steps // 40)
+    t0, loss = time.perf_counter(), math.nan
+    for n, idx in enumerate(plan, 1):
+        ids, mask = pad_batch(seqs, idx)
+        out = step(mx.array(ids), mx.array(mask))
+        mx.eval(state, out)
+        if n % every == 0 or n == recipe.steps:
+            loss = out.item()
+            if not math.isfinite(loss):
+                raise RuntimeError(f"demo model pre-training diverged at step {n} (loss {loss})")
+            elapsed = time.perf_counter() - t0
+            say(_bar(n, recipe.steps, loss, elapsed / n * (recipe.steps - n)))
+    return loss
+
+
+class StderrProgress:
+    """Build messages one per line on stderr; pre-training updates redrawn in place on a terminal.
+
+    The stream is looked up at each write (the app captures stderr while it runs); a stream that has
+    gone away is silenced (`core.progress.write_soft`)."""
+
+    def __init__(self, out: TextIO | None = None) -> None:
+        self.out, self.open, self.live = out, False, True
+
+    def __call__(self, message: str) -> None:
+        out = self.out or sys.stderr
+        try:
+            tty = out.isatty()
+        except (OSError, ValueError):
+            tty = False
+        if tty and message.startswith("["):
+            text, self.open = "\r" + message + "\x1b[K", True
+        else:
+            text, self.open = ("\n" if self.open else "") + message + "\n", False
+        if self.live:
+            self.live = write_soft(out, text)
+
+
+# --- building --------------------------------------------------------------------------------
+
+
 def build(
     dest: str | os.PathLike[str],
     size: str = "tiny",
     seed: int = 0,
     tokenizer: str = "demo",
-    progress: Callable[[str], None] | None = None,
+    progress: Progress | None = None,
+    steps: int = 0,
 ) -> Path:
     """Build the demo model into `dest` (atomically; `dest` must not exist). Returns `dest`.
 
     tokenizer: "demo" (BPE, ~2,000 ids, trained on the sample data) or "mistral-v3" (Mistral's own
-    v3 SentencePiece tokenizer, 32,768 ids, from the mistral-common package).
+    v3 SentencePiece tokenizer, 32,768 ids, from the mistral-common package). steps: pre-training
+    steps of RECIPE on the bundled conversations (0 = the random, seeded initial weights).
+    Deterministic for (size, seed, tokenizer, steps) on one machine and MLX version.
     """
     dest = Path(dest)
     say = progress or (lambda _msg: None)
+    if steps and size == "7b":
+        raise ValueError("the 7b shape is too large to pre-train here; build it with random weights (steps=0)")
     with atomic_dir(dest) as tmp:
         if tokenizer == "mistral-v3":
             from .template import write_mistral_v3_tokenizer
@@ -150,21 +335,58 @@ def build(
         else:
             raise ValueError(f"unknown tokenizer {tokenizer!r}; expected 'demo' or 'mistral-v3'")
         say(f"initialising {size} weights (seed {seed})")
-        build_weights(tmp, size, vocab if size != "7b" else max(vocab, 32768), seed)
+        model, cfg = init_model(size, vocab if size != "7b" else max(vocab, 32768), seed)
+        if steps:
+            _pretrain_into(tmp, model, Recipe(**{**asdict(RECIPE), "steps": steps}), seed, say)
+        save_weights(tmp, model, cfg)
     say(f"demo model ready at {dest}")
     return dest
 
 
-def ensure(progress: Callable[[str], None] | None = None) -> Path:
-    """The default demo model, built on first use into the user cache."""
-    dest = default_dir()
-    if not (dest / "config.json").is_file():
-        dest.parent.mkdir(parents=True, exist_ok=True)
+def _pretrain_into(tmp: Path, model: Any, recipe: Recipe, seed: int, say: Progress) -> None:
+    """Pre-train `model` with the tokenizer saved in `tmp`; record the recipe in tmp/pretraining.json."""
+    from mlx_lm.utils import load_tokenizer
+
+    seqs = corpus_ids(load_tokenizer(tmp), recipe.max_seq_len)
+    tokens = sum(len(s) for s in seqs)
+    say(f"pre-training on {len(seqs)} bundled conversations ({tokens:,} tokens), {recipe.steps} steps "
+        f"of {recipe.batch_size}")
+    t0 = time.perf_counter()
+    loss = pretrain(model, seqs, recipe, seed, say)
+    record = {"recipe": asdict(recipe), "seed": seed, "conversations": len(seqs), "tokens": tokens,
+              "final_loss": round(loss, 4), "seconds": round(time.perf_counter() - t0, 1)}
+    (tmp / "pretraining.json").write_text(json.dumps(record, indent=2) + "\n", encoding="utf-8")
+
+
+@contextlib.contextmanager
+def _build_lock(dest: Path, say: Progress) -> Iterator[None]:
+    """Serialise builds of `dest` across processes (a second one waits, then finds it built)."""
+    import fcntl
+
+    with open(dest.with_name(dest.name + ".lock"), "a+b") as f:
         try:
-            build(dest, progress=progress)
-        except FileExistsError:
-            pass  # built concurrently by another process
-        except OSError as e:
+            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            say(f"waiting for another process that is building {dest}")
+            fcntl.flock(f, fcntl.LOCK_EX)
+        yield
+
+
+def ensure(progress: Progress | None = None, random: bool | None = None) -> Path:
+    """The default demo model ("demo"), built on first use into the user cache: pre-trained with
+    RECIPE, or the random-weight variant (`random=True`, or `random=None` with TUNEDECK_DEMO_RANDOM=1).
+    Progress goes to `progress`, else to stderr."""
+    random = random_by_default() if random is None else random
+    dest = default_dir(random)
+    if (dest / "config.json").is_file():
+        return dest
+    say = progress or StderrProgress()
+    try:
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        with _build_lock(dest, say):
             if not (dest / "config.json").is_file():
-                raise RuntimeError(f"could not build the demo model in {dest}: {e}") from e
+                build(dest, progress=say, steps=0 if random else RECIPE.steps)
+    except OSError as e:
+        if not (dest / "config.json").is_file():
+            raise RuntimeError(f"could not build the demo model in {dest}: {e}") from e
     return dest

@@ -43,9 +43,10 @@ import mlx.nn as nn
 import numpy as np
 
 from . import backend, data, runs, toolcalls
-from .config import Config, ConfigError, load as load_config
+from .config import Config, ConfigError
+from .config import load as load_config
 from .fsutil import atomic_write_text
-from .model import ADAPTER_CONFIG, ADAPTER_FILE, ModelError, adapters_disabled, load_base
+from .model import ADAPTER_CONFIG, ADAPTER_FILE, ModelError, adapters_disabled, check_adapter_files, load_base
 
 EVAL_FILE = "eval.json"
 GEN_CHUNK = 16  # prompts per batch_generate call (progress is reported between chunks)
@@ -153,7 +154,8 @@ def load_run_model(run_dir: Path, checkpoint: str | None = None, model: str | No
     mcfg = replace(cfg.model, path=model, quantize=0) if model else cfg.model
     dtype = backend.dtype_for(backend.detect(), cfg.model.dtype)
     try:
-        base, tok, model_dir = load_base(mcfg, dtype)
+        base, tok, model_dir = load_base(mcfg, dtype)  # refuses a base with custom code before anything else
+        check_adapter_files(adir)
     except ModelError as e:
         raise EvalError(str(e)) from None
     try:
@@ -176,7 +178,7 @@ def held_out(cfg: Config, split: str = "valid") -> tuple[list[data.Example], lis
         path = Path(cfg.data.path)
         fmt = None if cfg.data.format == "auto" else cfg.data.format
         try:
-            ds = data.load(path, fmt, strict=cfg.data.strict)
+            ds = data.load(path, fmt, strict=cfg.data.strict, tools=cfg.data.tools or None)
         except data.DataError as e:
             raise EvalError(f"cannot load the run's dataset {path}:\n{e}") from None
         except OSError as e:
@@ -302,7 +304,7 @@ def evaluate(run_dir: str | Path, split: str = "valid", max_examples: int = 0, m
     say(f"eval: loading {model or cfg.model.path} + adapter {adir}")
     rm = load_run_model(run_dir, checkpoint, model)
     net, tok = rm.model, rm.tokenizer
-    seqs = tokenize(tok, examples, cfg.data.max_seq_len, False, cfg.train.seed)
+    seqs = tokenize(tok, examples, cfg.data.max_seq_len, False, cfg.train.seed, string_format=cfg.data.string_format)
     ntoks = np.array([len(s) - max(int(st), 1) for s, st in zip(seqs.ids, seqs.starts)], dtype=np.float64)
     bs = max(1, cfg.train.batch_size * 2)
 
@@ -339,7 +341,8 @@ def evaluate(run_dir: str | Path, split: str = "valid", max_examples: int = 0, m
     desirable = [e for e in examples if e.label]
     # the format and (without tools.json) the tools come from the whole file, not just held-out rows
     try:
-        box = toolcalls.toolbox([e.completion for e in everything if e.label], data_path)
+        schemas = next((e.tools for e in everything if e.tools), None)  # a native-format file's tools
+        box = toolcalls.toolbox([e.completion for e in everything if e.label], data_path, schemas)
     except ValueError as e:
         raise EvalError(str(e)) from None
     tool_info: dict[str, Any] = {"format": box.format, "tools_source": box.source, "tools": box.names}
@@ -360,7 +363,7 @@ def evaluate(run_dir: str | Path, split: str = "valid", max_examples: int = 0, m
         limit = max(cfg.data.max_seq_len - max_tokens, 8)
         prompts = []
         for e in desirable:
-            ids = encode_prompt(tok, e.prompt)
+            ids = encode_prompt(tok, e.prompt, e.tools)
             prompts.append(truncate(Encoded(ids, len(ids)), limit, bos).ids)
         answers: dict[str, list[str]] = {}
         for which in ("base", "adapter"):
@@ -403,9 +406,16 @@ def evaluate(run_dir: str | Path, split: str = "valid", max_examples: int = 0, m
         "time": round(time.time(), 3),
     }
     if write:
-        atomic_write_text(run_dir / EVAL_FILE, json.dumps(report, indent=2, ensure_ascii=False) + "\n")
+        save_report(run_dir, report)
         say(f"eval: wrote {run_dir / EVAL_FILE}")
     return report
+
+
+def save_report(run_dir: str | Path, report: dict[str, Any]) -> Path:
+    """Write `report` to RUN_DIR/eval.json atomically (the old file stays whole if this fails)."""
+    path = Path(run_dir) / EVAL_FILE
+    atomic_write_text(path, json.dumps(report, indent=2, ensure_ascii=False) + "\n")
+    return path
 
 
 def _fmt(key: str, v: float | None, delta: bool = False) -> str:

@@ -11,11 +11,12 @@
   the re-quantization rounding moves the logits, often by as much as the adapter itself; the
   report shows both, and the default tolerance is then 0.5 relative).
   Weights are saved in the dtype the run computes in (float32 on a Linux CPU, else the config's).
-- ``gguf``: mlx-lm's converter (`mlx_lm.gguf.convert_to_gguf`), llama / mistral / mixtral only,
-  float16. A quantized base is de-quantized first (mlx-lm cannot write quantized GGUF). mlx-lm
-  writes SentencePiece ("llama") tokenizer metadata, right for Mistral/Llama-2 tokenizers
-  (tokenizer.model); for a BPE tokenizer.json-only model (e.g. the demo, Llama 3) llama.cpp would
-  mis-tokenize, which the report warns about.
+- ``gguf``: base + adapter fused (a quantized base de-quantized), written by `core.gguf_export` with the
+  GGUF project's own writer as f16 or q8_0 (llama / mistral). With llama-cpp-python installed the file is
+  checked in llama.cpp before it is moved into place (it loads; rendered conversations of the run's data
+  tokenize to the Hugging Face tokenizer's ids; logits on a few prompts match the fused float32 MLX model
+  within `gguf_export.tolerance`); a failed check leaves nothing. Without it the export says it is
+  unverified. ``ollama``: a directory with ``model.gguf`` and a ``Modelfile`` (`core.ollama`).
 - ``hf``: a PEFT LoRA adapter: ``adapter_model.safetensors`` + ``adapter_config.json``. MLX computes
   ``y = W x + scale · (x @ lora_a) @ lora_b`` with ``lora_a: [in, r]``, ``lora_b: [r, out]``; PEFT
   computes ``y = W x + (lora_alpha / r) · B (A x)`` with ``lora_A.weight: [r, in]``,
@@ -28,13 +29,11 @@
 from __future__ import annotations
 
 import contextlib
-import io
 import json
 import os
 import re
 import shutil
-import tempfile
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -43,12 +42,26 @@ import mlx.nn as nn
 import numpy as np
 from mlx.utils import tree_flatten, tree_unflatten
 
+from . import gguf_export as G
+from . import ollama as ollama_mod
 from .evaluate import EvalError, RunModel, adapter_dir, load_run_model, run_config
 from .fsutil import atomic_dir
-from .model import ADAPTER_CONFIG, ADAPTER_FILE, ModelError, adapters_disabled, is_quantized, resolve_path
+from .model import (
+    ADAPTER_CONFIG,
+    ADAPTER_FILE,
+    ModelError,
+    adapters_disabled,
+    check_adapter_files,
+    is_quantized,
+    resolve_path,
+)
 
 Progress = Callable[[str], None]
-GGUF_ARCHS = ("llama", "mistral", "mixtral")
+OLLAMA_GGUF = "model.gguf"
+# the GGUF check: rendered conversations tokenized by llama.cpp, and logits on the first few (cut to a length)
+VERIFY_SAMPLES = 100
+VERIFY_PROMPTS = 3
+VERIFY_PROMPT_TOKENS = 96
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer.model", "tokenizer_config.json", "special_tokens_map.json",
                    "added_tokens.json", "vocab.json", "merges.txt", "chat_template.jinja", "chat_template.json",
                    "generation_config.json", "tiktoken.model")
@@ -61,6 +74,16 @@ PEFT_PREFIX = "base_model.model."
 
 class ExportError(EvalError):
     """An export that cannot be done, or whose output failed verification."""
+
+
+def _checked_adapter(run_dir: Path, checkpoint: str | None) -> Path:
+    """The run's adapter directory, refused (ExportError naming the file) if its files are damaged."""
+    adir = adapter_dir(run_dir, checkpoint)
+    try:
+        check_adapter_files(adir)
+    except ModelError as e:
+        raise ExportError(str(e)) from None
+    return adir
 
 
 def _prepare_out(out: Path, run_dir: Path, force: bool) -> None:
@@ -84,10 +107,31 @@ def _share(out: Path) -> None:
     os.chmod(out, 0o777 & ~umask)
 
 
-def _verify_ids(tok: Any) -> list[int]:
-    from .template import encode_prompt
+def _is_write_error(e: Exception) -> bool:
+    """An OSError, or the RuntimeError MLX raises when a write fails (e.g. a full disk)."""
+    return isinstance(e, OSError) or (isinstance(e, RuntimeError) and "write" in str(e).lower())
 
-    return encode_prompt(tok, [{"role": "user", "content": VERIFY_TEXT}])
+
+@contextlib.contextmanager
+def _writing(out: Path) -> Iterator[None]:
+    """Turn a failed write into ExportError("cannot write OUT: ..."); `atomic_dir` removes the partial output."""
+    try:
+        yield
+    except (OSError, RuntimeError) as e:
+        if not _is_write_error(e):
+            raise
+        name = f"{e.filename}: " if isinstance(e, OSError) and e.filename else ""
+        raise ExportError(f"cannot write {out}: {name}{e.strerror if isinstance(e, OSError) and e.strerror else e}"
+                          ) from None
+
+
+def _verify_ids(tok: Any) -> list[int]:
+    from .template import TemplateError, encode_prompt
+
+    try:
+        return encode_prompt(tok, [{"role": "user", "content": VERIFY_TEXT}])
+    except TemplateError as e:
+        raise ExportError(str(e)) from None
 
 
 def _logits(model: nn.Module, ids: list[int]) -> np.ndarray:
@@ -130,7 +174,7 @@ def fuse(run_dir: str | Path, out_dir: str | Path, checkpoint: str | None = None
     say = progress or (lambda _m: None)
     run_dir, out = Path(run_dir), Path(out_dir)
     run_config(run_dir)
-    adapter_dir(run_dir, checkpoint)
+    _checked_adapter(run_dir, checkpoint)
     _prepare_out(out, run_dir, force)
     say(f"export: loading the base model and adapter of {run_dir}")
     rm = load_run_model(run_dir, checkpoint, model)
@@ -161,9 +205,10 @@ def fuse(run_dir: str | Path, out_dir: str | Path, checkpoint: str | None = None
         config["torch_dtype"] = rm.dtype
     with atomic_dir(out) as tmp:
         say(f"export: fused {n} adapter layers; writing {out}")
-        save_model(tmp, net, donate_model=False)
-        save_config(config, config_path=tmp / "config.json")
-        _copy_tokenizer(rm.model_dir, tmp, rm.tokenizer)
+        with _writing(out):
+            save_model(tmp, net, donate_model=False)
+            save_config(config, config_path=tmp / "config.json")
+            _copy_tokenizer(rm.model_dir, tmp, rm.tokenizer)
         say("export: verifying: loading the fused model back with mlx_lm.load")
         try:
             fused_model, _ = mlx_lm.load(str(tmp))
@@ -186,76 +231,173 @@ def fuse(run_dir: str | Path, out_dir: str | Path, checkpoint: str | None = None
     return report
 
 
-def export_gguf(run_dir: str | Path, out_file: str | Path, checkpoint: str | None = None,
-                model: str | None = None, force: bool = False, progress: Progress | None = None) -> dict[str, Any]:
-    """Fuse, de-quantize and write a float16 GGUF with mlx-lm's converter (llama/mistral/mixtral)."""
-    from mlx_lm.gguf import convert_to_gguf
-    from mlx_lm.utils import dequantize_model
+def _sample(rm: RunModel, n: int) -> list[list[dict[str, str]]]:
+    """Up to `n` conversations of the run's dataset (set-aside lines skipped), else the verify prompt."""
+    from .data import DataError, load
 
-    say = progress or (lambda _m: None)
-    run_dir, out = Path(run_dir), Path(out_file)
-    cfg = run_config(run_dir)
-    adapter_dir(run_dir, checkpoint)
     try:
-        base_dir = Path(resolve_path(model or cfg.model.path))
-    except ModelError as e:
+        examples = load(rm.cfg.data.path, strict=False).examples[:n]
+    except (DataError, OSError):
+        examples = []
+    return [ex.messages for ex in examples] or [[{"role": "user", "content": VERIFY_TEXT}]]
+
+
+def _rendered(tok: Any, conversations: list[list[dict[str, str]]]) -> list[str]:
+    from .template import TemplateError, has_chat_template, render_chat
+
+    if not has_chat_template(tok):
+        return [m["content"] for conv in conversations for m in conv]
+    try:
+        return [render_chat(tok, conv, add_generation_prompt=False) for conv in conversations]
+    except TemplateError as e:
         raise ExportError(str(e)) from None
-    if (base_dir / "config.json").is_file():
-        arch = json.loads((base_dir / "config.json").read_text(encoding="utf-8")).get("model_type")
-        if arch not in GGUF_ARCHS:
-            raise ExportError(f"GGUF export supports {', '.join(GGUF_ARCHS)} models only (mlx-lm's converter); "
-                              f"this model is {arch!r}. Use --fuse, then llama.cpp's convert_hf_to_gguf.py")
+
+
+def _check_tokens(texts: list[str], want: list[list[int]], got: list[list[int]], out: Path) -> None:
+    bad = [i for i, (w, g) in enumerate(zip(want, got)) if w != g]
+    if bad:
+        i = bad[0]
+        at = G.first_mismatch(want[i], got[i])
+        raise ExportError(
+            f"verification failed: llama.cpp tokenizes {len(bad)} of {len(texts)} rendered conversations "
+            f"differently from the model's tokenizer (conversation {i + 1}, token {at}: llama.cpp "
+            f"{got[i][at:at + 4]} vs {want[i][at:at + 4]}); nothing written to {out}")
+
+
+def _verify(tmp: Path, out: Path, rm: RunModel, net: nn.Module, conversations: list[list[dict[str, str]]],
+            weights: dict[str, np.ndarray], gguf_type: str, tolerance: float | None,
+            say: Progress) -> dict[str, Any]:
+    """Load `tmp` in llama.cpp: tokenization of the rendered conversations and logits on a few prompts."""
+    hf = getattr(rm.tokenizer, "_tokenizer", rm.tokenizer)
+    texts = _rendered(rm.tokenizer, conversations)
+    want = [list(hf(t, add_special_tokens=False)["input_ids"]) for t in texts]
+    prompts = [ids[:VERIFY_PROMPT_TOKENS] for ids in want[:VERIFY_PROMPTS]]
+    refs = [_logits(net, p)[0] for p in prompts]
+    say(f"export: verifying {out.name} in llama.cpp: {len(texts)} rendered conversations, logits on "
+        f"{len(prompts)} prompts")
+    try:
+        got, logits = G.run_llama_cpp(tmp, texts, prompts)
+    except G.GGUFError as e:
+        raise ExportError(f"verification failed: {e}; nothing written to {out}") from None
+    _check_tokens(texts, want, got, out)
+    diff = max(float(np.abs(g - r).max()) for g, r in zip(logits, refs))
+    ref_all = np.concatenate(refs)
+    layers = int(_base_config(rm)["num_hidden_layers"])
+    tol = G.tolerance(gguf_type, weights, layers, ref_all) if tolerance is None else tolerance
+    if not np.isfinite(diff) or diff > tol:
+        raise ExportError(f"verification failed: llama.cpp's logits differ from the fused model's by up to "
+                          f"{diff:.3g} (tolerance {tol:.3g} for {gguf_type}); nothing written to {out}")
+    say(f"export: verified in llama.cpp: tokens identical on {len(texts)} conversations; max |logit diff| "
+        f"{diff:.3g} (tolerance {tol:.3g} for {gguf_type})")
+    return {"verified": True, "conversations": len(texts), "max_abs_diff": diff, "tolerance": tol,
+            "max_abs_logit": float(np.abs(ref_all).max())}
+
+
+def _gguf_target(out: Path, ollama: bool) -> None:
+    if ollama:
+        if out.exists() and not out.is_dir():
+            raise ExportError(f"{out} exists and is not a directory")
+        return
     if out.suffix != ".gguf":
         raise ExportError(f"{out}: a GGUF file name must end in .gguf")
     if out.is_dir():
         raise ExportError(f"{out} is a directory; give a file name ending in .gguf")
-    _prepare_out(out, run_dir, force)
-    say(f"export: loading the base model and adapter of {run_dir}")
-    rm = load_run_model(run_dir, checkpoint, model)
-    config = _base_config(rm)
-    if config.get("model_type") not in GGUF_ARCHS:
-        raise ExportError(f"GGUF export supports {', '.join(GGUF_ARCHS)} models only; this model is "
-                          f"{config.get('model_type')!r}")
-    notes = []
+
+
+def _fused_weights(rm: RunModel) -> tuple[nn.Module, dict[str, np.ndarray], int, bool]:
+    """The run's model with its adapter fused, de-quantized, in float32, and its weights as NumPy arrays."""
+    from mlx_lm.utils import dequantize_model
+
     net = rm.model
     quantized = is_quantized(net)
     n = _fuse_layers(net, dequantize=True)
     if quantized:
         net = dequantize_model(net)
-        notes.append("the base is quantized: de-quantized before export (mlx-lm cannot write quantized GGUF); "
-                     "the GGUF is float16")
-    config.pop("quantization", None)
-    config.pop("quantization_config", None)
-    if not (rm.model_dir / "tokenizer.model").is_file():
-        notes.append("this tokenizer has no tokenizer.model (SentencePiece): mlx-lm writes 'llama' tokenizer "
-                     "metadata from its vocabulary, so llama.cpp may mis-tokenize; the weights are right")
-    weights = {k: (v.astype(mx.float16) if mx.issubdtype(v.dtype, mx.floating) else v)
-               for k, v in tree_flatten(net.parameters())}
-    tmp = out.with_name(f".{out.stem}.tmp.gguf")
-    say(f"export: fused {n} adapter layers; writing {out}")
+    net.set_dtype(mx.float32)
+    net.eval()
+    weights = {k: np.array(v) for k, v in tree_flatten(net.parameters())}
+    return net, weights, n, quantized
+
+
+def _write_gguf_file(tmp: Path, rm: RunModel, weights: dict[str, np.ndarray], config: dict[str, Any],
+                     gguf_type: str, out: Path) -> dict[str, Any]:
     try:
-        with tempfile.TemporaryDirectory() as tokdir:
-            src = rm.model_dir
-            if not (src / "tokenizer.json").is_file():
-                rm.tokenizer.save_pretrained(tokdir)
-                src = Path(tokdir)
-            with contextlib.redirect_stdout(io.StringIO()):
-                convert_to_gguf(src, weights, config, str(tmp))
-        read = mx.load(str(tmp))
-        if len(read) != len(weights):
-            raise ExportError(f"the GGUF holds {len(read)} tensors, expected {len(weights)}")
-        os.replace(tmp, out)
-    except ExportError:
-        tmp.unlink(missing_ok=True)
-        raise
-    except Exception as e:  # noqa: BLE001 - converter failures become one clear message
-        tmp.unlink(missing_ok=True)
-        raise ExportError(f"GGUF conversion failed: {type(e).__name__}: {e}") from None
-    for note in notes:
-        say(f"export: note: {note}")
-    return {"kind": "gguf", "out": str(out), "adapter": str(rm.adapter_dir), "architecture": config["model_type"],
-            "tensors": len(weights), "bytes": out.stat().st_size, "dtype": "float16", "dequantized": quantized,
-            "layers_fused": n, "notes": notes}
+        return G.write(tmp, weights, config, rm.tokenizer, rm.model_dir, gguf_type, name=out.stem)
+    except G.GGUFError as e:
+        raise ExportError(str(e)) from None
+    except (OSError, RuntimeError) as e:
+        if not _is_write_error(e):
+            raise
+        raise ExportError(f"cannot write {out}: {e}") from None
+
+
+def export_gguf(run_dir: str | Path, out: str | Path, checkpoint: str | None = None, model: str | None = None,
+                gguf_type: str = "f16", ollama: bool = False, tolerance: float | None = None,
+                samples: int = VERIFY_SAMPLES, force: bool = False,
+                progress: Progress | None = None) -> dict[str, Any]:
+    """Fuse, de-quantize and write a GGUF (`gguf_type` f16 or q8_0), checked in llama.cpp when it is installed.
+
+    ollama: `out` is a directory that gets `model.gguf` and a `Modelfile`. Nothing is left at `out`
+    unless the file was written and, with llama-cpp-python installed, passed its check.
+    """
+    say = progress or (lambda _m: None)
+    run_dir, out = Path(run_dir), Path(out)
+    if gguf_type not in G.GGUF_TYPES:
+        raise ExportError(f"unknown GGUF type {gguf_type!r}; expected one of {', '.join(G.GGUF_TYPES)}")
+    cfg = run_config(run_dir)
+    _checked_adapter(run_dir, checkpoint)
+    try:
+        base_dir = Path(resolve_path(model or cfg.model.path))
+        if (base_dir / "config.json").is_file():
+            G.check_config(json.loads((base_dir / "config.json").read_text(encoding="utf-8")))
+    except (ModelError, G.GGUFError) as e:
+        raise ExportError(str(e)) from None
+    _gguf_target(out, ollama)
+    _prepare_out(out, run_dir, force)
+    say(f"export: loading the base model and adapter of {run_dir}")
+    rm = load_run_model(run_dir, checkpoint, model)
+    config = _base_config(rm)
+    net, weights, n, quantized = _fused_weights(rm)
+    hf = getattr(rm.tokenizer, "_tokenizer", rm.tokenizer)
+    conversations = _sample(rm, samples)
+    modelfile = _modelfile(hf, config, conversations) if ollama else None
+    say(f"export: fused {n} adapter layers; writing a {gguf_type} GGUF")
+    with contextlib.ExitStack() as stack:
+        if ollama:
+            folder = stack.enter_context(atomic_dir(out))
+            tmp, final = folder / OLLAMA_GGUF, out / OLLAMA_GGUF
+        else:
+            tmp, final = out.with_name(f".{out.stem}.tmp.gguf"), out
+            stack.callback(lambda: tmp.unlink(missing_ok=True))
+        info = _write_gguf_file(tmp, rm, weights, config, gguf_type, out)
+        check = (_verify(tmp, out, rm, net, conversations, weights, gguf_type, tolerance, say)
+                 if G.verifier_available() else {"verified": False})
+        if modelfile is not None:
+            with _writing(out):
+                (tmp.parent / ollama_mod.MODELFILE).write_text(modelfile, encoding="utf-8")
+        else:
+            os.replace(tmp, final)
+    if ollama:
+        _share(out)
+    notes = []
+    if quantized:
+        notes.append("the base is quantized: de-quantized before export; the GGUF holds the fused weights as "
+                     f"{gguf_type}")
+    if not check["verified"]:
+        say(f"export: unverified: llama-cpp-python is not installed; to check GGUF files in llama.cpp: "
+            f"{G.VERIFIER_INSTALL}")
+    return {"kind": "ollama" if ollama else "gguf", "out": str(out), "gguf": str(final),
+            "adapter": str(rm.adapter_dir), "architecture": config["model_type"], "gguf_type": gguf_type,
+            "bytes": final.stat().st_size, "dequantized": quantized, "layers_fused": n, **info, **check,
+            "notes": notes}
+
+
+def _modelfile(hf: Any, config: dict[str, Any], conversations: list[list[dict[str, str]]]) -> str:
+    context = int(config.get("max_position_embeddings", 4096))
+    try:
+        return ollama_mod.modelfile(OLLAMA_GGUF, hf, G.add_flags(hf)[0], context, conversations)
+    except ollama_mod.OllamaError as e:
+        raise ExportError(str(e)) from None
 
 
 # --- PEFT ------------------------------------------------------------------------------------
@@ -320,7 +462,7 @@ def export_hf(run_dir: str | Path, out_dir: str | Path, checkpoint: str | None =
     say = progress or (lambda _m: None)
     run_dir, out = Path(run_dir), Path(out_dir)
     cfg = run_config(run_dir)
-    adir = adapter_dir(run_dir, checkpoint)
+    adir = _checked_adapter(run_dir, checkpoint)
     acfg = json.loads((adir / ADAPTER_CONFIG).read_text(encoding="utf-8"))
     if acfg.get("fine_tune_type", "lora") != "lora":
         raise ExportError(f"this adapter is {acfg.get('fine_tune_type')!r}; only plain LoRA adapters can be "
@@ -344,7 +486,7 @@ def export_hf(run_dir: str | Path, out_dir: str | Path, checkpoint: str | None =
         pass
     pcfg = peft_config(acfg, weights, base, layers_total)
     _prepare_out(out, run_dir, force)
-    with atomic_dir(out) as tmp:
+    with atomic_dir(out) as tmp, _writing(out):
         mx.save_safetensors(str(tmp / "adapter_model.safetensors"), peft, metadata={"format": "pt"})
         (tmp / "adapter_config.json").write_text(json.dumps(pcfg, indent=2) + "\n", encoding="utf-8")
     _share(out)

@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import contextlib
+import errno
+import fcntl
 import hashlib
 import os
 import shutil
+import stat
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
@@ -34,9 +37,9 @@ def atomic_write_bytes(path: str | os.PathLike[str], data: bytes) -> None:
             f.write(data)
             f.flush()
             os.fsync(f.fileno())
-        if path.exists():
-            with contextlib.suppress(OSError):
-                os.chmod(tmp, path.stat().st_mode & 0o777)
+        with contextlib.suppress(OSError):  # keep a regular file's mode (never a link's: it is replaced, not followed)
+            if stat.S_ISREG(mode := os.stat(path, follow_symlinks=False).st_mode):
+                os.chmod(tmp, mode & 0o777)
         os.replace(tmp, path)
     except BaseException:
         with contextlib.suppress(OSError):
@@ -76,9 +79,54 @@ def atomic_dir(final: str | os.PathLike[str]) -> Iterator[Path]:
         raise
 
 
-def sha256_file(path: str | os.PathLike[str], chunk: int = 1 << 20) -> str:
+def sha256_file(path: str | os.PathLike[str], chunk: int = 1 << 20, regular_only: bool = False) -> str:
+    """The file's sha256; with `regular_only`, opened through open_regular (no link, FIFO or device)."""
     h = hashlib.sha256()
-    with open(path, "rb") as f:
+    with open(open_regular(path), "rb") if regular_only else open(path, "rb") as f:
         while block := f.read(chunk):
             h.update(block)
     return h.hexdigest()
+
+
+class NotRegularFile(OSError):
+    """A path that must name a regular file names a symbolic link, FIFO, device, socket or directory."""
+
+    def __str__(self) -> str:
+        return f"{self.filename}: {self.strerror}"
+
+
+def file_kind(mode: int) -> str:
+    """What a stat mode names, in words ("a symbolic link", "a FIFO", ...)."""
+    kinds = ((stat.S_ISLNK, "a symbolic link"), (stat.S_ISFIFO, "a FIFO"), (stat.S_ISCHR, "a character device"),
+             (stat.S_ISBLK, "a block device"), (stat.S_ISSOCK, "a socket"), (stat.S_ISDIR, "a directory"))
+    return next((name for test, name in kinds if test(mode)), "not a regular file")
+
+
+def open_regular(path: str | os.PathLike[str], flags: int = os.O_RDONLY, mode: int = 0o644) -> int:
+    """os.open that never follows a symbolic link (in the last component), never blocks on a FIFO or device,
+    and returns only a regular file's descriptor; anything else raises NotRegularFile naming the path."""
+    try:
+        fd = os.open(path, flags | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC, mode)
+    except OSError as e:
+        if e.errno not in (errno.ELOOP, errno.ENXIO, errno.EISDIR, errno.EMLINK):
+            raise
+        try:
+            kind = file_kind(os.stat(path, follow_symlinks=False).st_mode)
+        except OSError:
+            raise e from None
+        raise NotRegularFile(e.errno, f"is {kind}, not a regular file", os.fspath(path)) from None
+    st_mode = os.fstat(fd).st_mode
+    if not stat.S_ISREG(st_mode):
+        os.close(fd)
+        raise NotRegularFile(errno.EINVAL, f"is {file_kind(st_mode)}, not a regular file", os.fspath(path))
+    fcntl.fcntl(fd, fcntl.F_SETFL, fcntl.fcntl(fd, fcntl.F_GETFL) & ~os.O_NONBLOCK)
+    return fd
+
+
+def read_regular(path: str | os.PathLike[str], limit: int) -> bytes:
+    """At most `limit` bytes from the start of a regular file (open_regular: no link, no FIFO, no device)."""
+    fd = open_regular(path)
+    try:
+        return os.read(fd, limit)
+    finally:
+        os.close(fd)

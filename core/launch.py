@@ -3,13 +3,13 @@
 `tunedeck train CONFIG --workers N` starts N local ranks: one per GPU with NCCL on an NVIDIA machine,
 else with the ring backend over loopback;
 `--hosts FILE` hands mlx.launch a hostfile (ring over Ethernet/Thunderbolt, or JACCL when the file
-says `"backend": "jaccl"`). Every rank runs `python -m tunedeck.core.cli _run RUN_DIR`; the trainer
+says `"backend": "jaccl"`). Every rank runs `python -m tunedeck.core.worker RUN_DIR`; the trainer
 shards each global batch across them (core.trainer). Rank 0 takes the run's lock and writes the
 events, checkpoints and adapters, so `tunedeck stop` signals rank 0 (the PID in the lock), which
 passes the stop on to the other ranks through the all_sum at the end of each step.
 
 By hand, the same thing is:
-    mlx.launch --hostfile hosts.json -- /path/to/python -m tunedeck.core.cli _run RUN_DIR [--resume]
+    mlx.launch --hostfile hosts.json -- /path/to/python -m tunedeck.core.worker RUN_DIR [--resume]
 """
 
 from __future__ import annotations
@@ -23,7 +23,7 @@ import sys
 from pathlib import Path
 from typing import Any, Callable
 
-from . import runs
+from . import runs, worker
 from .backend import detect, subprocess_env
 
 
@@ -124,10 +124,13 @@ def spawn(run_dir: Path, resume: bool, workers: int, hostfile: Path | None = Non
     env = nccl_env() if cuda else rank_env(workers, local=hostfile is None)
     if detach:
         return runs.spawn_detached(run_dir, resume=resume, extra_env=env, launcher=prefix)
-    cmd = [*prefix, sys.executable, "-m", "tunedeck.core.cli", "_run", str(run_dir), *(["--resume"] if resume else [])]
-    with open(run_dir / "train.log", "ab") as log:
+    cmd = [*prefix, *worker.command(run_dir, resume)]
+    log = runs.open_log(run_dir)
+    try:
         return subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
                                 env=subprocess_env(env), cwd=run_dir)
+    finally:
+        os.close(log)
 
 
 def follow(run_dir: Path, proc: subprocess.Popen, progress: Callable[[dict[str, Any]], None] | None,

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import re
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -70,6 +71,116 @@ def check_remote_code(model_dir: Path, trust_remote_code: bool) -> None:
         )
 
 
+_HEADER_MAX = 100 << 20  # a safetensors JSON header larger than this is not a real one
+_LAYER_KEY = re.compile(r"(?:^|\.)layers\.(\d+)\.")
+
+
+def safetensors_header(path: Path) -> dict[str, Any]:
+    """The tensor table of a safetensors file (name -> dtype, shape, data_offsets), read without loading
+    the weights; ModelError naming the file if it is truncated or not a safetensors file."""
+    try:
+        size = path.stat().st_size
+        with open(path, "rb") as f:
+            n = int.from_bytes(f.read(8), "little")
+            if size < 8 or n > min(size - 8, _HEADER_MAX):
+                raise ModelError(f"{path}: damaged or not a safetensors file ({size} bytes)")
+            header = json.loads(f.read(n))
+    except (OSError, ValueError) as e:
+        raise ModelError(f"{path}: damaged or not a safetensors file ({e})") from None
+    if not isinstance(header, dict):
+        raise ModelError(f"{path}: damaged or not a safetensors file (its header is not a table)")
+    header.pop("__metadata__", None)
+    end = max((int(v["data_offsets"][1]) for v in header.values() if isinstance(v, dict)
+               and isinstance(v.get("data_offsets"), list) and len(v["data_offsets"]) == 2), default=0)
+    if 8 + n + end > size:
+        raise ModelError(f"{path}: truncated ({size} bytes; its header needs {8 + n + end})")
+    return header
+
+
+def _shape(tensors: dict[str, Any], suffix: str) -> list[int] | None:
+    key = next((k for k in tensors if k.endswith(suffix)), None)
+    shape = tensors[key].get("shape") if key else None
+    return shape if isinstance(shape, list) else None
+
+
+def _positive_int(cfg: dict[str, Any], key: str, path: Path) -> int | None:
+    value = cfg.get(key)
+    if value is None:
+        return None
+    if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+        raise ModelError(f"{path}: {key} = {value!r}; expected a positive integer")
+    return value
+
+
+def check_dimensions(model_dir: Path) -> None:
+    """Refuse a config.json whose dimensions disagree with the weights' shapes (an absurd
+    num_hidden_layers would otherwise build millions of layers), and damaged weight files."""
+    path = model_dir / "config.json"
+    try:
+        cfg = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as e:
+        raise ModelError(f"{path}: cannot read it as JSON ({e})") from None
+    if not isinstance(cfg, dict):
+        raise ModelError(f"{path}: expected a JSON object")
+    files = sorted(model_dir.glob("model*.safetensors"))
+    tensors: dict[str, Any] = {}
+    for f in files:
+        tensors.update(safetensors_header(f))
+    dims = {k: _positive_int(cfg, k, path) for k in ("num_hidden_layers", "hidden_size", "vocab_size",
+                                                      "num_attention_heads", "num_key_value_heads", "head_dim")}
+    if not tensors:
+        return
+    layers = {int(m.group(1)) for k in tensors if (m := _LAYER_KEY.search(k))}
+    if dims["num_hidden_layers"] and layers and dims["num_hidden_layers"] > max(layers) + 1:
+        raise ModelError(f"{path}: num_hidden_layers = {dims['num_hidden_layers']}, but the weights hold "
+                         f"{max(layers) + 1} layers")
+    q = cfg.get("quantization")
+    pack = 32 // q["bits"] if isinstance(q, dict) and isinstance(q.get("bits"), int) and q["bits"] > 0 else 1
+    embed = _shape(tensors, "embed_tokens.weight")
+    if embed and len(embed) == 2:
+        for key, have in (("vocab_size", embed[0]), ("hidden_size", embed[1] * pack)):
+            if dims[key] and dims[key] != have:
+                raise ModelError(f"{path}: {key} = {dims[key]}, but the embedding weights are "
+                                 f"{embed[0]} x {embed[1] * pack}")
+    heads, hidden = dims["num_attention_heads"], dims["hidden_size"]
+    head_dim = dims["head_dim"] or (hidden // heads if heads and hidden else None)
+    for key, suffix in (("num_attention_heads", "layers.0.self_attn.q_proj.weight"),
+                        ("num_key_value_heads", "layers.0.self_attn.k_proj.weight")):
+        rows = _shape(tensors, suffix)
+        if dims[key] and head_dim is not None and rows and dims[key] * head_dim != rows[0]:
+            raise ModelError(f"{path}: {key} = {dims[key]} (head size {head_dim}), but {suffix} has "
+                             f"{rows[0]} rows")
+
+
+def check_adapter_files(adapter: Path) -> None:
+    """Refuse an adapter directory whose adapter_config.json is not a JSON object or whose
+    adapters.safetensors is damaged, naming the file."""
+    path = adapter / ADAPTER_CONFIG
+    try:
+        cfg = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as e:
+        raise ModelError(f"{path}: cannot read it as JSON ({e})") from None
+    if not isinstance(cfg, dict) or not isinstance(cfg.get("lora_parameters", {}), dict):
+        raise ModelError(f"{path}: expected a JSON object with lora_parameters (mlx-lm's adapter config)")
+    safetensors_header(adapter / ADAPTER_FILE)
+
+
+def check_template(tokenizer: Any) -> None:
+    """Render a short conversation once, so that a chat template that hangs or explodes is refused
+    when the model loads (TemplateError as ModelError), not in the middle of a run."""
+    from .template import TemplateLimitError, encode_prompt, has_chat_template
+
+    if not has_chat_template(tokenizer):
+        return
+    probe = [{"role": "system", "content": "s"}, {"role": "user", "content": "u"},
+             {"role": "assistant", "content": "a"}, {"role": "user", "content": "u"}]
+    for messages in (probe, probe[1:]):
+        try:
+            encode_prompt(tokenizer, messages)
+        except TemplateLimitError as e:
+            raise ModelError(str(e)) from None
+
+
 def load_base(cfg: ModelConfig, dtype: str) -> tuple[nn.Module, Any, Path]:
     """Load the base model and tokenizer, cast floating weights to `dtype`, quantize if asked."""
     import mlx_lm
@@ -81,13 +192,15 @@ def load_base(cfg: ModelConfig, dtype: str) -> tuple[nn.Module, Any, Path]:
     except Exception as e:  # hub errors, offline mode
         raise ModelError(f"cannot find model {cfg.path!r}: {e}") from e
     check_remote_code(model_dir, cfg.trust_remote_code)
+    check_dimensions(model_dir)
     try:
         # lazy: with quantization the full-precision weights are never all resident at once
         # (measured at 7B, 4-bit: load peak 6.3 GB instead of 15.7 GB; bench/results/h100_memory_probe.txt)
         model, tokenizer = mlx_lm.load(str(model_dir), tokenizer_config={"trust_remote_code": cfg.trust_remote_code},
                                        lazy=True)
-    except (FileNotFoundError, ValueError, KeyError, OSError) as e:
-        raise ModelError(f"cannot load model from {model_dir}: {e}") from e
+    except (FileNotFoundError, ValueError, KeyError, OSError, RuntimeError) as e:
+        raise ModelError(f"cannot load model from {model_dir}: {e}") from None
+    check_template(tokenizer)
     model.set_dtype(getattr(mx, dtype))
     if cfg.quantize and not is_quantized(model):
         nn.quantize(
@@ -144,9 +257,10 @@ def apply_adapters(model: nn.Module, lora: LoraConfig, base: str, warm_start: st
         path = Path(warm_start).expanduser()
         if not (path / ADAPTER_CONFIG).is_file():
             raise ModelError(f"model.adapter: {path} has no {ADAPTER_CONFIG}")
+        check_adapter_files(path)
         try:
             load_adapters(model, str(path))
-        except ValueError as e:
+        except (ValueError, KeyError, TypeError, RuntimeError) as e:
             raise ModelError(f"model.adapter: {e}") from e
         cfg = json.loads((path / ADAPTER_CONFIG).read_text(encoding="utf-8"))
         cfg["base_model"] = base
@@ -192,7 +306,14 @@ def load_for_inference(base: str, adapter: str | Path | None = None, dtype: str 
         except Exception as e:  # hub errors, offline mode
             raise ModelError(f"cannot find model {base!r}: {e}") from e
     check_remote_code(Path(path), False)
-    model, tok = mlx_lm.load(path, adapter_path=str(adapter) if adapter else None)
+    check_dimensions(Path(path))
+    if adapter:
+        check_adapter_files(Path(adapter))
+    try:
+        model, tok = mlx_lm.load(path, adapter_path=str(adapter) if adapter else None)
+    except (FileNotFoundError, ValueError, KeyError, TypeError, OSError, RuntimeError) as e:
+        raise ModelError(f"cannot load model from {path}" + (f" with {adapter}" if adapter else "") + f": {e}") from None
+    check_template(tok)
     if not is_quantized(model) or dtype:
         model.set_dtype(getattr(mx, dtype or backend.detect().dtype))
     model.eval()

@@ -2,13 +2,22 @@
 
 The reference is the model as training starts (the base with a fresh adapter, whose B matrices are
 zero, or the warm-start adapter): it never changes, so each training step needs no reference forward.
+The pass reports its progress through a throttled callback and can be stopped between batches; a cache
+file that cannot be read or does not fit (truncated, bit-flipped, wrong keys or shapes, non-finite
+numbers) is a miss: recomputed, with a warning.
 """
 
 from __future__ import annotations
 
 import hashlib
+import io
 import json
+import time
+import zipfile
+import zlib
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import mlx.core as mx
 import mlx.nn as nn
@@ -17,7 +26,19 @@ import numpy as np
 from . import layerwise
 from .batching import Sequences, eval_batches, pack
 from .collective import host_sum
+from .fsutil import atomic_write_bytes
 from .losses import packed_logps
+
+CACHE_KEYS = {"key", "logps", "kl_logps"}
+REPORT_EVERY = 2.0  # seconds between progress reports (the first and the last are always reported)
+
+#: report(done, total, rate in sequences/s, eta in seconds)
+Report = Callable[[int, int, float, float], None]
+
+
+class Stopped(Exception):
+    """The reference pass was asked to stop (a signal) before it finished; nothing was cached."""
+
 
 def cache_key(seqs: Sequences, model_id: str) -> str:
     """Hash of the token data and the model identity (weights files, dtype, quantization, adapter)."""
@@ -32,76 +53,192 @@ def cache_key(seqs: Sequences, model_id: str) -> str:
     return h.hexdigest()
 
 
+def model_files(model_dir: Path) -> list[list[Any]]:
+    """The model's weight files as [name, size, mtime] (cheap to take: no weights are read)."""
+    return [[p.name, p.stat().st_size, int(p.stat().st_mtime)] for p in sorted(model_dir.glob("*.safetensors"))]
+
+
 def model_identity(model_dir: Path, dtype: str, quantize: int, adapter: str) -> str:
     """What makes reference log-probs valid: weight files (name, size, mtime), dtype, bits, adapter."""
-    files = sorted((p.name, p.stat().st_size, int(p.stat().st_mtime)) for p in model_dir.glob("*.safetensors"))
-    return json.dumps({"dir": str(model_dir), "files": files, "dtype": dtype, "quantize": quantize, "adapter": adapter})
+    return json.dumps({"dir": str(model_dir), "files": model_files(model_dir), "dtype": dtype, "quantize": quantize,
+                       "adapter": adapter})
 
 
 def compute(model: nn.Module, ids: list[np.ndarray], starts: np.ndarray, batch_size: int,
-            on_batch=None, part: tuple[int, int] | None = None) -> np.ndarray:
+            on_batch: Callable[[int], None] | None = None, part: tuple[int, int] | None = None) -> np.ndarray:
     """Summed completion log-probs of each sequence, batched by length, without gradient.
 
-    `part=(rank, size)` computes only every size-th batch from `rank` (the others stay 0), so the
-    workers of a data-parallel run split the pass and `all_sum` the results; the batches are those
-    of a single process, so the numbers are too.
+    `on_batch(n)` runs after each batch of n sequences. `part=(rank, size)` computes only every
+    size-th batch from `rank` (the others stay 0), so the workers of a data-parallel run split the pass
+    and `all_sum` the results; the batches are those of a single process, so the numbers are too. The
+    batches go in rounds of one per worker, and `on_batch` runs once a round on every worker (with n = 0
+    where a short last round leaves a worker none), so the workers can agree on a stop between rounds.
     """
     out = np.zeros(len(ids), dtype=np.float32)
     lengths = np.fromiter((len(s) for s in ids), dtype=np.int64, count=len(ids))
     batches = eval_batches(lengths, batch_size)
-    if part is not None:
-        batches = batches[part[0] :: part[1]]
+    rank, size = part or (0, 1)
     stepwise = layerwise.stepwise_forward_ok(model)
-    for idx in batches:
-        batch = tuple(map(mx.array, pack([ids[i] for i in idx], starts[idx])))
-        # one layer per evaluation where the model allows: bounds what the backend holds (core.layerwise)
-        logps = layerwise.sequence_logps(model, *batch) if stepwise else packed_logps(model, *batch)
-        out[idx] = np.array(logps.astype(mx.float32))
+    for first in range(0, len(batches), size):
+        n = 0
+        if first + rank < len(batches):
+            idx = batches[first + rank]
+            batch = tuple(map(mx.array, pack([ids[i] for i in idx], starts[idx])))
+            # one layer per evaluation where the model allows: bounds what the backend holds (core.layerwise)
+            logps = layerwise.sequence_logps(model, *batch) if stepwise else packed_logps(model, *batch)
+            out[idx] = np.array(logps.astype(mx.float32))
+            n = len(idx)
         if on_batch:
-            on_batch(len(idx))
+            on_batch(n)
     return out
 
 
-def reference_logps(model: nn.Module, seqs: Sequences, batch_size: int, run_dir: Path, model_id: str,
-                    name: str = "train", on_batch=None, group=None) -> tuple[np.ndarray, np.ndarray, bool]:
-    """(ref log-probs of the examples, of their KL pairs, whether it came from the cache).
+def share(n: int, batch_size: int, part: tuple[int, int] | None) -> int:
+    """How many of n sequences (batched as `compute` does) this worker computes."""
+    rank, size = part or (0, 1)
+    return sum(min(batch_size, n - i) for i in range(0, n, batch_size)[rank::size])
 
-    With a distributed `group` of several workers, rank 0 alone reads and writes the cache file and
-    its answer is shared: a hit is broadcast, a miss is computed with the batches split across the
-    workers and summed (every worker ends with the full arrays; nobody else touches the file).
+
+class Meter:
+    """Counts the sequences done and calls `report` at most every `every` seconds, plus the first and the last."""
+
+    def __init__(self, total: int, report: Report | None, every: float = REPORT_EVERY,
+                 clock: Callable[[], float] = time.monotonic) -> None:
+        self.total, self.report, self.every, self.clock = total, report, every, clock
+        self.done = 0
+        self.began = self._last = clock()
+        self._emit()
+
+    def add(self, n: int) -> None:
+        self.done += n
+        if self.done >= self.total or self.clock() - self._last >= self.every:
+            self._emit()
+
+    def _emit(self) -> None:
+        if self.report is None:
+            return
+        self._last = now = self.clock()
+        rate = self.done / (now - self.began) if now > self.began and self.done else 0.0
+        eta = (self.total - self.done) / rate if rate else float("nan")
+        self.report(self.done, self.total, rate, eta)
+
+
+def reference_pass(model: nn.Module, sets: dict[str, Sequences], batch_size: int, run_dir: Path, model_id: str,
+                   group=None, report: Report | None = None, between: Callable[[], bool] | None = None,
+                   warn: Callable[[str], None] | None = None) -> tuple[dict[str, tuple[np.ndarray, np.ndarray]], bool]:
+    """Reference log-probs of each named set's examples and KL pairs, and whether all came from the cache.
+
+    The cache `run_dir/reference-NAME.npz` holds each set; a valid one is used, anything else is
+    recomputed (`warn` says why). `report` follows the sequences this process computes (`Meter`);
+    `between()` runs after each batch, and True stops the pass (`Stopped`). With a distributed `group` of
+    several workers, rank 0 alone reads and writes the cache files and its answer is shared: a hit is
+    broadcast, a miss is computed with the batches split across the workers and summed (every worker ends
+    with the full arrays), and the workers stop together when any of them is asked to.
     """
     rank, size = (group.rank(), group.size()) if group is not None else (0, 1)
-    key = cache_key(seqs, model_id)
-    path = run_dir / f"reference-{name}.npz"
-    n_kl = len(seqs.kl_ids) if seqs.kl_ids is not None else 0
-    cached = _read_cache(path, key) if rank == 0 else None
+    warn = warn or (lambda message: None)
+    if rank == 0:
+        for p in clean_temp(run_dir):
+            warn(f"removed a half-written leftover: {p.name}")
+    keys = {name: cache_key(seqs, model_id) for name, seqs in sets.items()}
+    cached = {name: read_cache(_path(run_dir, name), keys[name], seqs, warn) if rank == 0 else None
+              for name, seqs in sets.items()}
     if size > 1:
-        hit = host_sum(np.array([cached is not None], np.float32), group)[0] > 0
-        if hit:  # rank 0's arrays everywhere: the others add zeros
-            logps, kl = cached if cached is not None else (np.zeros(len(seqs), np.float32), np.zeros(n_kl, np.float32))
-            return host_sum(logps, group), host_sum(kl, group), True
-    elif cached is not None:
-        return cached[0], cached[1], True
+        hits = host_sum(np.array([cached[n] is not None for n in sets], np.float32), group) > 0
+    else:
+        hits = np.array([cached[n] is not None for n in sets])
+    out: dict[str, tuple[np.ndarray, np.ndarray]] = {}
+    for (name, seqs), hit in zip(sets.items(), hits):
+        if hit and size > 1:  # rank 0's arrays everywhere: the others add zeros
+            logps, kl = cached[name] or (np.zeros(len(seqs), np.float32), np.zeros(_n_kl(seqs), np.float32))
+            out[name] = host_sum(logps, group), host_sum(kl, group)
+        elif hit:
+            out[name] = cached[name]  # type: ignore[assignment]
+    todo = [name for name in sets if name not in out]
+    if not todo:
+        return out, True
+    part = (rank, size) if size > 1 else None
+    meter = Meter(sum(share(len(sets[n]), batch_size, part) + share(_n_kl(sets[n]), batch_size, part) for n in todo),
+                  report)
+
+    def on_batch(n: int) -> None:
+        meter.add(n)
+        stop = between() if between else False
+        if size > 1:
+            stop = host_sum(np.array([stop], np.float32), group)[0] > 0
+        if stop:
+            raise Stopped
+
+    extra = {"part": part} if part else {}
     was_training = model.training
     model.eval()
-    part = (rank, size) if size > 1 else None
-    extra = {"part": part} if part else {}
-    logps = compute(model, seqs.ids, seqs.starts, batch_size, on_batch, **extra)
-    kl = (compute(model, seqs.kl_ids, seqs.kl_starts, batch_size, on_batch, **extra)
-          if seqs.kl_ids is not None else np.zeros(0, np.float32))
-    model.train(was_training)
-    if size > 1:
-        logps, kl = host_sum(logps, group), host_sum(kl, group)
-    if rank == 0:
-        tmp = path.with_suffix(".tmp.npz")
-        np.savez(tmp, key=np.array(key), logps=logps, kl_logps=kl)
-        tmp.replace(path)
-    return logps, kl, False
+    try:
+        for name in todo:
+            seqs = sets[name]
+            logps = compute(model, seqs.ids, seqs.starts, batch_size, on_batch, **extra)
+            kl = (compute(model, seqs.kl_ids, seqs.kl_starts, batch_size, on_batch, **extra)
+                  if seqs.kl_ids is not None else np.zeros(0, np.float32))
+            if size > 1:
+                logps, kl = host_sum(logps, group), host_sum(kl, group)
+            if rank == 0:
+                write_cache(_path(run_dir, name), keys[name], logps, kl)
+            out[name] = logps, kl
+    finally:
+        model.train(was_training)
+    return out, False
 
 
-def _read_cache(path: Path, key: str) -> tuple[np.ndarray, np.ndarray] | None:
-    if path.is_file():
-        with np.load(path) as cached:
-            if str(cached["key"]) == key:
-                return cached["logps"], cached["kl_logps"]
+def _path(run_dir: Path, name: str) -> Path:
+    return run_dir / f"reference-{name}.npz"
+
+
+def _n_kl(seqs: Sequences) -> int:
+    return len(seqs.kl_ids) if seqs.kl_ids is not None else 0
+
+
+def clean_temp(run_dir: Path) -> list[Path]:
+    """Remove cache files a killed writer left half-written (`reference-*.tmp.npz`, `.reference-*.tmp`)."""
+    removed = [*run_dir.glob("reference-*.tmp.npz"), *run_dir.glob(".reference-*.tmp")]
+    for p in removed:
+        p.unlink(missing_ok=True)
+    return removed
+
+
+def write_cache(path: Path, key: str, logps: np.ndarray, kl: np.ndarray) -> None:
+    """The cache file, written to a temp file, fsynced and renamed into place."""
+    buf = io.BytesIO()
+    np.savez(buf, key=np.array(key), logps=logps, kl_logps=kl)
+    atomic_write_bytes(path, buf.getvalue())
+
+
+def read_cache(path: Path, key: str, seqs: Sequences,
+               warn: Callable[[str], None]) -> tuple[np.ndarray, np.ndarray] | None:
+    """The cached arrays if `path` holds a valid cache for `key` and these sequences, else None.
+
+    A missing file or another key (other data or model) is a plain miss; a file that is unreadable or
+    invalid is a miss with a warning naming it and what is wrong."""
+    if not path.is_file():
+        return None
+    try:
+        with np.load(path, allow_pickle=False) as f:
+            if set(f.files) != CACHE_KEYS:
+                problem = f"keys {sorted(f.files)}, expected {sorted(CACHE_KEYS)}"
+            elif str(f["key"]) != key:
+                return None
+            else:
+                logps, kl = f["logps"], f["kl_logps"]
+                problem = _array_problem("logps", logps, len(seqs)) or _array_problem("kl_logps", kl, _n_kl(seqs))
+                if problem is None:
+                    return logps.astype(np.float32), kl.astype(np.float32)
+    except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile, zlib.error) as e:
+        problem = f"unreadable ({type(e).__name__}: {e})"
+    warn(f"{path.name}: invalid reference cache, {problem}; recomputing it")
+    return None
+
+
+def _array_problem(name: str, a: np.ndarray, n: int) -> str | None:
+    if a.shape != (n,) or a.dtype.kind != "f":
+        return f"{name} has shape {a.shape} and dtype {a.dtype}, expected ({n},) floats"
+    if not np.isfinite(a).all():
+        return f"{name} holds non-finite numbers"
     return None

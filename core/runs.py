@@ -4,7 +4,8 @@
 runs/<id>/config.toml          frozen config (data.path absolute)
 runs/<id>/events.jsonl         one JSON event per line, flushed per event
 runs/<id>/train.log            the training process's own output
-runs/<id>/lock                 flock'ed by the live trainer; holds its PID
+runs/<id>/lock                 the live trainer's PID; it flocks this file and the run directory itself
+runs/<id>/spawn.json           the detached process's PID and start time (core.runs.spawn_detached)
 runs/<id>/adapters/            adapters.safetensors + adapter_config.json (mlx-lm layout)
 runs/<id>/checkpoints/step-NNNNNN/   adapter + optimizer + state.json + manifest.json (sha256, written last)
 runs/<id>/checkpoints/latest   name of the newest verified checkpoint
@@ -21,20 +22,24 @@ import math
 import os
 import shutil
 import signal
+import stat
 import subprocess
-import sys
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
 from typing import Any, TextIO
 
-from .fsutil import atomic_write_text, fsync_dir, sha256_file
+from .fsutil import NotRegularFile, atomic_write_text, file_kind, fsync_dir, open_regular, read_regular, sha256_file
 
 EVENT_TYPES = ("start", "step", "eval", "checkpoint", "warning", "error", "stopped", "done")
 TERMINAL_EVENTS = {"done": "finished", "stopped": "stopped", "error": "failed"}
 MAX_EVENT_LINE = 1 << 20  # longer lines are skipped by readers, not parsed
+# the run's own entries: each, where present, must be a regular file (or a real directory), never a link
+RUN_FILES = ("config.toml", "events.jsonl", "train.log", "lock", "spawn.json", "eval.json", "checkpoints/latest")
+RUN_DIRS = ("checkpoints", "adapters")
+REGULAR_ONLY = "a run directory's files must be regular files, not links, FIFOs or devices"
 
 
 class RunError(Exception):
@@ -58,36 +63,86 @@ def new_run_dir(root: Path, method: str) -> Path:
     raise RunError(f"cannot create a run directory under {root}")
 
 
+def run_dir_problems(run_dir: Path) -> list[str]:
+    """The run's files that are links or not regular files (and its subdirectories that are not real
+    directories): writing through a link would change its target, and reading a FIFO or device blocks."""
+    problems = []
+    names = [*RUN_FILES, *(p.name for p in _entries(run_dir) if p.name.startswith("reference-"))]
+    names += [f"adapters/{p.name}" for p in _entries(run_dir / "adapters")]
+    for name in dict.fromkeys(names):
+        mode = _lstat_mode(run_dir / name)
+        if mode is not None and not stat.S_ISREG(mode):
+            problems.append(f"{name} is {file_kind(mode)}")
+    for name in RUN_DIRS:
+        mode = _lstat_mode(run_dir / name)
+        if mode is not None and not stat.S_ISDIR(mode):
+            problems.append(f"{name} is {file_kind(mode)}, not a directory")
+    return problems
+
+
+def _entries(path: Path) -> list[Path]:
+    """The entries of a real directory (none for a link, a file or a missing path)."""
+    mode = _lstat_mode(path)
+    if mode is None or not stat.S_ISDIR(mode):
+        return []
+    with contextlib.suppress(OSError):
+        return list(path.iterdir())
+    return []
+
+
+def _lstat_mode(path: Path) -> int | None:
+    try:
+        return os.stat(path, follow_symlinks=False).st_mode
+    except OSError:
+        return None
+
+
+def check_run_files(run_dir: Path) -> None:
+    """Refuse a run directory whose own files are links, FIFOs, devices or directories (run_dir_problems)."""
+    if problems := run_dir_problems(run_dir):
+        raise RunError(f"{run_dir}: {'; '.join(problems)}; {REGULAR_ONLY}: remove them, or use another run directory")
+
+
 def check_writable(run_dir: Path) -> None:
-    """Refuse a read-only run directory up front, before any training work."""
+    """Refuse, up front and before any training work, a run directory with unsafe files (check_run_files)
+    or one that is read-only."""
+    check_run_files(run_dir)
     probe = run_dir / f".write-test-{os.getpid()}"
     try:
-        probe.write_bytes(b"")
+        os.close(os.open(probe, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o644))
         probe.unlink()
     except OSError as e:
         raise RunError(f"run directory {run_dir} is not writable: {e.strerror}") from None
+
+
+def holds_run(run_dir: Path) -> bool:
+    """Whether a run was already prepared in `run_dir` (a frozen config or events, even as a dangling link)."""
+    return any(os.path.lexists(run_dir / name) for name in ("config.toml", "events.jsonl"))
 
 
 # --- events ----------------------------------------------------------------------------------
 
 
 class EventWriter:
-    """Appends events to events.jsonl, one line each, flushed (and fsynced for terminal events)."""
+    """Appends events to events.jsonl, one line each, flushed (and fsynced for terminal events).
 
-    def __init__(self, run_dir: Path) -> None:
+    `check` (e.g. RunLock.check) runs before each event; a message it returns is written as a warning first."""
+
+    def __init__(self, run_dir: Path, check: Callable[[], str | None] | None = None) -> None:
         self.path = run_dir / "events.jsonl"
-        self._f: TextIO = open(self.path, "a", encoding="utf-8")
-        if _ends_mid_line(self.path):  # a writer killed mid-line: end that line so our first event parses
+        fd = open_regular(self.path, os.O_RDWR | os.O_APPEND | os.O_CREAT)
+        self.check = check
+        self._f: TextIO = os.fdopen(fd, "a", encoding="utf-8")
+        if _ends_mid_line(fd):  # a writer killed mid-line: end that line so our first event parses
             self._f.write("\n")
             self._f.flush()
 
     def emit(self, type: str, step: int, **fields: Any) -> dict[str, Any]:
+        if self.check and (message := self.check()):
+            self._f.write(_event_line({"type": "warning", "step": step, "time": round(time.time(), 3),
+                                       "message": message}) + "\n")
         event = {"type": type, "step": step, "time": round(time.time(), 3), **fields}
-        try:
-            line = json.dumps(event, allow_nan=False, default=str)
-        except ValueError:  # NaN/inf (e.g. KTO rewards of a batch without that label): null keeps it strict JSON
-            line = json.dumps(_finite(event), allow_nan=False, default=str)
-        self._f.write(line + "\n")
+        self._f.write(_event_line(event) + "\n")
         self._f.flush()
         if type in ("checkpoint", "error", "stopped", "done", "start"):
             os.fsync(self._f.fileno())
@@ -95,6 +150,13 @@ class EventWriter:
 
     def close(self) -> None:
         self._f.close()
+
+
+def _event_line(event: dict[str, Any]) -> str:
+    try:
+        return json.dumps(event, allow_nan=False, default=str)
+    except ValueError:  # NaN/inf (e.g. KTO rewards of a batch without that label): null keeps it strict JSON
+        return json.dumps(_finite(event), allow_nan=False, default=str)
 
 
 def _finite(value: Any) -> Any:
@@ -108,16 +170,9 @@ def _finite(value: Any) -> Any:
     return value
 
 
-def _ends_mid_line(path: Path) -> bool:
-    try:
-        with open(path, "rb") as f:
-            f.seek(0, os.SEEK_END)
-            if f.tell() == 0:
-                return False
-            f.seek(-1, os.SEEK_END)
-            return f.read(1) != b"\n"
-    except OSError:
-        return False
+def _ends_mid_line(fd: int) -> bool:
+    size = os.fstat(fd).st_size
+    return size > 0 and os.pread(fd, 1, size - 1) != b"\n"
 
 
 def parse_event(line: str) -> dict[str, Any] | None:
@@ -145,17 +200,21 @@ def iter_events(run_dir: Path, follow: bool = False, poll: float = 0.25,
                 stop: Any = None) -> Iterator[dict[str, Any]]:
     """Yield events from the start; with follow=True keep waiting for new ones until `stop()` is true.
 
-    Tolerates a partial last line (kept until its newline arrives), garbage lines and huge lines.
+    Tolerates a partial last line (kept until its newline arrives), garbage lines and huge lines. Never blocks:
+    a link, FIFO or device raises NotRegularFile (an OSError); without follow, reads only the bytes the file
+    held when it was opened.
     """
     path = run_dir / "events.jsonl"
-    while not path.exists():
+    while not os.path.lexists(path):
         if not follow or (stop and stop()):
             return
         time.sleep(poll)
-    with open(path, "rb") as f:
+    with os.fdopen(open_regular(path), "rb") as f:
+        left = math.inf if follow else os.fstat(f.fileno()).st_size
         pending = b""
         while True:
-            chunk = f.read(1 << 16)
+            chunk = f.read(int(min(1 << 16, left)))
+            left -= len(chunk)
             if chunk:
                 pending += chunk
                 *lines, pending = pending.split(b"\n")
@@ -175,37 +234,74 @@ def iter_events(run_dir: Path, follow: bool = False, poll: float = 0.25,
 
 
 class RunLock:
-    """An exclusive flock on run_dir/lock holding the trainer's PID; released when the process dies."""
+    """The live trainer's claim on a run: an exclusive flock on the run directory itself (removing or
+    replacing `lock` cannot let a second trainer in) and on run_dir/lock, which holds its PID. Both are
+    released when the process dies. Where the filesystem cannot lock a directory (NFS), the file lock alone."""
 
     def __init__(self, run_dir: Path) -> None:
+        self.run_dir = run_dir
         self.path = run_dir / "lock"
+        self._dir_fd: int | None = None
         self._fd: int | None = None
         self.took_over_from: int | None = None
 
     def acquire(self, retries: int = 20) -> None:
-        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
-        for attempt in range(retries):
-            try:
-                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                break
-            except OSError as e:
-                if e.errno not in (errno.EAGAIN, errno.EACCES):
-                    os.close(fd)
-                    raise
+        """Take both locks (waiting up to `retries` × 0.1 s) and write our PID; RunError if another holds them."""
+        dir_fd = os.open(self.run_dir, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+        try:
+            for attempt in range(retries):
+                if _try_flock(dir_fd, fcntl.LOCK_EX) is not False and (fd := self._lock_file()) is not None:
+                    break
                 if attempt == retries - 1:
-                    os.close(fd)
-                    raise RunError(
-                        f"{self.path.parent} is in use by another trainer (pid {read_pid(self.path.parent)}); "
-                        "stop it first with `tunedeck stop`"
-                    ) from None
+                    pid = read_pid(self.run_dir)
+                    raise RunError(f"{self.run_dir} is in use by another trainer"
+                                   f"{f' (pid {pid})' if pid else ''}; stop it first with `tunedeck stop`")
                 time.sleep(0.1)
+        except BaseException:
+            os.close(dir_fd)
+            raise
+        self._dir_fd = dir_fd
         old = os.read(fd, 64).decode(errors="replace").strip()
         if old.isdigit() and int(old) != os.getpid():
             self.took_over_from = int(old)
+        self._write_pid(fd)
+
+    def _lock_file(self) -> int | None:
+        """run_dir/lock, flocked, still named by its path (it may be replaced while we wait); None if held."""
+        try:
+            fd = open_regular(self.path, os.O_RDWR | os.O_CREAT)
+        except NotRegularFile as e:
+            raise RunError(f"{e} ({REGULAR_ONLY}): remove it") from None
+        if _try_flock(fd, fcntl.LOCK_EX) and _same_file(fd, self.path):
+            return fd
+        os.close(fd)
+        return None
+
+    def _write_pid(self, fd: int) -> None:
         os.ftruncate(fd, 0)
         os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
         os.fsync(fd)
         self._fd = fd
+
+    def check(self) -> str | None:
+        """None while run_dir/lock is still ours; after it was removed or replaced, write it again (so that
+        `tunedeck stop` and `tunedeck runs` find this trainer) and return a warning saying so."""
+        if self._fd is None or _same_file(self._fd, self.path):
+            return None
+        os.close(self._fd)
+        self._fd = None
+        with contextlib.suppress(OSError):
+            if not stat.S_ISREG(os.stat(self.path, follow_symlinks=False).st_mode):
+                os.unlink(self.path)  # a link or FIFO put in its place: remove the entry, never its target
+        try:
+            fd = self._lock_file()
+        except (RunError, OSError) as e:
+            return f"{self.path} was removed or replaced while training and cannot be written again ({e})"
+        if fd is None:
+            return (f"{self.path} was replaced while training and another process now holds it: "
+                    "this filesystem cannot lock the run directory, so stop the other trainer")
+        self._write_pid(fd)
+        return f"{self.path} was removed or replaced while training; wrote it again (pid {os.getpid()})"
 
     def release(self) -> None:
         if self._fd is not None:
@@ -213,28 +309,55 @@ class RunLock:
                 os.ftruncate(self._fd, 0)
             os.close(self._fd)
             self._fd = None
+        if self._dir_fd is not None:
+            os.close(self._dir_fd)
+            self._dir_fd = None
+
+
+def _try_flock(fd: int, how: int) -> bool | None:
+    """flock(fd, how | LOCK_NB): True if taken, False if another holds it, None if the filesystem cannot."""
+    try:
+        fcntl.flock(fd, how | fcntl.LOCK_NB)
+        return True
+    except OSError as e:
+        if e.errno in (errno.EAGAIN, errno.EACCES):
+            return False
+        if e.errno in (errno.EBADF, errno.ENOLCK, errno.EOPNOTSUPP, errno.EINVAL):
+            return None
+        raise
+
+
+def _same_file(fd: int, path: Path) -> bool:
+    """Whether `path` (not followed) still names the file open as `fd`."""
+    try:
+        st = os.stat(path, follow_symlinks=False)
+    except OSError:
+        return False
+    here = os.fstat(fd)
+    return (st.st_dev, st.st_ino) == (here.st_dev, here.st_ino)
 
 
 def read_pid(run_dir: Path) -> int | None:
     with contextlib.suppress(OSError, ValueError):
-        return int((run_dir / "lock").read_text().strip())
+        return int(read_regular(run_dir / "lock", 64).decode().strip())
     return None
 
 
 def is_locked(run_dir: Path) -> bool:
-    """True while a live trainer holds the run's lock (probed with a shared, non-blocking flock)."""
-    try:
-        fd = os.open(run_dir / "lock", os.O_RDONLY)
-    except OSError:
-        return False
-    try:
-        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
-        fcntl.flock(fd, fcntl.LOCK_UN)
-        return False
-    except OSError:
-        return True
-    finally:
-        os.close(fd)
+    """True while a live trainer holds the run's lock (probed with shared, non-blocking flocks of the run
+    directory and of run_dir/lock; never blocks, whatever `lock` is)."""
+    for open_fd in (lambda: os.open(run_dir, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC),
+                    lambda: open_regular(run_dir / "lock")):
+        try:
+            fd = open_fd()
+        except OSError:
+            continue
+        try:
+            if _try_flock(fd, fcntl.LOCK_SH) is False:
+                return True
+        finally:
+            os.close(fd)  # closing drops a shared lock we took
+    return False
 
 
 # --- checkpoints -----------------------------------------------------------------------------
@@ -253,30 +376,34 @@ def write_manifest(ckpt: Path) -> None:
 def verify_checkpoint(ckpt: Path) -> bool:
     try:
         files = json.loads((ckpt / "manifest.json").read_text(encoding="utf-8"))["files"]
-        return bool(files) and all(sha256_file(ckpt / name) == digest for name, digest in files.items())
+        return bool(files) and all(_plain_name(name) and sha256_file(ckpt / name, regular_only=True) == digest
+                                   for name, digest in files.items())
     except (OSError, ValueError, KeyError, TypeError):
         return False
 
 
+def _plain_name(name: Any) -> bool:
+    """A manifest entry names a file in its own checkpoint directory, nothing else."""
+    return isinstance(name, str) and name not in ("", ".", "..") and "/" not in name and "\0" not in name
+
+
 def clean_leftovers(run_dir: Path) -> list[Path]:
-    """Remove half-written temp dirs/files left by a killed writer; returns what was removed."""
+    """Remove half-written temp dirs/files left by a killed writer; returns what was removed.
+    Links are removed themselves, never followed; a linked checkpoints/ or adapters/ is not looked into."""
     removed: list[Path] = []
     for parent in (run_dir, run_dir / "checkpoints", run_dir / "adapters"):
-        if not parent.is_dir():
-            continue
-        for p in parent.iterdir():
+        for p in _entries(parent):
             if p.name.endswith(".tmp"):
-                shutil.rmtree(p, ignore_errors=True) if p.is_dir() else p.unlink(missing_ok=True)
+                mode = _lstat_mode(p)
+                shutil.rmtree(p, ignore_errors=True) if mode and stat.S_ISDIR(mode) else p.unlink(missing_ok=True)
                 removed.append(p)
     return removed
 
 
 def latest_checkpoint(run_dir: Path) -> Path | None:
     """The newest checkpoint whose manifest verifies (unverifiable ones are skipped)."""
-    root = run_dir / "checkpoints"
-    if not root.is_dir():
-        return None
-    for ckpt in sorted((p for p in root.glob("step-*") if p.is_dir() and not p.name.endswith(".tmp")), reverse=True):
+    found = (p for p in _entries(run_dir / "checkpoints") if p.name.startswith("step-") and not p.name.endswith(".tmp"))
+    for ckpt in sorted((p for p in found if stat.S_ISDIR(_lstat_mode(p) or 0)), reverse=True):
         if verify_checkpoint(ckpt):
             return ckpt
     return None
@@ -292,7 +419,7 @@ def mark_latest(run_dir: Path, ckpt: Path) -> None:
 @dataclass
 class RunInfo:
     run_dir: Path
-    status: str  # running | finished | stopped | failed | stale | new
+    status: str  # running | paused (its process is stopped, e.g. SIGSTOP) | finished | stopped | failed | stale | new
     method: str = ""
     step: int = 0
     total_steps: int = 0
@@ -351,6 +478,8 @@ def summarize(events: Iterable[dict[str, Any]], run_dir: Path, alive: bool, pid:
             info.started = info.started or _num(e.get("time"))
             info.workers = _int(e.get("workers"), 1) or 1
             terminal = None
+        elif kind == "reference":  # the KTO reference pass comes before `start`: it counts as started
+            info.started = info.started or _num(e.get("time"))
         elif kind == "step" and _num(e.get("loss")) is not None:
             info.last_loss = e["loss"]
         elif kind == "eval" and _num(e.get("val_loss")) is not None:
@@ -373,8 +502,63 @@ def summarize(events: Iterable[dict[str, Any]], run_dir: Path, alive: bool, pid:
 
 
 def run_info(run_dir: Path) -> RunInfo:
+    """The run's state from its lock, events and spawn record. Never blocks: a run whose files are links, FIFOs
+    or devices is `failed` with them named; a trainer that died before writing an event is `failed` with the
+    end of train.log; a live trainer whose process is stopped (SIGSTOP, a debugger) is `paused`."""
     alive = is_locked(run_dir)
-    return summarize(_stream_events(run_dir), run_dir, alive, read_pid(run_dir) if alive else None)
+    pid = read_pid(run_dir) if alive else None
+    info = summarize(_stream_events(run_dir), run_dir, alive, pid)
+    if problems := run_dir_problems(run_dir):
+        info.error = f"{'; '.join(problems)} ({REGULAR_ONLY})"
+        if not alive:
+            info.status = "failed"
+    elif alive and pid is not None and process_stopped(pid):
+        info.status = "paused"
+    elif not alive and (reason := _died_at_start(run_dir, info)):
+        info.status, info.error = "failed", reason
+    return info
+
+
+def process_stopped(pid: int) -> bool:
+    """Whether process `pid` is stopped (SIGSTOP, ctrl+z, a debugger): a live trainer that makes no progress."""
+    import psutil
+
+    with contextlib.suppress(psutil.Error):
+        return psutil.Process(pid).status() in (psutil.STATUS_STOPPED, psutil.STATUS_TRACING_STOP)
+    return False
+
+
+def _died_at_start(run_dir: Path, info: RunInfo) -> str | None:
+    """Why the last detached trainer exited before writing any event (the end of train.log), or None if
+    none was spawned, it wrote events, or it is still starting."""
+    spawned = _read_spawn(run_dir)
+    if spawned is None or (info.updated is not None and info.updated >= spawned[1]) or _alive(*spawned):
+        return None
+    tail = [line.strip() for line in tail_log(run_dir, 20) if line.strip()]
+    return "the trainer exited before it started" + (f": {tail[-1]}" if tail else " (train.log is empty)")
+
+
+def _read_spawn(run_dir: Path) -> tuple[int, float] | None:
+    """(pid, time) from spawn.json, or None if it is missing or malformed."""
+    try:
+        record = json.loads(read_regular(run_dir / "spawn.json", 4096))
+    except (OSError, ValueError):
+        return None
+    if not isinstance(record, dict):
+        return None
+    pid, when = record.get("pid"), _num(record.get("time"))
+    return (pid, when) if isinstance(pid, int) and not isinstance(pid, bool) and pid > 0 and when else None
+
+
+def _alive(pid: int, spawned: float) -> bool:
+    """Whether `pid` is still the process spawned at `spawned` (not a zombie, not a later process reusing it)."""
+    import psutil
+
+    try:
+        proc = psutil.Process(pid)
+        return proc.status() != psutil.STATUS_ZOMBIE and proc.create_time() <= spawned + 1
+    except psutil.Error:
+        return False
 
 
 def _stream_events(run_dir: Path) -> Iterator[dict[str, Any]]:
@@ -388,7 +572,7 @@ def _stream_events(run_dir: Path) -> Iterator[dict[str, Any]]:
 def list_runs(root: Path) -> list[RunInfo]:
     if not root.is_dir():
         return []
-    dirs = [p for p in root.iterdir() if p.is_dir() and (p / "config.toml").is_file()]
+    dirs = [p for p in root.iterdir() if p.is_dir() and os.path.lexists(p / "config.toml")]
     return [run_info(p) for p in sorted(dirs)]
 
 
@@ -397,24 +581,31 @@ def list_runs(root: Path) -> list[RunInfo]:
 
 def spawn_detached(run_dir: Path, resume: bool = False, extra_env: dict[str, str] | None = None,
                    launcher: list[str] | None = None) -> int:
-    """Start `tunedeck _run RUN_DIR` in its own session (survives the terminal); output to train.log.
+    """Start the trainer (`core.worker`) on RUN_DIR in its own session (survives the terminal); output to train.log.
 
     `launcher` (e.g. `mlx.launch ... --`, see core.launch) goes before the command: then the launcher is
     the detached process, and its ranks run the command."""
     from .backend import subprocess_env
+    from .worker import command
 
-    cmd = [*(launcher or []), sys.executable, "-m", "tunedeck.core.cli", "_run", str(run_dir)]
-    if resume:
-        cmd.append("--resume")
-    log = open(run_dir / "train.log", "ab")
+    run_dir = Path(run_dir).resolve()  # the child runs in run_dir: a relative path would be taken from there
+    cmd = [*(launcher or []), *command(run_dir, resume)]
+    log = open_log(run_dir)
     try:
         proc = subprocess.Popen(
             cmd, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
             start_new_session=True, env=subprocess_env(extra_env), cwd=run_dir,
         )
     finally:
-        log.close()
+        os.close(log)
+    with contextlib.suppress(OSError):  # without the record, a trainer that dies at start is listed `new`
+        atomic_write_text(run_dir / "spawn.json", json.dumps({"pid": proc.pid, "time": round(time.time(), 3)}) + "\n")
     return proc.pid
+
+
+def open_log(run_dir: Path) -> int:
+    """run_dir/train.log opened for appending, as a descriptor; NotRegularFile if it is a link, FIFO or device."""
+    return open_regular(run_dir / "train.log", os.O_WRONLY | os.O_APPEND | os.O_CREAT)
 
 
 def wait_started(run_dir: Path, pid: int, timeout: float = 60.0) -> bool:
@@ -443,6 +634,8 @@ def stop_run(run_dir: Path, timeout: float = 120.0, sig: int = signal.SIGTERM) -
         raise RunError(f"{run_dir} is locked but names no process")
     with contextlib.suppress(ProcessLookupError):
         os.kill(pid, sig)
+        if process_stopped(pid):  # a paused trainer acts on the signal only once it runs again
+            os.kill(pid, signal.SIGCONT)
     deadline = time.time() + timeout
     while is_locked(run_dir) and time.time() < deadline:
         time.sleep(0.1)
@@ -455,7 +648,7 @@ def tail_log(run_dir: Path, lines: int = 20) -> list[str]:
     """The last lines of train.log (for error reports)."""
     path = run_dir / "train.log"
     try:
-        with open(path, "rb") as f:
+        with os.fdopen(open_regular(path), "rb") as f:
             f.seek(0, os.SEEK_END)
             size = f.tell()
             f.seek(max(0, size - 64 * 1024))

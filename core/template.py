@@ -6,6 +6,14 @@ final assistant turn (`full`) and once with a generation prompt (`head`). The tr
 follows (so `head` is not a prefix of `full`), the boundary falls back to the longest common
 prefix of the two, so no prompt token is ever trained on.
 
+Tool schemas (`tools=`) and structured tool calls (assistant messages with ``tool_calls``, tool
+results with ``tool_call_id``) are passed to the template as `apply_chat_template` passes them.
+With ``train_on="all_assistant"`` (SFT) the earlier assistant turns are trained too: each one's
+text (what rendering up to it adds to rendering up to the turn before it with a generation prompt)
+is found in the whole conversation's rendering and mapped to tokens by their character offsets
+(`Encoded.earlier`); this equals TRL's ``assistant_only_loss`` on a template with ``{% generation %}``
+markers around each assistant turn (tested).
+
 The completion part always holds an end-of-turn token: if none of the tokenizer's EOS ids
 (`eos_token_id`, plus mlx-lm's `eos_token_ids`) appears after the boundary, `eos_token_id` is
 appended.
@@ -18,18 +26,36 @@ where the tokenizer adds one itself.
 Truncation to `max_seq_len` keeps the completion and cuts the prompt from the left (keeping a
 leading BOS); a completion that does not fit even with the prompt reduced to BOS is cut on the
 right and flagged `completion_too_long`.
+
+Chat templates come with the model directory, so they are untrusted: they are rendered by
+`render_chat` through jinja2's immutable sandbox with transformers' own globals, filters and
+extensions (the same text as `apply_chat_template`), bounded in time (`RENDER_SECONDS` per
+rendering: every loop iteration, call, operator and filter checks the deadline) and in size
+(`RENDER_CHARS`: no output, string, list or number the template builds may exceed it; operations
+that multiply sizes are checked before they run). A violation raises `TemplateError` naming the
+file that holds the template and the limit.
 """
 
 from __future__ import annotations
 
+import contextvars
+import functools
 import json
 import os
+import re
 import shutil
+import time
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import jinja2
+from jinja2 import nodes
+from jinja2.sandbox import ImmutableSandboxedEnvironment
+from jinja2.visitor import NodeTransformer
+
+from tunedeck.core import toolcalls
 from tunedeck.core.fsutil import atomic_write_text
 
 #: Mistral v0.3 (tokenizer v3) chat template, matching mistral-common's reference encoding:
@@ -38,7 +64,9 @@ from tunedeck.core.fsutil import atomic_write_text
 #: `[TOOL_RESULTS] {"content": <content>, "call_id": <id>}[/TOOL_RESULTS]` where content that is
 #: JSON text (starts with `{` or `[`) is embedded as-is and anything else as a JSON string, and
 #: the call id appears only if the message has a `tool_call_id`. Consecutive same-role messages
-#: are not merged (mistral-common merges them with a blank line).
+#: are not merged (mistral-common merges them with a blank line). With `tools`,
+#: `[AVAILABLE_TOOLS] <json list>[/AVAILABLE_TOOLS]` goes in front of the last user message; an
+#: assistant turn with `tool_calls` is `[TOOL_CALLS] [{"name", "arguments", "id"?}, ...]</s>`.
 MISTRAL_V3_CHAT_TEMPLATE = (
     "{%- set ns = namespace(system='', last_user=-1) %}"
     "{%- for m in messages %}"
@@ -49,9 +77,20 @@ MISTRAL_V3_CHAT_TEMPLATE = (
     "{{- bos_token }}"
     "{%- for m in messages %}"
     "{%- if m['role'] == 'user' %}"
+    "{%- if tools and loop.index0 == ns.last_user %}"
+    "{{- '[AVAILABLE_TOOLS] ' + tools | tojson + '[/AVAILABLE_TOOLS]' }}{%- endif %}"
     "{%- if loop.index0 == ns.last_user and ns.system %}"
     "{{- '[INST] ' + ns.system + '\\n\\n' + m['content'] + '[/INST]' }}"
     "{%- else %}{{- '[INST] ' + m['content'] + '[/INST]' }}{%- endif %}"
+    "{%- elif m['role'] == 'assistant' and m['tool_calls'] is defined and m['tool_calls'] %}"
+    "{{- '[TOOL_CALLS] [' }}"
+    "{%- for tc in m['tool_calls'] %}"
+    "{%- set f = tc['function'] %}"
+    "{{- '{\"name\": ' + f['name'] | tojson + ', \"arguments\": ' + f['arguments'] | tojson }}"
+    "{%- if tc['id'] is defined and tc['id'] and tc['id'] != 'null' %}{{- ', \"id\": ' + tc['id'] | tojson }}{%- endif %}"
+    "{{- '}' + ('' if loop.last else ', ') }}"
+    "{%- endfor %}"
+    "{{- ']' + eos_token }}"
     "{%- elif m['role'] == 'assistant' %}"
     "{{- ' ' + m['content'].rstrip(' ') + eos_token }}"
     "{%- elif m['role'] == 'tool' %}"
@@ -69,19 +108,326 @@ MISTRAL_V3_CHAT_TEMPLATE = (
 
 MISTRAL_V3_MODEL_FILE = "mistral_instruct_tokenizer_240323.model.v3"
 
+#: What SFT trains: every assistant turn (as TRL's assistant_only_loss) or the last one only.
+TRAIN_ON = ("all_assistant", "last")
+
+#: Limits for one rendering of an (untrusted) chat template: wall-clock seconds, and characters of
+#: any text (or rendered size of any list/number) it produces.
+RENDER_SECONDS = 10.0
+RENDER_CHARS = 10_000_000
+
+_deadline: contextvars.ContextVar[float] = contextvars.ContextVar("tunedeck_template_deadline",
+                                                                  default=float("inf"))
+_WIDTH_METHODS = {"center", "ljust", "rjust", "zfill"}
+_DIGITS = re.compile(r"\d+")
+
+
+class TemplateError(ValueError):
+    """The model's chat template failed or went past a limit; the message names the file that holds it."""
+
+
+class TemplateLimitError(TemplateError):
+    """The chat template ran past `RENDER_SECONDS` or built more than `RENDER_CHARS` characters."""
+
+
+class _LimitHit(Exception):
+    """Raised inside a rendering when a limit is reached; `render_chat` names the file."""
+
+
+def _tick() -> None:
+    if time.monotonic() > _deadline.get():
+        raise _LimitHit(f"ran longer than {RENDER_SECONDS:g} s (the limit for one rendering)")
+
+
+def _size(x: Any, budget: int | None = None) -> int:
+    """An upper estimate of len(str(x)), counted only until it passes `budget`."""
+    budget = RENDER_CHARS if budget is None else budget
+    if isinstance(x, str):
+        return len(x)
+    if isinstance(x, bool) or x is None or isinstance(x, float):
+        return 32
+    if isinstance(x, int):
+        return x.bit_length() * 3 // 10 + 2
+    if isinstance(x, jinja2.utils.Namespace):
+        x = getattr(x, "_Namespace__attrs", {})
+    if isinstance(x, Mapping):
+        x = [v for item in x.items() for v in item]
+    if isinstance(x, (list, tuple, set, frozenset)):
+        total = 2
+        for item in x:
+            total += 2 + _size(item, budget - total)
+            if total > budget:
+                break
+        return total
+    return 64
+
+
+def _need(n: int) -> None:
+    if n > RENDER_CHARS:
+        raise _LimitHit(f"would build a text of more than {RENDER_CHARS:,} characters (the limit)")
+
+
+def _check(value: Any) -> Any:
+    _need(_size(value))
+    return value
+
+
+def _widths(fmt: str, args: Any) -> int:
+    """An upper bound on the padding a printf- or str.format-style format can add."""
+    ints = [a for a in (args if isinstance(args, (list, tuple)) else [args]) if isinstance(a, int)]
+    return sum(int(d) for d in _DIGITS.findall(fmt)) + sum(abs(i) for i in ints)
+
+
+def _replace_size(s: str, old: Any, new: Any, count: Any = -1) -> int:
+    if not isinstance(old, str) or not isinstance(new, str):
+        return len(s)
+    n = s.count(old) if old else len(s) + 1
+    if isinstance(count, int) and count >= 0:
+        n = min(n, count)
+    return len(s) + n * len(new)
+
+
+def _materialize(value: Any) -> list[Any]:
+    out = []
+    for item in value:
+        _tick()
+        out.append(item)
+    return out
+
+
+def _bounded_filter(name: str, func: Any) -> Any:
+    """`func` (a jinja2 filter) with the deadline and size checks; multiplying filters checked first."""
+    from jinja2.utils import _PassArg
+
+    skip = 1 if _PassArg.from_obj(func) is not None else 0
+
+    @functools.wraps(func)
+    def run(*args: Any, **kwargs: Any) -> Any:
+        _tick()
+        args = list(args)
+        value, rest = (args[skip], args[skip + 1:]) if len(args) > skip else (None, [])
+        arg = rest[0] if rest else None
+        if name in ("center", "indent") and isinstance(arg, int):
+            _need(_size(value) * (2 if name == "center" else 1 + max(arg, 0)) + max(arg, 0))
+        elif name == "indent" and isinstance(arg, str):
+            _need(_size(value) * (1 + len(arg)))
+        elif name == "replace" and isinstance(value, str):
+            _need(_replace_size(value, *rest[:3]))
+        elif name == "format" and isinstance(value, str):
+            _need(len(value) + _size(rest) + _size(kwargs) + _widths(value, rest))
+        elif name in ("wordwrap", "urlize"):
+            _need(_size(value) * (1 + _size(rest) + _size(kwargs)))
+        elif name in ("batch", "slice") and isinstance(arg, int):
+            _need(arg)
+        elif name == "tojson":
+            indent = kwargs.get("indent", rest[1] if len(rest) > 1 else None)
+            _need(_size(value) * (2 + 16 * (indent if isinstance(indent, int) else _size(indent))))
+        elif name == "join" and value is not None:
+            value = args[skip] = _materialize(value)
+            _need(_size(value) + len(value) * _size(arg if arg is not None else kwargs.get("d", "")))
+        return _check(func(*args, **kwargs))
+
+    return run
+
+
+class _Guards(NodeTransformer):
+    """Wrap each `{% for %}` iterable in `tunedeck_loop` and each `a ~ b` in `tunedeck_concat`."""
+
+    def visit_For(self, node: nodes.For) -> nodes.For:
+        self.generic_visit(node)
+        node.iter = _env_call("tunedeck_loop", [node.iter], node.lineno)
+        return node
+
+    def visit_Concat(self, node: nodes.Concat) -> nodes.Call:
+        self.generic_visit(node)
+        return _env_call("tunedeck_concat", node.nodes, node.lineno)
+
+
+def _env_call(name: str, args: list[nodes.Expr], lineno: int) -> nodes.Call:
+    return nodes.Call(nodes.EnvironmentAttribute(name), args, [], None, None, lineno=lineno)
+
+
+class _Bounded(ImmutableSandboxedEnvironment):
+    """jinja2's immutable sandbox with a deadline and a size limit on everything a template builds."""
+
+    intercepted_binops = frozenset({"*", "**", "%", "+"})
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, finalize=_check, **kwargs)
+
+    @staticmethod
+    def concat(parts: Any) -> str:
+        """`"".join` for rendered output, macro and block bodies, stopping at the size limit."""
+        out, total = [], 0
+        for part in parts:
+            _tick()
+            total += len(part)
+            _need(total)
+            out.append(part)
+        return "".join(out)
+
+    def _parse(self, source: str, name: str | None, filename: str | None) -> nodes.Template:
+        """Parse, then route every loop's iterable and every `~` through the checks (`_Guards`)."""
+        return _Guards().visit(super()._parse(source, name, filename))
+
+    @staticmethod
+    def tunedeck_loop(iterable: Any) -> Any:
+        for item in iterable:
+            _tick()
+            yield item
+
+    @staticmethod
+    def tunedeck_concat(*items: Any) -> str:
+        _need(sum(_size(i) for i in items))
+        return "".join(str(i) for i in items)
+
+    def call_binop(self, context: Any, operator: str, left: Any, right: Any) -> Any:
+        _tick()
+        if operator == "*":
+            for seq, n in ((left, right), (right, left)):
+                if isinstance(n, int) and isinstance(seq, (str, list, tuple)):
+                    _need(_size(seq) * max(n, 0))
+            if isinstance(left, int) and isinstance(right, int):
+                _need(_size(left) + _size(right))
+        elif operator == "**" and isinstance(left, int) and isinstance(right, int) and abs(left) > 1:
+            _need(_size(left) * max(right, 0))
+        elif operator == "%" and isinstance(left, str):
+            _need(len(left) + _size(right) + _widths(left, right))
+        return _check(super().call_binop(context, operator, left, right))
+
+    def wrap_str_format(self, value: Any) -> Any:
+        """jinja2's sandboxed `str.format` / `format_map`, checked for size before it runs."""
+        fmt = super().wrap_str_format(value)
+        if fmt is None:
+            return None
+        owner = value.__self__
+
+        def bounded(*args: Any, **kwargs: Any) -> str:
+            _tick()
+            _need(len(owner) + _size(args) + _size(kwargs) + _widths(owner, [*args, *kwargs.values()]))
+            return fmt(*args, **kwargs)
+
+        return functools.update_wrapper(bounded, value)
+
+    def call(__self, __context: Any, __obj: Any, *args: Any, **kwargs: Any) -> Any:  # noqa: N805 - jinja2's signature
+        _tick()
+        owner, name = getattr(__obj, "__self__", None), getattr(__obj, "__name__", "")
+        if isinstance(owner, str):
+            if name in _WIDTH_METHODS and args and isinstance(args[0], int):
+                _need(max(args[0], len(owner)))
+            elif name == "expandtabs":
+                _need(len(owner) * max(args[0] if args and isinstance(args[0], int) else 8, 1))
+            elif name == "replace" and len(args) >= 2:
+                _need(_replace_size(owner, *args[:3]))
+            elif name == "join" and args:
+                args = (_materialize(args[0]), *args[1:])
+                _need(_size(args[0]) + len(args[0]) * len(owner))
+        result = super().call(__context, __obj, *args, **kwargs)
+        return _check(result) if isinstance(result, (str, int, list, tuple, dict)) else result
+
+
+@functools.lru_cache(maxsize=1)
+def _environment() -> _Bounded:
+    """A bounded environment with the options, globals, filters and extensions transformers renders with."""
+    from transformers.utils.chat_template_utils import _compile_jinja_template
+
+    ref = _compile_jinja_template("").environment
+    env = _Bounded(trim_blocks=ref.trim_blocks, lstrip_blocks=ref.lstrip_blocks,
+                   extensions=[type(e) for e in ref.extensions.values()])
+    env.globals.update(ref.globals)
+    env.filters.update({k: _bounded_filter(k, f) for k, f in ref.filters.items()})
+    return env
+
+
+@functools.lru_cache(maxsize=16)
+def _compile(chat_template: str) -> jinja2.Template:
+    return _environment().from_string(chat_template)
+
+
+def template_file(tokenizer: Any) -> str:
+    """The file the tokenizer's chat template came from (for messages), or a description of it."""
+    d = Path(str(getattr(tokenizer, "name_or_path", "") or ""))
+    if str(d) and d.is_dir():
+        for name in ("chat_template.jinja", "chat_template.json", "tokenizer_config.json"):
+            if (d / name).is_file():
+                return str(d / name)
+    return "the tokenizer's chat_template"
+
+
+def _hf(tokenizer: Any) -> Any:
+    """The Hugging Face tokenizer inside an mlx-lm wrapper (or the tokenizer itself)."""
+    from transformers import PreTrainedTokenizerBase
+
+    inner = getattr(tokenizer, "_tokenizer", None)  # a Hugging Face tokenizer's own `_tokenizer` is the Rust one
+    return inner if isinstance(inner, PreTrainedTokenizerBase) else tokenizer
+
+
+def _jinja_rendered(tokenizer: Any) -> bool:
+    """True if `apply_chat_template` would render the tokenizer's Jinja template (no custom renderer)."""
+    from transformers import PreTrainedTokenizerBase
+
+    hf = _hf(tokenizer)
+    return (getattr(tokenizer, "_chat_template", None) is None and isinstance(hf, PreTrainedTokenizerBase)
+            and type(hf).apply_chat_template is PreTrainedTokenizerBase.apply_chat_template
+            and getattr(hf, "chat_template", None) is not None)
+
+
+def _template_vars(tokenizer: Any) -> dict[str, Any]:
+    """What `apply_chat_template` passes besides the messages: special tokens, mlx-lm's thinking flag."""
+    out: dict[str, Any] = dict(_hf(tokenizer).special_tokens_map)
+    if tokenizer is not _hf(tokenizer):
+        out["enable_thinking"] = bool(getattr(tokenizer, "has_thinking", False))
+    return out
+
+
+def render_chat(tokenizer: Any, messages: list[dict[str, Any]], add_generation_prompt: bool,
+                tools: list[dict[str, Any]] | None = None) -> str:
+    """The chat template's text for `messages` (and the tool schemas `tools`), as
+    `apply_chat_template(tokenize=False, tools=tools)` renders it, within `RENDER_SECONDS` and
+    `RENDER_CHARS`; TemplateError (naming the file) if it fails."""
+    source = template_file(tokenizer)
+    chat = [{k: v for k, v in m.items() if v is not None} for m in messages]
+    token = _deadline.set(time.monotonic() + RENDER_SECONDS)
+    try:
+        compiled = _compile(_hf(tokenizer).get_chat_template())
+        return compiled.render(messages=chat, tools=tools or None, documents=None,
+                               add_generation_prompt=add_generation_prompt, **_template_vars(tokenizer))
+    except _LimitHit as e:
+        raise TemplateLimitError(f"{source}: chat_template {e}") from None
+    except Exception as e:  # noqa: BLE001 - whatever an untrusted template does wrong, it is the template's
+        raise TemplateError(f"{source}: chat_template cannot render this conversation: "
+                            f"{type(e).__name__}: {e}") from None
+    finally:
+        _deadline.reset(token)
+
 
 @dataclass
 class Encoded:
-    """Token ids of one example; `ids[prompt_len:]` are the trained (completion) tokens."""
+    """Token ids of one example; `ids[prompt_len:]` are the completion tokens, and `earlier` the
+    token spans [start, end) of earlier assistant turns that are trained too (SFT's all_assistant)."""
 
     ids: list[int]
     prompt_len: int
     truncated_prompt_tokens: int = 0
     completion_too_long: bool = False
+    earlier: list[tuple[int, int]] = field(default_factory=list)
 
     @property
     def completion_len(self) -> int:
         return len(self.ids) - self.prompt_len
+
+    @property
+    def spans(self) -> list[tuple[int, int]]:
+        """Every trained span [start, end), in order: the earlier assistant turns, then the completion."""
+        return [*self.earlier, (self.prompt_len, len(self.ids))]
+
+    @property
+    def trained(self) -> list[int]:
+        """1 for each trained token, 0 for the others (as long as `ids`)."""
+        mask = [0] * len(self.ids)
+        for a, b in self.spans:
+            mask[a:b] = [1] * (b - a)
+        return mask
 
 
 def has_chat_template(tokenizer) -> bool:
@@ -104,12 +450,46 @@ def _ids(out: Any) -> list[int]:
     return [int(i) for i in out]
 
 
-def _apply(tokenizer, messages: list[dict[str, str]], add_generation_prompt: bool) -> list[int]:
-    return _ids(
-        tokenizer.apply_chat_template(
-            messages, tokenize=True, add_generation_prompt=add_generation_prompt
-        )
-    )
+def _apply(tokenizer, messages: list[dict[str, Any]], add_generation_prompt: bool,
+           tools: list[dict[str, Any]] | None = None) -> list[int]:
+    """Token ids of the chat template's rendering (bounded, see `render_chat`); tokenizers with
+    their own renderer (not a Jinja template) are left to `apply_chat_template`."""
+    if not _jinja_rendered(tokenizer):
+        extra = {"tools": tools} if tools else {}
+        return _ids(tokenizer.apply_chat_template(messages, tokenize=True, add_generation_prompt=add_generation_prompt,
+                                                  **extra))
+    text = render_chat(tokenizer, messages, add_generation_prompt, tools)
+    return _ids(_hf(tokenizer)(text, add_special_tokens=False))
+
+
+def _spans_supported(tokenizer) -> bool:
+    """Whether earlier assistant turns can be located: a Jinja template and a fast tokenizer (offsets)."""
+    return _jinja_rendered(tokenizer) and bool(getattr(_hf(tokenizer), "is_fast", False))
+
+
+def _earlier_spans(tokenizer, messages: list[dict[str, Any]], tools: list[dict[str, Any]] | None, text: str,
+                   offsets: list[tuple[int, int]], boundary: int) -> list[tuple[int, int]]:
+    """Token spans (before `boundary`) of the assistant turns before the last one, in the rendering
+    `text` of `messages` whose tokens have character `offsets`.
+
+    Each turn's own text is what rendering the conversation up to it adds to rendering it up to the
+    turn before with a generation prompt (as the last turn's boundary is found); that text is looked
+    for in `text`, after the previous turn's, and the tokens it covers are the span. A turn whose
+    text is not found stays untrained.
+    """
+    spans, pos = [], 0
+    for i in [i for i, m in enumerate(messages[:-1]) if m["role"] == "assistant" and i > 0]:
+        head = render_chat(tokenizer, messages[:i], True, tools)
+        upto = render_chat(tokenizer, messages[: i + 1], False, tools)
+        piece = upto[len(os.path.commonprefix([head, upto])):]
+        at = text.find(piece, pos) if piece.strip() else -1
+        if at < 0:
+            continue
+        pos = at + len(piece)
+        covered = [j for j, (a, b) in enumerate(offsets[:boundary]) if a < pos and b > at]
+        if covered:
+            spans.append((covered[0], covered[-1] + 1))
+    return spans
 
 
 def _text_ids(tokenizer, text: str) -> list[int]:
@@ -134,17 +514,23 @@ def eos_ids(tokenizer) -> set[int]:
     return ids
 
 
-def _plain_prompt(prompt: list[dict[str, str]]) -> str:
-    lines = [f"{m['role']}: {m['content']}" for m in prompt]
+def _text(message: dict[str, Any]) -> str:
+    """A message as plain text: its content, or its tool calls as ``[TOOL_CALLS] [...]``."""
+    return toolcalls.calls_text(message["tool_calls"]) if message.get("tool_calls") else message["content"]
+
+
+def _plain_prompt(prompt: list[dict[str, Any]]) -> str:
+    lines = [f"{m['role']}: {_text(m)}" for m in prompt]
     return "\n".join([*lines, "assistant:"])
 
 
-def encode_prompt(tokenizer, prompt: list[dict[str, str]]) -> list[int]:
-    """Ids of the prompt ready for generation (chat template with generation prompt, or fallback)."""
+def encode_prompt(tokenizer, prompt: list[dict[str, Any]], tools: list[dict[str, Any]] | None = None) -> list[int]:
+    """Ids of the prompt ready for generation (chat template with generation prompt and the tool
+    schemas, or the plain-lines fallback, which has no place for tools)."""
     if not prompt:
         return _bos(tokenizer)
     if has_chat_template(tokenizer):
-        return _apply(tokenizer, prompt, add_generation_prompt=True)
+        return _apply(tokenizer, prompt, True, tools)
     return _bos(tokenizer) + _text_ids(tokenizer, _plain_prompt(prompt))
 
 
@@ -156,22 +542,31 @@ def _common_prefix(a: list[int], b: list[int]) -> int:
     return n
 
 
-def _render(tokenizer, prompt: list[dict[str, str]], completion: str) -> Encoded:
+def _render(tokenizer, prompt: list[dict[str, Any]], answer: dict[str, Any], tools: list[dict[str, Any]] | None,
+            train_on: str) -> Encoded:
     eos = getattr(tokenizer, "eos_token_id", None)
     if not prompt:
         bos = _bos(tokenizer)
         tail = [eos] if eos is not None else []
-        return Encoded(bos + _text_ids(tokenizer, completion) + tail, len(bos))
-    head = encode_prompt(tokenizer, prompt)
-    if has_chat_template(tokenizer):
-        full = _apply(tokenizer, [*prompt, {"role": "assistant", "content": completion}], False)
+        return Encoded(bos + _text_ids(tokenizer, _text(answer)) + tail, len(bos))
+    head = encode_prompt(tokenizer, prompt, tools)
+    earlier: list[tuple[int, int]] = []
+    messages = [*prompt, answer]
+    if has_chat_template(tokenizer) and train_on == "all_assistant" and _spans_supported(tokenizer):
+        text = render_chat(tokenizer, messages, False, tools)
+        out = _hf(tokenizer)(text, add_special_tokens=False, return_offsets_mapping=True)
+        full = list(out["input_ids"])
+        boundary = _common_prefix(head, full)
+        earlier = _earlier_spans(tokenizer, messages, tools, text, out["offset_mapping"], boundary)
+    elif has_chat_template(tokenizer):
+        full = _apply(tokenizer, messages, False, tools)
         boundary = _common_prefix(head, full)
     else:
-        full = head + _text_ids(tokenizer, " " + completion)
+        full = head + _text_ids(tokenizer, " " + _text(answer))
         boundary = len(head)
     if eos is not None and not eos_ids(tokenizer).intersection(full[boundary:]):
         full.append(eos)
-    return Encoded(full, boundary)
+    return Encoded(full, boundary, earlier=earlier)
 
 
 def truncate(enc: Encoded, max_seq_len: int | None, bos_token_id: int | None) -> Encoded:
@@ -189,20 +584,27 @@ def truncate(enc: Encoded, max_seq_len: int | None, bos_token_id: int | None) ->
         return Encoded(prompt[:keep_bos] + completion[: max_seq_len - keep_bos], keep_bos, cut, True)
     cut = len(prompt) - (max_seq_len - len(completion))
     kept = prompt[:keep_bos] + prompt[keep_bos + cut :]
-    return Encoded(kept + completion, len(kept), cut, False)
+    first = keep_bos + cut  # the first prompt token kept after the BOS
+    earlier = [(max(a, first) - cut, b - cut) for a, b in enc.earlier if b > first]
+    return Encoded(kept + completion, len(kept), cut, False, earlier)
 
 
-def encode(
-    tokenizer, prompt: list[dict[str, str]], completion: str, max_seq_len: int | None = None
-) -> Encoded:
-    """Token ids of prompt + completion with the prompt/completion boundary, truncated if asked."""
-    enc = _render(tokenizer, prompt, completion)
+def encode(tokenizer, prompt: list[dict[str, Any]], completion: str | dict[str, Any], max_seq_len: int | None = None,
+           tools: list[dict[str, Any]] | None = None, train_on: str = "last") -> Encoded:
+    """Token ids of prompt + completion (a text or an assistant message, which may make tool calls)
+    with the prompt/completion boundary, truncated if asked. `tools` are rendered with the prompt;
+    train_on="all_assistant" also finds the spans of the prompt's assistant turns (`Encoded.earlier`)."""
+    if train_on not in TRAIN_ON:
+        raise ValueError(f"train_on must be one of {', '.join(TRAIN_ON)}, got {train_on!r}")
+    answer = {"role": "assistant", "content": completion} if isinstance(completion, str) else completion
+    enc = _render(tokenizer, prompt, answer, tools, train_on)
     return truncate(enc, max_seq_len, getattr(tokenizer, "bos_token_id", None))
 
 
-def encode_example(tokenizer, ex, max_seq_len: int | None = None) -> Encoded:
-    """`encode` for a `core.data.Example`."""
-    return encode(tokenizer, ex.prompt, ex.completion, max_seq_len)
+def encode_example(tokenizer, ex, max_seq_len: int | None = None, train_on: str = "last", partner=None) -> Encoded:
+    """`encode` for a `core.data.Example`, with its tools; `partner`'s completion replaces its own
+    (KTO's KL pair: this prompt, another example's answer)."""
+    return encode(tokenizer, ex.prompt, (partner or ex).answer, max_seq_len, ex.tools, train_on)
 
 
 def token_pieces(tokenizer, ids: list[int]) -> list[str]:

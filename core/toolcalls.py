@@ -13,7 +13,10 @@ Formats (one per dataset, detected from its desirable completions by `detect_for
   whose content looks like a call is used.
 
 A call object needs a string ``name`` and an ``arguments`` object (``{}`` for a tool without
-arguments). Only JSON is accepted: Python-style single quotes, unquoted keys and trailing commas
+arguments), or a JSON string holding one (OpenAI's form); an OpenAI / Hugging Face
+``{"type": "function", "function": {...}}`` object is read as its function. Native calls of a
+dataset (structured ``tool_calls``) reach this module as their ``mistral`` text (`calls_text`), and
+a generated ``[TOOL_CALLS]`` reply becomes structured calls again with `reply_message`. Only JSON is accepted: Python-style single quotes, unquoted keys and trailing commas
 are invalid JSON.
 
 Known tools come from a ``tools.json`` beside the dataset (a list of
@@ -109,9 +112,17 @@ def _loads(text: str) -> Any:
 
 
 def _call(obj: Any, fmt: str) -> ToolCall:
+    if isinstance(obj, dict) and isinstance(obj.get("function"), dict):
+        obj = obj["function"]  # the OpenAI / Hugging Face form: {"type": "function", "function": {...}}
     if not isinstance(obj, dict) or not isinstance(obj.get("name"), str) or not obj["name"]:
         raise _Fail("not_a_call", 'JSON is not a tool call (needs an object with a string "name")')
     args = obj.get("arguments")
+    if isinstance(args, str):  # arguments as a JSON string (OpenAI's form) holding an object
+        try:
+            parsed = json.loads(args)
+        except (json.JSONDecodeError, RecursionError):
+            parsed = None
+        args = parsed if isinstance(parsed, dict) else args
     if not isinstance(args, dict):
         what = "no" if "arguments" not in obj else f"a non-object ({type(args).__name__})"
         raise _Fail("no_arguments", f'call to {obj["name"]} has {what} "arguments" object')
@@ -233,21 +244,26 @@ def _type_ok(value: Any, expected: Any) -> bool:
     return False
 
 
-def _check_call(call: ToolCall, box: Toolbox | None) -> None:
-    if box is None:
-        return
-    spec = box.tools.get(call.name)
+def call_problems(name: str, arguments: Mapping[str, Any], tools: Mapping[str, ToolSpec]) -> list[tuple[str, str, str]]:
+    """Everything wrong with one call against the known tools, as (where, reason, code): where is
+    "name", "arguments" or "arguments.<arg>"."""
+    spec = tools.get(name)
     if spec is None:
-        raise _Fail("unknown_tool", f"unknown tool {call.name!r} (known: {', '.join(box.names) or 'none'})")
-    for arg in spec.required:
-        if arg not in call.arguments:
-            raise _Fail("missing_argument", f"call to {call.name} is missing required argument {arg!r}")
-    for arg, value in call.arguments.items():
+        return [("name", f"unknown tool {name!r} (known: {', '.join(sorted(tools)) or 'none'})", "unknown_tool")]
+    out = [("arguments", f"call to {name} is missing required argument {arg!r}", "missing_argument")
+           for arg in spec.required if arg not in arguments]
+    for arg, value in arguments.items():
         expected = spec.types.get(arg)
         if expected is not None and not _type_ok(value, expected):
             want = " or ".join(expected) if isinstance(expected, list) else expected
             got = _JSON_NAMES.get(type(value), type(value).__name__)
-            raise _Fail("wrong_type", f"argument {arg!r} of {call.name} should be {want}, got {got}")
+            out.append((f"arguments.{arg}", f"argument {arg!r} of {name} should be {want}, got {got}", "wrong_type"))
+    return out
+
+
+def _check_call(call: ToolCall, box: Toolbox | None) -> None:
+    if box is not None and (found := call_problems(call.name, call.arguments, box.tools)):
+        raise _Fail(found[0][2], found[0][1])
 
 
 def check_tool_call(text: str, tools: Toolbox | None = None, format: str | None = None) -> Validation:
@@ -291,18 +307,60 @@ def load_tools(path: str | Path) -> dict[str, ToolSpec]:
         raw = raw["tools"]
     if not isinstance(raw, list):
         raise ValueError(f"{path}: expected a JSON list of tool schemas")
-    out: dict[str, ToolSpec] = {}
     for i, item in enumerate(raw):
-        if isinstance(item, dict) and isinstance(item.get("function"), dict):
-            item = item["function"]
-        if not isinstance(item, dict) or not isinstance(item.get("name"), str):
+        fn = item["function"] if isinstance(item, dict) and isinstance(item.get("function"), dict) else item
+        if not isinstance(fn, dict) or not isinstance(fn.get("name"), str):
             raise ValueError(f"{path}: item {i} has no string \"name\"")
-        params = item.get("parameters") or {}
-        props = params.get("properties") or {}
-        required = params.get("required") or []
+    return specs(raw)
+
+
+def specs(schemas: Iterable[Mapping[str, Any]]) -> dict[str, ToolSpec]:
+    """ToolSpecs from JSON-schema function definitions (bare or in the OpenAI {"type", "function"} form)."""
+    out: dict[str, ToolSpec] = {}
+    for item in schemas:
+        fn = item["function"] if isinstance(item.get("function"), dict) else item
+        params = fn.get("parameters") if isinstance(fn.get("parameters"), dict) else {}
+        props = params.get("properties") if isinstance(params.get("properties"), dict) else {}
+        required = params.get("required") if isinstance(params.get("required"), list) else []
         types = {k: v.get("type") for k, v in props.items() if isinstance(v, dict) and v.get("type")}
-        out[item["name"]] = ToolSpec(item["name"], tuple(str(r) for r in required), types)
+        out[fn["name"]] = ToolSpec(fn["name"], tuple(str(r) for r in required), types)
     return out
+
+
+def reply_message(text: str) -> dict[str, Any]:
+    """A generated reply as the assistant message to keep in a chat history: a ``[TOOL_CALLS]`` reply
+    that parses becomes structured tool calls (so the next turn renders it natively), anything else text."""
+    calls = parse_tool_calls(text, "mistral") if text.lstrip().startswith(MISTRAL_PREFIX) else ()
+    if not calls:
+        return {"role": "assistant", "content": text}
+    ids = re.findall(r'"id":\s*"([A-Za-z0-9]{1,64})"', text)
+    out = [{"type": "function", "function": {"name": c.name, "arguments": c.arguments}} for c in calls]
+    for c, cid in zip(out, ids if len(ids) == len(out) else []):
+        c["id"] = cid
+    return {"role": "assistant", "content": "", "tool_calls": out}
+
+
+def describe_calls(text: str, tools: Mapping[str, ToolSpec] | None) -> list[str] | None:
+    """One line per call of a ``[TOOL_CALLS]`` reply — name, arguments, and whether the schema accepts it —
+    or None when the reply is not a native call."""
+    if not text.lstrip().startswith(MISTRAL_PREFIX):
+        return None
+    try:
+        calls = _parse_mistral(text)
+    except _Fail as e:
+        return [f"tool call, not readable: {e.reason}"]
+    lines = []
+    for c in calls:
+        found = call_problems(c.name, c.arguments, tools) if tools is not None else []
+        verdict = "valid" if tools is not None and not found else ("; ".join(r for _, r, _ in found) or "no schema")
+        lines.append(f"tool call {c.name}({json.dumps(c.arguments, ensure_ascii=False)}) — {verdict}")
+    return lines
+
+
+def calls_text(calls: Iterable[Mapping[str, Any]]) -> str:
+    """Structured (OpenAI-form) calls as text in the ``mistral`` format: ``[TOOL_CALLS] [{"name", "arguments"}]``."""
+    plain = [{"name": c["function"]["name"], "arguments": c["function"]["arguments"]} for c in calls]
+    return f"{MISTRAL_PREFIX} {json.dumps(plain, ensure_ascii=False)}"
 
 
 def infer_tools(completions: Iterable[str], format: str | None) -> dict[str, ToolSpec]:
@@ -315,9 +373,13 @@ def infer_tools(completions: Iterable[str], format: str | None) -> dict[str, Too
     return {name: ToolSpec(name, tuple(sorted(req))) for name, req in sorted(seen.items())}
 
 
-def toolbox(desirable_completions: list[str], dataset_path: str | Path | None = None) -> Toolbox:
-    """The dataset's format (detected) and tools (tools.json beside the dataset, else inferred)."""
+def toolbox(desirable_completions: list[str], dataset_path: str | Path | None = None,
+            schemas: list[dict[str, Any]] | None = None, schemas_source: str = "") -> Toolbox:
+    """The dataset's format (detected) and tools: `schemas` (the tools a native-format dataset
+    carries), else tools.json beside the dataset, else inferred from the completions."""
     fmt = detect_format(desirable_completions)
+    if schemas:
+        return Toolbox(specs(schemas), schemas_source or "the dataset's tools", fmt)
     if dataset_path is not None:
         path = Path(dataset_path).parent / TOOLS_FILE
         if path.is_file():

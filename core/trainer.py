@@ -22,7 +22,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
-from typing import Any
+from typing import Any, TextIO
 
 import mlx.core as mx
 import mlx.nn as nn
@@ -30,15 +30,20 @@ import mlx.optimizers as optim
 import numpy as np
 from mlx.utils import tree_flatten, tree_map, tree_unflatten
 
-from . import backend, collective, data, layerwise, memory, prefix_kl, runs
-from .batching import BatchPlan, Sequences, eval_batches, pack, tokenize
-from .config import Config, load as load_config
+from . import backend, checkpoints, collective, data, layerwise, memory, prefix_kl, runs
+from .batching import BatchPlan, Sequences, eval_batches, pack, rotation, tokenize
+from .config import Config
+from .config import load as load_config
 from .fsutil import atomic_dir, atomic_write_bytes
 from .losses import hidden_logps, kto_kl, kto_losses_masked, packed_logps, packed_sft_loss
 from .model import ADAPTER_CONFIG, ADAPTER_FILE, Loaded, ModelError, load_for_training, write_adapters
-from .reference import model_identity, reference_logps
+from .progress import redirect
+from .reference import Stopped as ReferenceStopped
+from .reference import model_files, model_identity, reference_pass
 
 Progress = Callable[[dict[str, Any]], None]
+HANGUP_MESSAGE = ("terminal closed (SIGHUP): training continues, its output goes to train.log; follow it with "
+                  "`tunedeck runs` or the app, stop it with `tunedeck stop RUN_DIR`")
 # metrics vector returned by the step: loss, trained tokens, Σ chosen rewards, #chosen, Σ rejected
 # rewards, #rejected, kl, Σ chosen logps, Σ rejected logps, grad norm
 N_METRICS = 10
@@ -101,12 +106,16 @@ class Trainer:
         self.rank, self.size = self.world.rank(), self.world.size()
         self.events: runs.EventWriter | None = None
         self.stop_signal: int | None = None
+        self.hung_up = False  # SIGHUP: the terminal is gone; training goes on (see _on_hangup)
+        self._hangup_pending = False  # its warning is written by the next emit, not inside the handler
+        self._terminal: list[TextIO] = []  # standard streams that were a terminal at the start
         self.step = 0
         self.share_kl_prefix = self.layerwise = False  # set by _setup_step once the model is loaded
 
     # --- lifecycle ---------------------------------------------------------------------------
 
     def emit(self, type: str, **fields: Any) -> None:
+        self._note_hangup()
         if self.events is not None:
             event = self.events.emit(type, self.step, **fields)
             if self.progress:
@@ -121,6 +130,24 @@ class Trainer:
         for sig in (signal.SIGINT, signal.SIGTERM):
             signal.signal(sig, signal.SIG_DFL)
 
+    def _note_hangup(self) -> None:
+        """The `warning` event for a SIGHUP that arrived since the last event."""
+        if self._hangup_pending:
+            self._hangup_pending = False
+            self.emit("warning", signal="SIGHUP", message=HANGUP_MESSAGE)
+
+    def _on_hangup(self, _signum: int, _frame: Any) -> None:
+        """SIGHUP (SSH link dropped, terminal closed): keep training. The progress display stops, and what the
+        process would write to the dead terminal goes to train.log; a `warning` event tells those following."""
+        if self.hung_up:
+            return
+        self.hung_up = True
+        self.progress = None
+        self._hangup_pending = True
+        with contextlib.suppress(OSError):
+            for stream in self._terminal:
+                redirect(stream, self.run_dir / "train.log")
+
     def run(self) -> int:
         """Train to completion, stop, or failure. Returns the process exit status."""
         lock = runs.RunLock(self.run_dir) if self.rank == 0 else None
@@ -128,13 +155,15 @@ class Trainer:
             if lock:
                 runs.check_writable(self.run_dir)
                 lock.acquire()
-                self.events = runs.EventWriter(self.run_dir)
+                self.events = runs.EventWriter(self.run_dir, check=lock.check)  # notices a removed/replaced lock
                 if lock.took_over_from:
                     self.emit("warning", message=f"took over the lock of a dead trainer (pid {lock.took_over_from})")
         except (runs.RunError, OSError) as e:
             print(f"tunedeck: error: {e}", file=sys.stderr, flush=True)
             return 1
+        self._terminal = [s for s in (sys.stdout, sys.stderr) if _is_terminal(s)]
         previous = {sig: signal.signal(sig, self._on_signal) for sig in (signal.SIGINT, signal.SIGTERM)}
+        previous[signal.SIGHUP] = signal.signal(signal.SIGHUP, self._on_hangup)
         try:
             return self._train()
         except (data.DataError, ModelError, InputError) as e:  # the user's data or model: the message says it all
@@ -176,9 +205,24 @@ class Trainer:
 
     # --- setup -------------------------------------------------------------------------------
 
+    def _warn_if_inputs_changed(self, inputs: dict[str, Any]) -> None:
+        """On resume: a warning if the dataset or the model's weight files differ from the run's first start."""
+        first = next((e for e in runs.read_events(self.run_dir) if e.get("type") == "start"), None)
+        if first is None:
+            return
+        if first.get("data_sha256") not in (None, inputs["data_sha256"]):
+            self.emit("warning", message=f"the dataset {self.cfg.data.path} changed since this run started (sha256 "
+                                         f"{str(first['data_sha256'])[:12]}… → {inputs['data_sha256'][:12]}…): the "
+                                         "split and the batches follow the new file, so this resume is not exact")
+        if first.get("model_files") not in (None, inputs["model_files"]):
+            self.emit("warning", message=f"the base model's weight files changed since this run started "
+                                         f"({self.cfg.model.path}): the checkpoints were trained on other weights")
+
     def _load_data(self) -> tuple[list[data.Example], list[data.Example]]:
         c = self.cfg
-        ds = data.load(c.data.path, None if c.data.format == "auto" else c.data.format, strict=c.data.strict)
+        ds = data.load(c.data.path, None if c.data.format == "auto" else c.data.format, strict=c.data.strict,
+                       tools=c.data.tools or None)
+        self.data_sha256 = ds.sha256
         if ds.skipped:
             self.emit("warning", message=f"{ds.skipped} bad line(s) in {c.data.path} set aside (data.strict = false)")
         train, valid = data.split(ds.examples, c.data.valid_fraction, c.train.seed)
@@ -209,8 +253,28 @@ class Trainer:
 
             grad_checkpoint(model.layers[0])
 
+    def _plan(self, seqs: Sequences) -> BatchPlan:
+        """The data order; with kto.kl_pairs = "batch" the same micro-batches every epoch (their KL pairs are
+        fixed, so the reference log-probs are computed once), in a new order each epoch."""
+        c, kto = self.cfg, self.cfg.train.method == "kto"
+        return BatchPlan(seqs.lengths, seqs.labels if kto else None, c.train.batch_size, c.train.seed,
+                         fixed=kto and c.kto.kl_pairs == "batch")
+
+    def _plan_pairing(self, seqs: Sequences) -> np.ndarray:
+        """kto.kl_pairs = "batch" for the training split: TRL's rotation inside each micro-batch of the plan."""
+        return rotation(self._plan(seqs).batches(), len(seqs), self.cfg.train.seed)
+
+    def _eval_pairing(self, seqs: Sequences) -> np.ndarray:
+        """The same for the validation split, inside the evaluation batches (`_evaluate`)."""
+        c = self.cfg
+        return rotation(eval_batches(seqs.lengths, c.train.batch_size, c.train.eval_batches), len(seqs),
+                        c.train.seed + 1)
+
     def _optimizer(self, total_steps: int) -> optim.Optimizer:
-        return optim.AdamW(learning_rate=schedule(self.cfg, total_steps), weight_decay=self.cfg.train.weight_decay)
+        """AdamW: bias-corrected as torch's (train.optimizer = "adamw"), or mlx-lm's uncorrected ("adamw_mlx")."""
+        t = self.cfg.train
+        return optim.AdamW(learning_rate=schedule(self.cfg, total_steps), weight_decay=t.weight_decay,
+                           bias_correction=t.optimizer == "adamw")
 
     def _total_steps(self, plan: BatchPlan) -> int:
         t = self.cfg.train
@@ -314,25 +378,27 @@ class Trainer:
         return partial(mx.compile, inputs=state, outputs=state)(step)
 
     def _batch(self, seqs: Sequences, idx: np.ndarray, ref: np.ndarray | None, ref_kl: np.ndarray | None,
-               shard: bool = True) -> Batch:
+               shard: bool = True, step_tokens: int = 0) -> Batch:
         """Arrays for one micro-batch: packed sequences, labels, reference log-probs, KL pairs (KTO).
 
-        With several workers (and `shard`), this worker's equal part of the global micro-batch, weighted
-        so that the workers' losses add up to the single-process loss: SFT's token mean and KTO's example
-        mean are over the whole global micro-batch (times the worker count, which average_gradients divides out).
+        With several workers (and `shard`), this worker's equal part of the global micro-batch. The weight
+        makes the losses add up to the single-process loss of the optimizer step (times the worker count and
+        the accumulation steps, which the step divides out): KTO's example mean over the global micro-batch;
+        SFT's token mean over all `step_tokens` completion tokens of the step's micro-batches, as transformers'
+        num_items_in_batch (not the mean of per-micro-batch means).
         """
         weight = 1.0
         if shard and self.size > 1:
             whole, idx = idx, idx[self.rank :: self.size]
             if self.cfg.train.method == "kto":
                 weight = self.size * len(idx) / len(whole)
-            else:
-                weight = self.size * _loss_tokens(seqs, idx) / max(_loss_tokens(seqs, whole), 1)
+        if step_tokens and self.cfg.train.method == "sft":
+            weight = self.size * self.cfg.train.grad_accumulation * _loss_tokens(seqs, idx) / step_tokens
         with_kl = ref_kl is not None and seqs.kl_ids is not None
         kl_ids = [seqs.kl_ids[i] for i in idx] if with_kl else []
         shared = with_kl and self.share_kl_prefix and bool(seqs.kl_shared[idx].all())
         seq = pack([seqs.ids[i] for i in idx], seqs.starts[idx],
-                   longest=0 if shared else max(map(len, kl_ids), default=0))
+                   longest=0 if shared else max(map(len, kl_ids), default=0), trained=seqs.trained_at(idx))
         zero = mx.array(0.0)
         kl_seq: tuple[mx.array, ...] = (zero, zero, zero, zero)
         if shared:  # five arrays: the KL pass reuses the prompts' keys/values (core.prefix_kl)
@@ -435,28 +501,95 @@ class Trainer:
         with self._writing("checkpoints/latest"):
             runs.mark_latest(self.run_dir, final)
         _ckpt_pause("latest")
-        self._publish_adapters(final, adapter_cfg)
+        self._publish_adapters(final)
         return final
 
-    def _publish_adapters(self, ckpt: Path, adapter_cfg: dict[str, Any]) -> None:
-        """Refresh runs/<id>/adapters/ (each file replaced atomically) from a verified checkpoint."""
+    def _publish_adapters(self, ckpt: Path, announce: Callable[[str], None] = _ckpt_pause) -> None:
+        """Refresh runs/<id>/adapters/ (each file replaced atomically) from a verified checkpoint's files."""
         dest = self.run_dir / "adapters"
         # the config first: a publish cut short leaves a config without weights (readers fall back to the
         # newest checkpoint), never weights without the config that mlx_lm.load needs
-        with self._writing(f"adapters/{ADAPTER_CONFIG}"):
-            dest.mkdir(exist_ok=True)
-            atomic_write_bytes(dest / ADAPTER_CONFIG, (json.dumps(adapter_cfg, indent=2) + "\n").encode())
-        _ckpt_pause(f"adapters/{ADAPTER_CONFIG}")
-        with self._writing(f"adapters/{ADAPTER_FILE}"):
-            atomic_write_bytes(dest / ADAPTER_FILE, (ckpt / ADAPTER_FILE).read_bytes())
-        _ckpt_pause(f"adapters/{ADAPTER_FILE}")
+        for name in (ADAPTER_CONFIG, ADAPTER_FILE):
+            with self._writing(f"adapters/{name}"):
+                dest.mkdir(exist_ok=True)
+                atomic_write_bytes(dest / name, (ckpt / name).read_bytes())
+            announce(f"adapters/{name}")
+
+    def _prune(self, ckpt: Path) -> dict[str, Any]:
+        """train.keep_checkpoints: once `ckpt` verifies on disk, delete the oldest beyond the newest N.
+        Returns the checkpoint event's extra field (the names deleted), if any."""
+        keep = self.cfg.train.keep_checkpoints
+        if not keep:
+            return {}
+        if why := checkpoints.resume_problem(ckpt):
+            self.emit("warning", message=f"checkpoints/{ckpt.name} does not verify after writing ({why}); "
+                                         "older checkpoints are kept")
+            return {}
+        try:
+            pruned = checkpoints.prune(self.run_dir, ckpt, keep)
+        except OSError as e:
+            self.emit("warning", message=f"cannot delete old checkpoints (train.keep_checkpoints = {keep}): {e}")
+            return {}
+        return {"pruned": pruned} if pruned else {}
+
+    def _resume_point(self) -> Path | None:
+        """The newest resumable checkpoint; damaged newer ones are moved aside (each named in a warning), so
+        that this run can write their steps again."""
+        with self._writing("checkpoints"):
+            ckpt, aside = checkpoints.resume_point(self.run_dir)
+        then = f"resuming from checkpoints/{ckpt.name}" if ckpt else "no verified checkpoint is left: training starts at step 0"
+        for a in aside:
+            self.emit("warning", message=f"checkpoints/{a.name} is damaged ({a.why}): moved aside to "
+                                         f"checkpoints/{a.moved_to}; {then}")
+        return ckpt
+
+    def _repair_adapters(self, ckpt: Path) -> None:
+        """Republish runs/<id>/adapters/ from the resume checkpoint where its files are missing or differ
+        (damaged, or left from an earlier checkpoint by a kill during the publish)."""
+        if stale := checkpoints.stale_adapters(self.run_dir, ckpt):
+            self.emit("warning", message=f"adapters/{' and adapters/'.join(stale)} did not match "
+                                         f"checkpoints/{ckpt.name} (damaged, or older): republished from it")
+            self._publish_adapters(ckpt, announce=lambda _: None)
+
+    @contextlib.contextmanager
+    def _reading(self, ckpt: Path, name: str) -> Iterator[None]:
+        """Turn a failed read of a checkpoint file into an InputError naming it."""
+        try:
+            yield
+        except (OSError, ValueError, RuntimeError, KeyError, checkpoints.CheckpointError) as e:
+            raise InputError(f"cannot resume from {ckpt / name}: {e}. It matches its manifest, so it was written "
+                             f"this way; move {ckpt.name} out of {ckpt.parent} to resume from an earlier "
+                             "checkpoint") from None
 
     def _restore(self, ckpt: Path, model: nn.Module, optimizer: optim.Optimizer) -> None:
-        model.load_weights(list(mx.load(str(ckpt / ADAPTER_FILE)).items()), strict=False)
+        """Adapter weights, optimizer state and step from a checkpoint that passed checkpoints.resume_problem."""
+        with self._reading(ckpt, ADAPTER_FILE):
+            model.load_weights(list(mx.load(str(ckpt / ADAPTER_FILE)).items()), strict=False)
+            mx.eval(model.parameters())
         optimizer.init(model.trainable_parameters())
-        optimizer.state = tree_unflatten(list(mx.load(str(ckpt / "optimizer.safetensors")).items()))
-        self.step = json.loads((ckpt / "state.json").read_text(encoding="utf-8"))["step"]
-        mx.eval(model.parameters(), optimizer.state)
+        with self._reading(ckpt, checkpoints.OPTIMIZER):
+            optimizer.state = tree_unflatten(list(mx.load(str(ckpt / checkpoints.OPTIMIZER)).items()))
+            mx.eval(optimizer.state)
+        with self._reading(ckpt, checkpoints.STATE):
+            self.step = checkpoints.read_step(ckpt)
+
+    # --- the KTO reference pass ---------------------------------------------------------------
+
+    def _report_reference(self, done: int, total: int, rate: float, eta: float) -> None:
+        """A `reference` event: sequences done of this process's total, their rate, the ETA, the memory."""
+        self.emit("reference", done=done, total=total, rate=round(rate, 2), eta_s=round(eta, 1),
+                  workers=self.size, **memory.readings())
+
+    def _reference_between(self) -> Callable[[], bool]:
+        """What the reference pass asks after each batch: stop now? (a signal arrived)."""
+        pause = float(fault("ref_sleep") or 0)  # test-only: slow the pass down to hit it with signals
+
+        def between() -> bool:
+            if pause:
+                time.sleep(pause)
+            return self.stop_signal is not None
+
+        return between
 
     # --- main loop ---------------------------------------------------------------------------
 
@@ -475,17 +608,24 @@ class Trainer:
         if self.resume and self.rank == 0:  # rank 0 alone reads the checkpoints; _sync_from_rank0 shares them
             for p in runs.clean_leftovers(self.run_dir):
                 self.emit("warning", message=f"removed a half-written leftover: {p.name}")
-            ckpt = runs.latest_checkpoint(self.run_dir)
+            ckpt = self._resume_point()
 
         train_ex, valid_ex = self._load_data()
         loaded: Loaded = load_for_training(c.model, c.lora, dtype, c.train.seed)
         model, tok = loaded.model, loaded.tokenizer
-        train = tokenize(tok, train_ex, c.data.max_seq_len, kto, c.train.seed)
-        valid = tokenize(tok, valid_ex, c.data.max_seq_len, kto, c.train.seed + 1)
+        inputs = {"data_sha256": self.data_sha256, "model_files": model_files(loaded.model_dir)}
+        if ckpt is not None:
+            self._warn_if_inputs_changed(inputs)
+        batch_pairs = kto and c.kto.kl_pairs == "batch"
+        sf = c.data.string_format
+        train = tokenize(tok, train_ex, c.data.max_seq_len, kto, c.train.seed, string_format=sf,
+                         pairing=self._plan_pairing if batch_pairs else None, train_on=c.data.train_on)
+        valid = tokenize(tok, valid_ex, c.data.max_seq_len, kto, c.train.seed + 1, string_format=sf,
+                         pairing=self._eval_pairing if batch_pairs else None, train_on=c.data.train_on)
         if train.truncated:
             self.emit("warning", message=f"{train.truncated} training example(s) exceed data.max_seq_len "
                                          f"({c.data.max_seq_len}); their prompts were cut from the left")
-        plan = BatchPlan(train.lengths, train.labels if kto else None, c.train.batch_size, c.train.seed)
+        plan = self._plan(train)
         total = self._total_steps(plan)
 
         ref = ref_valid = None
@@ -493,16 +633,23 @@ class Trainer:
         if kto:
             t0 = time.perf_counter()
             ident = model_identity(loaded.model_dir, dtype, c.model.quantize, c.model.adapter)
-            bs = c.train.batch_size * 2
-            r_logps, r_kl, hit = reference_logps(model, train, bs, self.run_dir, ident, "train", group=self.world)
-            v_logps, v_kl, _ = reference_logps(model, valid, bs, self.run_dir, ident, "valid", group=self.world)
-            ref, ref_valid = (r_logps, r_kl), (v_logps, v_kl)
+            try:
+                done, hit = reference_pass(
+                    model, {"train": train, "valid": valid}, c.train.batch_size * 2, self.run_dir, ident,
+                    group=self.world, report=self._report_reference, between=self._reference_between(),
+                    warn=lambda message: self.emit("warning", message=message))
+            except ReferenceStopped:  # nothing to checkpoint before step 1; a resume recomputes the pass
+                self.emit("stopped", signal=_signal_name(self.stop_signal or 0), phase="reference",
+                          checkpoint=str(ckpt.relative_to(self.run_dir)) if ckpt else None)
+                return 0
+            ref, ref_valid = done["train"], done["valid"]
             ref_info = {"reference_cached": hit, "reference_seconds": round(time.perf_counter() - t0, 2)}
 
         self._setup_step(model)
         optimizer = self._optimizer(total)
         if ckpt is not None:
             self._restore(ckpt, model, optimizer)
+            self._repair_adapters(ckpt)
         if self.size > 1:
             self._sync_from_rank0(model, optimizer, ckpt is not None)
         # KTO trains with dropout off, as TRL does (disable_dropout=True): the policy/reference log-ratio
@@ -521,6 +668,7 @@ class Trainer:
             valid_examples=len(valid), desirable=int(train.labels.sum()), undesirable=int((~train.labels).sum()),
             batches_per_epoch=plan.batches_per_epoch, backend=be.kind, dtype=dtype, note=be.note,
             model=c.model.path, workers=self.size, learning_rate=c.learning_rate, pid=os.getpid(), **ref_info,
+            **inputs,
         )
         if self.step == 0 and len(valid) and c.train.eval_every:
             self.emit("eval", **self._evaluate(model, valid, ref_valid))
@@ -540,12 +688,14 @@ class Trainer:
             grad = None
             acc = np.zeros(N_METRICS)
             tokens = seq_tokens = 0
+            step_tokens = 0 if kto else _step_tokens(train, plan, self.step, ga)
             for j in range(ga):
                 m = self.step * ga + j
                 mx.random.seed(c.train.seed * 1_000_003 + m)  # dropout noise is a function of the position: resume needs no RNG state
                 if self.size > 1:  # each worker its own dropout noise (masks differ from one process's: see README)
                     mx.random.seed((c.train.seed * 1_000_003 + m) * self.size + self.rank)
-                b = self._batch(train, plan.indices(m), ref[0] if ref else None, ref[1] if ref else None)
+                b = self._batch(train, plan.indices(m), ref[0] if ref else None, ref[1] if ref else None,
+                                step_tokens=step_tokens)
                 poison = mx.array(poison_at.get(self.step + 1, 1.0))
                 metrics, grad = step_fn(*b.arrays, poison, mx.array(b.weight), grad, j == ga - 1)
                 mx.eval(state, metrics, grad)
@@ -554,6 +704,7 @@ class Trainer:
                 seq_tokens += b.seq_tokens
             self.step += 1
             steps_done += 1
+            self._note_hangup()
             if step_sleep:
                 time.sleep(step_sleep)
             stop_sum = 0
@@ -595,7 +746,7 @@ class Trainer:
                     self.emit("eval", **self._evaluate(model, valid, ref_valid))
             if self.rank == 0 and (self.step % c.train.save_every == 0 or self.step == total or stopping):
                 last_ckpt = self._save_checkpoint(model, optimizer, loaded.adapter_config)
-                self.emit("checkpoint", path=str(last_ckpt.relative_to(self.run_dir)))
+                self.emit("checkpoint", path=str(last_ckpt.relative_to(self.run_dir)), **self._prune(last_ckpt))
             if stopping:
                 self.emit("stopped", signal=_signal_name(self.stop_signal or stop_sum),
                           checkpoint=str(last_ckpt.relative_to(self.run_dir)) if last_ckpt else None)
@@ -606,7 +757,8 @@ class Trainer:
 
 
 def prepare_run(cfg: Config, config_path: Path | None, runs_root: Path, run_dir: Path | None = None) -> Path:
-    """Create a run directory with the frozen config (data.path made absolute)."""
+    """Create a run directory with the frozen config (data.path made absolute). The directory is locked
+    before anything is written into it: a live trainer's, or one already holding a run, is refused unchanged."""
     from .config import save
 
     base = config_path.parent if config_path else Path.cwd()
@@ -623,11 +775,23 @@ def prepare_run(cfg: Config, config_path: Path | None, runs_root: Path, run_dir:
         run_dir = runs.new_run_dir(runs_root, cfg.train.method)
     else:
         run_dir.mkdir(parents=True, exist_ok=True)
-        if (run_dir / "events.jsonl").exists():
-            raise runs.RunError(f"{run_dir} already holds a run; use --resume to continue it")
     runs.check_writable(run_dir)
-    save(cfg, run_dir / "config.toml")
+    lock = runs.RunLock(run_dir)
+    lock.acquire()  # a concurrent `train --run-dir` on the same directory waits here, then finds our config
+    try:
+        if runs.holds_run(run_dir):
+            raise runs.RunError(f"{run_dir} already holds a run; use --resume to continue it")
+        save(cfg, run_dir / "config.toml")
+    finally:
+        lock.release()
     return run_dir
+
+
+def _is_terminal(stream: TextIO) -> bool:
+    try:
+        return stream.isatty()
+    except (OSError, ValueError):
+        return False
 
 
 def _signal_name(signum: int) -> str:
@@ -640,7 +804,14 @@ def _signal_name(signum: int) -> str:
 
 def _loss_tokens(seqs: Sequences, idx: np.ndarray) -> int:
     """Completion tokens the SFT loss averages over for these examples (batching.pack's mask)."""
+    if seqs.trained is not None:
+        return int(sum((seqs.trained[i] >= 1).sum() for i in idx))
     return int(sum(len(seqs.ids[i]) - max(int(seqs.starts[i]), 1) for i in idx))
+
+
+def _step_tokens(seqs: Sequences, plan: BatchPlan, step: int, ga: int) -> int:
+    """Completion tokens of all (global) micro-batches of optimizer step `step`: SFT's loss denominator."""
+    return max(1, sum(_loss_tokens(seqs, plan.indices(step * ga + j)) for j in range(ga)))
 
 
 def trainable_problem(cfg: Config, train: list[data.Example]) -> str | None:
@@ -671,7 +842,8 @@ def preflight(cfg: Config, base: Path | None = None) -> None:
     data_path = Path(cfg.data.path).expanduser()
     if not data_path.is_absolute():
         data_path = base / data_path
-    ds = data.load(data_path, None if cfg.data.format == "auto" else cfg.data.format, strict=cfg.data.strict)
+    ds = data.load(data_path, None if cfg.data.format == "auto" else cfg.data.format, strict=cfg.data.strict,
+                   tools=cfg.data.tools or None)
     train, _ = data.split(ds.examples, cfg.data.valid_fraction, cfg.train.seed)
     if cfg.train.method == "sft":
         train = [e for e in train if e.label]
@@ -685,3 +857,10 @@ def preflight(cfg: Config, base: Path | None = None) -> None:
     local = resolve_path(str(model_path) if model_path.exists() else cfg.model.path)
     if Path(local).is_dir():
         check_remote_code(Path(local), cfg.model.trust_remote_code)
+    else:
+        from .hub import HubError, check_available
+
+        try:
+            check_available(local)
+        except HubError as e:
+            raise ModelError(f"model.path: {e}") from None

@@ -7,14 +7,19 @@ Writes, next to this script:
   personal-notes assistant, in the KTO conversations format
   ``{"conversations": [...], "label": true|false}``, one per line.
 * ``tools.json`` -- the JSON schemas of the seven note tools.
+* with ``--native``: ``notes_tool_use_native.jsonl`` instead of the first file -- the same
+  examples in the ``{"messages": [...], "label": ...}`` form with native tool calls
+  (OpenAI-style ``tool_calls`` with ids, ``tool`` results naming their call).
 
 The output is fully deterministic (fixed seed, standard library only): running
 the script twice produces byte-identical files. It then validates the file and
 prints a summary (the numbers quoted in README.md).
 
-    python sample_data/generate.py
+    python sample_data/generate.py [--native]
 """
 
+import argparse
+import hashlib
 import json
 import random
 import sys
@@ -26,6 +31,7 @@ N_BAD = 250
 MAX_WORDS = 350
 HERE = Path(__file__).resolve().parent
 DATA_PATH = HERE / "notes_tool_use.jsonl"
+NATIVE_PATH = HERE / "notes_tool_use_native.jsonl"
 TOOLS_PATH = HERE / "tools.json"
 
 
@@ -1453,6 +1459,34 @@ def validate(lines, metas):
 # ---------------------------------------------------------------------------
 
 
+def call_id(line, turn):
+    """A deterministic 9-character alphanumeric tool-call id (the length Mistral's v3 format uses)."""
+    return hashlib.sha256(f"{line}:{turn}".encode()).hexdigest()[:9]
+
+
+def to_native(line_no, conv):
+    """The same conversation with native tool calls: each assistant turn that is a {name, arguments}
+    object becomes a structured OpenAI-form call (arguments as a JSON string, with an id), and the
+    tool result after it names the call. Text that is not such an object (a malformed call) stays text."""
+    out, last_id = [], None
+    for i, m in enumerate(conv):
+        try:
+            obj = json.loads(m["content"]) if m["role"] == "assistant" else None
+        except ValueError:
+            obj = None
+        if isinstance(obj, dict) and set(obj) == {"name", "arguments"} and isinstance(obj["arguments"], dict):
+            last_id = call_id(line_no, i)
+            fn = {"name": obj["name"], "arguments": dumps(obj["arguments"])}
+            out.append({"role": "assistant", "content": None,
+                        "tool_calls": [{"id": last_id, "type": "function", "function": fn}]})
+        elif m["role"] == "tool" and "tool_calls" in out[-1]:
+            name = out[-1]["tool_calls"][0]["function"]["name"]
+            out.append({"role": "tool", "tool_call_id": last_id, "name": name, "content": m["content"]})
+        else:
+            out.append(m)
+    return out
+
+
 def percentile(sorted_vals, p):
     k = (len(sorted_vals) - 1) * p / 100
     lo = int(k)
@@ -1460,7 +1494,11 @@ def percentile(sorted_vals, p):
     return round(sorted_vals[lo] + (sorted_vals[hi] - sorted_vals[lo]) * (k - lo))
 
 
-def main():
+def main(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--native", action="store_true",
+                    help=f"write {NATIVE_PATH.name}: the same examples with native (structured) tool calls")
+    args = ap.parse_args(argv)
     rng = random.Random(SEED)
     plan = [None] * (N_TOTAL - N_BAD) + [BAD_TYPES[i % len(BAD_TYPES)] for i in range(N_BAD)]
     rng.shuffle(plan)
@@ -1486,8 +1524,15 @@ def main():
         lines.append(line)
         metas.append(meta)
 
-    with open(DATA_PATH, "w", encoding="utf-8", newline="\n") as f:
-        f.write("\n".join(lines) + "\n")
+    if args.native:
+        native = [dumps({"messages": to_native(n, json.loads(line)["conversations"]), "label": json.loads(line)["label"]})
+                  for n, line in enumerate(lines, 1)]
+        with open(NATIVE_PATH, "w", encoding="utf-8", newline="\n") as f:
+            f.write("\n".join(native) + "\n")
+        print(f"wrote {len(native)} examples with native tool calls to {NATIVE_PATH.name}")
+    else:
+        with open(DATA_PATH, "w", encoding="utf-8", newline="\n") as f:
+            f.write("\n".join(lines) + "\n")
     with open(TOOLS_PATH, "w", encoding="utf-8", newline="\n") as f:
         f.write(json.dumps(TOOLS, ensure_ascii=False, indent=2) + "\n")
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import os
 import subprocess
 import sys
@@ -16,16 +17,45 @@ os.environ["XDG_CACHE_HOME"] = str(_HOME / "cache")
 os.environ["XDG_CONFIG_HOME"] = str(_HOME / "config")
 os.environ["HF_HUB_OFFLINE"] = "1"
 os.environ["TOKENIZERS_PARALLELISM"] = "false"
+# "demo" means the random-weight demo model (built in seconds) for the whole suite, subprocesses included:
+# many tests' tolerances and timings assume it. Tests of the pre-trained demo model ask for it explicitly
+# (demo.ensure(random=False), demo.build(..., steps=N)).
+os.environ["TUNEDECK_DEMO_RANDOM"] = "1"
 
 BIN = Path(sys.executable).parent / "tunedeck"
+
+# float32 arithmetic, for tolerances (machine epsilon: one ulp of 1.0)
+F32_EPS = 2.0**-23
+# Mean completion length (tokens) of the first 64 sample examples with the demo tokenizer (measured: 36.8),
+# and the demo vocabulary: an untrained model's log-probs are about -log(V) per token.
+DEMO_COMPLETION_TOKENS = 37
+DEMO_VOCAB = 2000
+
+
+def logp_sum_atol(tokens: int = DEMO_COMPLETION_TOKENS, vocab: int = DEMO_VOCAB) -> float:
+    """How far two float32 evaluations of one sequence log-prob sum may differ (absolute).
+
+    The sum has T terms of size about log V, so |S| ≈ T·log V; when the two evaluations order their
+    reductions differently, rounding errors of about one ulp of the running sum accumulate like a random walk
+    over the T additions: ≈ √T·ε·|S|. (Demo: √37 · 1.19e-7 · 37 · 7.6 ≈ 2.0e-4.)"""
+    return math.sqrt(tokens) * F32_EPS * tokens * math.log(vocab)
+
+
+def kl_atol() -> float:
+    """Absolute tolerance for KTO's KL estimate z = max(0, mean(Σlog π − Σlog π_ref)) computed two ways:
+    two sums per pair (policy and reference), the mean does not add error beyond them, and the clamp is
+    1-Lipschitz, so it bounds clamped estimates too (where the true value is 0, one path may return an exact
+    0 and the other a few ulps of rounding)."""
+    return 2 * logp_sum_atol()
 
 
 @pytest.fixture(scope="session")
 def demo_model() -> Path:
-    """The tiny demo model, built once for the session into the isolated cache."""
+    """The tiny demo model with random weights (TUNEDECK_DEMO_RANDOM=1), built once for the session into
+    the isolated cache."""
     from tunedeck.core import demo
 
-    return demo.ensure()
+    return demo.ensure(random=True)
 
 
 @pytest.fixture(scope="session")

@@ -57,16 +57,28 @@ def test_missing_config_is_a_clean_error(tmp_path: Path) -> None:
 
 def test_core_never_imports_textual_or_rich() -> None:
     code = (
-        "import sys, tunedeck.core, tunedeck.core.cli, tunedeck.core.config, tunedeck.core.backend, "
-        "tunedeck.core.demo, tunedeck.core.data, tunedeck.core.template\n"
-        "import pkgutil, importlib\n"
+        "import sys, pkgutil, importlib, tunedeck.core\n"
         "for m in pkgutil.iter_modules(tunedeck.core.__path__):\n"
         "    importlib.import_module('tunedeck.core.' + m.name)\n"
-        "bad = [m for m in sys.modules if m.split('.')[0] in ('textual', 'rich')]\n"
+        "bad = [m for m in sys.modules if m.split('.')[0] in ('textual', 'rich') or m.startswith('tunedeck.tui')]\n"
         "print(bad); sys.exit(1 if bad else 0)"
     )
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd="/")
     assert r.returncode == 0, r.stdout + r.stderr
+
+
+def test_headless_commands_load_no_textual(sample_data: Path) -> None:
+    """The console script's dispatcher lives in tui/, but a headless command never imports Textual or Rich."""
+    code = (
+        "import sys, os\n"
+        "os.environ['TUNEDECK_REEXECED'] = '1'\n"
+        "from tunedeck.tui import cli\n"
+        f"code = cli.main(['data', 'check', {str(sample_data)!r}, '--json'])\n"
+        "bad = [m for m in sys.modules if m.split('.')[0] in ('textual', 'rich')]\n"
+        "print(bad, file=sys.stderr); sys.exit(1 if bad or code else 0)"
+    )
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd="/")
+    assert r.returncode == 0, r.stdout[-2000:] + r.stderr
 
 
 def test_no_bare_top_level_packages_in_the_wheel(tmp_path: Path) -> None:
@@ -81,5 +93,5 @@ def test_no_bare_top_level_packages_in_the_wheel(tmp_path: Path) -> None:
     names = zipfile.ZipFile(wheel).namelist()
     tops = {n.split("/")[0] for n in names}
     assert {t for t in tops if not t.endswith(".dist-info")} == {"tunedeck"}
-    for sub in ("core/cli.py", "tui/app.py", "themes/__init__.py", "sample_data/notes_tool_use.jsonl"):
+    for sub in ("tui/cli.py", "core/worker.py", "tui/app.py", "themes/__init__.py", "sample_data/notes_tool_use.jsonl"):
         assert f"tunedeck/{sub}" in names

@@ -6,7 +6,6 @@ import json
 import os
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -287,11 +286,16 @@ def test_trl_prompt_and_completion_problems_are_all_listed(tmp_path):
                          (2, "prompt", "empty"), (2, "completion", "type")]
 
 
-def test_structured_tool_calls_get_a_clear_message(tmp_path):
-    rec = {"messages": [{"role": "user", "content": "x"},
+def test_structured_tool_calls_are_read_and_broken_ones_named(tmp_path):
+    call = {"type": "function", "function": {"name": "read_note", "arguments": {"path": "a.md"}}}
+    ok = [{"messages": [{"role": "user", "content": "x"}, {"role": "assistant", "content": c, "tool_calls": [call]}]}
+          for c in (None, "")]
+    bad = {"messages": [{"role": "user", "content": "x"},
                         {"role": "assistant", "content": None, "tool_calls": [{"id": "1"}]}]}
-    ds = load(write_jsonl(tmp_path / "d.jsonl", [rec]), strict=False)
-    assert where(ds) == [(1, "messages[1].content", "tool_calls")]
+    ds = load(write_jsonl(tmp_path / "d.jsonl", [*ok, bad]), strict=False)
+    assert [e.final["tool_calls"][0]["function"]["name"] for e in ds.examples] == ["read_note"]  # "" = null
+    assert where(ds) == [(2, "", "duplicate"), (3, "messages[1].tool_calls[0].name", "missing"),
+                         (3, "messages[1].tool_calls[0].arguments", "missing")]
 
 
 def test_problem_str():

@@ -9,7 +9,9 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import run_cli
-from tunedeck.core import data, evaluate as ev, toolcalls as tc
+from tunedeck.core import data
+from tunedeck.core import evaluate as ev
+from tunedeck.core import toolcalls as tc
 
 SAMPLE = Path(__file__).resolve().parents[1] / "sample_data"
 TRAIN_SET = ["train.iters=4", "train.eval_every=4", "train.save_every=4", "train.warmup_steps=0",

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 from mlx.utils import tree_flatten, tree_map
 
-from tests.conftest import small_config
+from tests.conftest import F32_EPS, kl_atol, small_config
 from tunedeck.core import data, demo, prefix_kl, runs
 from tunedeck.core.batching import pack, tokenize
 from tunedeck.core.losses import packed_logps
@@ -110,10 +110,16 @@ def test_training_with_and_without_sharing_agree(tmp_path: Path, monkeypatch, ch
     shared, separate_ = results
     assert len(shared) == len(separate_) == 6  # eval at 0, 4 steps, eval at 4
     assert 0 < len(packs) < 6  # of 4 training and 2 evaluation batches, some shared and some not
+    # Absolute tolerances from the float32 error of the log-prob sums (tests/conftest.py): KL from two sums
+    # per pair; rewards are β·(Σlog π − Σlog π_ref) (β = 0.1 here), so β times the same; the losses are
+    # 1 − σ(β(r − z))-shaped, whose slope is at most β/4 in r and z.
+    beta = 0.1
+    atol = {"kl": kl_atol(), "rewards_chosen": beta * kl_atol(), "rewards_rejected": beta * kl_atol(),
+            "loss": beta / 4 * 2 * kl_atol(), "val_loss": beta / 4 * 2 * kl_atol()}
     for a, b in zip(shared, separate_):
-        for key in ("loss", "kl", "rewards_chosen", "rewards_rejected", "val_loss"):
+        for key in atol:
             if key in a:
-                assert a[key] == pytest.approx(b[key], rel=1e-4, abs=1e-6), key
+                assert a[key] == pytest.approx(b[key], rel=1e-4, abs=atol[key]), key
     assert any(e.get("kl", 0) > 0 for e in shared)  # the KL baseline is live, not clamped to 0 throughout
 
 
@@ -140,5 +146,11 @@ def test_last_layer_at_the_trained_positions_only(lora_model) -> None:
 
     _, g_want = nn.value_and_grad(model, whole)(model)
     _, g_got = nn.value_and_grad(model, partial_)(model)
+    # Each LoRA gradient element sums contributions from every input position (n of them) and the two
+    # paths add them in different orders, so an element's error scales with the tensor's magnitude, not its
+    # own (elements that nearly cancel have large relative error): atol = √n·ε·max|g|; rtol covers the rest.
+    n = tokens[:, :-1].size
     for (name, a), (_, b) in zip(tree_flatten(g_got), tree_flatten(g_want)):
-        np.testing.assert_allclose(np.array(a), np.array(b), rtol=1e-3, atol=1e-5, err_msg=name)
+        b = np.array(b)
+        atol = np.sqrt(n) * F32_EPS * np.abs(b).max()
+        np.testing.assert_allclose(np.array(a), b, rtol=1e-4, atol=atol, err_msg=name)

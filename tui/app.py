@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import inspect
+import os
+import sys
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 from textual import work
 from textual.app import App
@@ -14,7 +16,8 @@ from textual.reactive import var
 
 from tunedeck.core import config as C
 from tunedeck.core.demo import sample_dataset
-from tunedeck.core.settings import load_settings, save_settings
+from tunedeck.core.model import ModelError, check_template
+from tunedeck.core.settings import read_settings, save_settings
 from tunedeck.themes import DEFAULT_THEME, STYLESHEET, THEMES
 
 from .commands import TunedeckCommands
@@ -41,14 +44,19 @@ def _stylesheets(*screens: type) -> list[Path]:
 
 
 def initial_state(workspace: Path, data: str | None, config: str | None, model: str | None) -> AppState:
-    """Resolve what to open: explicit options, else workspace/tunedeck.toml, else the bundled demo."""
+    """Resolve what to open: explicit options, else the live run's frozen config (re-opened over a detached
+    run: its dataset and model, not the workspace's), else workspace/tunedeck.toml, else the bundled demo."""
     workspace = workspace.resolve()
     config_path = Path(config).resolve() if config else workspace / CONFIG_NAME
-    if config_path.is_file():
+    live = find_running(workspace / "runs")
+    adopted = live if live is not None and not (config or data or model) else None
+    source = adopted / "config.toml" if adopted else config_path
+    if source.is_file():
         try:
-            cfg, _ = C.load(config_path)
+            cfg, _ = C.load(source)
         except C.ConfigError:
             cfg = C.preset("demo", str(sample_dataset()))  # the Config screen shows the file's errors
+            adopted = None
     else:
         cfg = C.preset("demo", str(sample_dataset()))
     if data:
@@ -58,7 +66,7 @@ def initial_state(workspace: Path, data: str | None, config: str | None, model: 
     data_path = Path(cfg.data.path)
     if not data_path.is_absolute():
         data_path = (config_path.parent / data_path).resolve()
-    return AppState(workspace, config_path, cfg, data_path, cfg.model.path)
+    return AppState(workspace, config_path, cfg, data_path, cfg.model.path, active_run=live, adopted_run=adopted)
 
 
 def load_tokenizer(model: str, progress: Callable[[str], None]) -> Any:
@@ -81,7 +89,10 @@ def load_tokenizer(model: str, progress: Callable[[str], None]) -> Any:
             progress(f"fetching the tokenizer of {resolved}")
             path = Path(snapshot_download(resolved, allow_patterns=["*.json", "tokenizer*", "*.model", "*.tiktoken"]))
     progress("loading the tokenizer")
-    return mlx_load_tokenizer(path)
+    tokenizer = mlx_load_tokenizer(path)
+    progress("checking the chat template")
+    check_template(tokenizer)  # a template that loops or explodes is refused here, naming its file
+    return tokenizer
 
 
 class TunedeckApp(App[int]):
@@ -117,10 +128,14 @@ class TunedeckApp(App[int]):
         self.state = state
         for theme in THEMES:
             self.register_theme(theme)
-        saved = load_settings().get("theme")
+        settings, self.settings_problem = read_settings()
+        saved = settings.get("theme")
         self.theme = saved if isinstance(saved, str) and saved in self.available_themes else DEFAULT_THEME
 
     def on_mount(self) -> None:
+        if self.settings_problem:
+            self.notify(display(f"{self.settings_problem}; using the default settings"), severity="warning",
+                        markup=False, timeout=30)
         self.theme_changed_signal.subscribe(self, self._remember_theme)
         self.mode_change_signal.subscribe(self, lambda _mode: self.refresh_header())
         self.refresh_header()
@@ -135,6 +150,8 @@ class TunedeckApp(App[int]):
         """Name the screen, dataset, model and active run in the header."""
         s = self.state
         run = s.active_run.name if s.active_run else "none"
+        if s.adopted_run is not None and s.adopted_run == s.active_run:
+            run += " (its config and data)"
         self.title = f"tunedeck · {self.current_mode.title()}"
         self.sub_title = display(f"{s.data_path.name} · model {s.model} · run {run}")
 
@@ -142,6 +159,7 @@ class TunedeckApp(App[int]):
         """A valid config in the form becomes the one every screen uses."""
         s = self.state
         s.config = message.config
+        s.adopted_run = None
         s.data_path = s.resolve_data_path(message.config.data.path)
         s.model = message.config.model.path
         self.forget_tokenizer()
@@ -197,6 +215,8 @@ class TunedeckApp(App[int]):
 
         try:
             tokenizer = load_tokenizer(model, progress)
+        except ModelError as e:  # the message names the file and what is wrong
+            self.call_from_thread(self._set_status, ModelStatus("failed", str(e), model))
         except Exception as e:  # a broken model dir, no network for a hub id, ...: shown, never fatal
             self.call_from_thread(self._set_status, ModelStatus("failed", f"{type(e).__name__}: {e}", model))
         else:
@@ -207,8 +227,16 @@ class TunedeckApp(App[int]):
             self.model_status = status
 
 
-def run_app(workspace: Path, data: str | None = None, config: str | None = None, model: str | None = None) -> int:
-    """Run the app; the exit status is 0 after ctrl+q and 1 after a crash."""
+def run_app(workspace: Path, data: str | None = None, config: str | None = None, model: str | None = None) -> NoReturn:
+    """Run the app, then exit the process: status 0 after ctrl+q and 1 after a crash.
+
+    Finalising the interpreter while native threads (the tokenizers' pool, MLX) are still winding down aborts
+    the process ("terminate called without an active exception", exit 134) when the user quits right after
+    opening the token view. By now `asyncio.run` inside `App.run` has joined the worker threads (its default
+    executor is shut down, waiting for running work), the terminal is restored, and every file the app
+    writes was written atomically, so nothing is left for finalisation to do."""
     app = TunedeckApp(initial_state(workspace, data, config, model))
     app.run()
-    return app.return_code or 0
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(app.return_code or 0)

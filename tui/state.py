@@ -20,6 +20,7 @@ class AppState:
     data_path: Path  # dataset the Data screen browses (= config.data.path resolved)
     model: str  # base model: directory, HF id or "demo"
     active_run: Path | None = None  # run the Train screen is attached to
+    adopted_run: Path | None = None  # the live run whose frozen config (data, model) the app opened with
     current_example: Example | None = None  # example selected in the Data screen (chat's ctrl+e)
     dirty: set[str] = field(default_factory=set)  # screens with unsaved edits ("data", "config")
     dataset: Dataset | None = None  # the dataset as last loaded from disk by the Data screen

@@ -10,6 +10,7 @@ import contextlib
 import io
 import os
 import signal
+import subprocess
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -56,7 +57,7 @@ class Result:
 
 def cli(*args: str) -> Result:
     """`tunedeck ARGS` in this process (fast: no interpreter or MLX start-up), stdout/stderr captured."""
-    from tunedeck.core import cli as cli_mod
+    from tunedeck.tui import cli as cli_mod
 
     out, err = io.StringIO(), io.StringIO()
     old = os.environ.get("TUNEDECK_REEXECED")
@@ -153,3 +154,41 @@ def spawn(run_dir: Path, resume: bool = False, env: dict[str, str] | None = None
     (proc,) = captured
     assert proc.pid == pid
     return proc
+
+
+@contextlib.contextmanager
+def full_disk(root: Path, size: str = "4M"):
+    """A real tmpfs of `size` mounted at `root` (as root; the test is skipped where mounting is not allowed),
+    unmounted afterwards. `fill()` on the yielded object uses up the space that is left."""
+    import pytest
+
+    root.mkdir(parents=True, exist_ok=True)
+    r = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(root)], capture_output=True,
+                       text=True)
+    if r.returncode != 0:
+        pytest.skip(f"cannot mount a small tmpfs here (needs root): {r.stderr.strip() or r.returncode}")
+    try:
+        yield _Filler(root)
+    finally:
+        subprocess.run(["umount", "-l", str(root)], capture_output=True)
+
+
+class _Filler:
+    def __init__(self, root: Path) -> None:
+        self.root = root
+
+    def fill(self) -> None:
+        """Write a filler file until the file system is full (ENOSPC)."""
+        import errno
+
+        with open(self.root / ".filler", "ab", buffering=0) as f:
+            chunk = b"\0" * 65536
+            while True:
+                try:
+                    f.write(chunk)
+                except OSError as e:
+                    if e.errno != errno.ENOSPC:
+                        raise
+                    if len(chunk) == 1:
+                        return
+                    chunk = chunk[: len(chunk) // 2]

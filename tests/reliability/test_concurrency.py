@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import run_cli
-from tests.reliability.conftest import ENV, make_run, spawn, tmp_leftovers, wait_event, wait_for
+from tests.reliability.conftest import make_run, spawn, tmp_leftovers, wait_event, wait_for
 from tunedeck.core import runs
 from tunedeck.core.trainer import Trainer
 

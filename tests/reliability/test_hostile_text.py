@@ -115,6 +115,65 @@ def test_training_on_hostile_text_keeps_events_strict_json(tmp_path: Path) -> No
     assert r.code == 0 and "failed" in r.out and no_control_chars(r.out)
 
 
-def test_hostile_string_count() -> None:
-    print(f"\nhostile strings: {len(HOSTILE)} x {3 + len(_bad_lines('x'))} placements")
-    assert len(HOSTILE) >= 10
+TERMINAL_ATTACKS = {
+    "osc52-clipboard": "\x1b]52;c;cm0gLXJmIH4=\x07",
+    "osc0-title": "\x1b]0;pwned\x07",
+    "csi-clear": "\x1b[2J\x1b[H",
+    "rlo": "txt.\u202eexe",
+}
+
+
+@pytest.mark.parametrize("name", list(TERMINAL_ATTACKS))
+def test_every_cli_print_path_shows_hostile_text_literally(tmp_path: Path, demo_model: Path, name: str) -> None:
+    """Untrusted text reaches the CLI's output from a model's config.json, run-directory names, event fields,
+    config keys and section names, and file names: each is shown escaped, never sent to the terminal."""
+    import shutil
+
+    h = TERMINAL_ATTACKS[name]
+    outputs = []
+
+    model = tmp_path / "model"
+    shutil.copytree(demo_model, model)
+    cfg_json = json.loads((model / "config.json").read_text())
+    cfg_json["model_type"] = f"llama{h}"
+    (model / "config.json").write_text(json.dumps(cfg_json))
+    run_dir = make_run(tmp_path / "m", "sft", iters=1)
+    cfg, _ = C.load(run_dir / "config.toml")
+    cfg.model.path = str(model)
+    config = tmp_path / "m" / "hostile-model.toml"
+    C.save(cfg, config)
+    r = cli("train", config, "--quiet")
+    assert r.code == 1
+    outputs.append(r.err)
+
+    runs_root = tmp_path / "r" / "runs"
+    hostile_run = runs_root / f"20260101-000000-{h}"
+    hostile_run.mkdir(parents=True)
+    (hostile_run / "config.toml").write_text(C.preset("demo", "d.jsonl").to_toml(), encoding="utf-8")
+    events = [{"type": "start", "step": 0, "time": 1.0, "method": f"sft{h}", "total_steps": 3},
+              {"type": "error", "step": 0, "time": 2.0, "message": f"boom {h}"}]
+    (hostile_run / "events.jsonl").write_text("".join(json.dumps(e) + "\n" for e in events), encoding="utf-8")
+    r = cli("runs", runs_root)
+    assert r.code == 0 and "failed" in r.out
+    outputs.append(r.out + r.err)
+
+    toml = tmp_path / "keys.toml"
+    escaped = json.dumps(h)  # a TOML basic string takes JSON's escapes
+    toml.write_text(f"[train]\n{escaped} = 1\n[{escaped}]\nx = 2\n", encoding="utf-8")
+    r = cli("config", "check", toml)
+    assert r.code == 1
+    outputs.append(r.err)
+
+    data = tmp_path / f"data{h}.jsonl"
+    data.write_text('{"conversations": 3}\n', encoding="utf-8")
+    r = cli("data", "check", data)
+    assert r.code == 1
+    outputs.append(r.out + r.err)
+    r = cli("data", "check", tmp_path / f"missing{h}.jsonl")
+    assert r.code == 1
+    outputs.append(r.err)
+
+    for out in outputs:
+        assert out.strip() and "Traceback" not in out
+        assert no_control_chars(out), (name, out[:500])
+    assert any("\\x1b" in out or "\\u202e" in out for out in outputs)  # shown, not dropped

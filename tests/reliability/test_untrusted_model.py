@@ -76,7 +76,9 @@ def _fake_run(tmp_path: Path, model_dir: Path) -> Path:
     (run / "adapters" / "adapter_config.json").write_text(json.dumps(
         {"fine_tune_type": "lora", "num_layers": 1, "base_model": str(model_dir),
          "lora_parameters": {"rank": 1, "scale": 1.0, "dropout": 0.0, "keys": ["self_attn.q_proj"]}}))
-    (run / "adapters" / "adapters.safetensors").write_bytes(b"")
+    import mlx.core as mx  # a well-formed adapter file: only the base model's custom code is wrong here
+
+    mx.save_safetensors(str(run / "adapters" / "adapters.safetensors"), {"unused": mx.zeros((1,))})
     return run
 
 
@@ -122,3 +124,98 @@ def test_tokenizer_only_loaders_do_not_run_tokenizer_code(evil_model) -> None:
     tok = load_tokenizer(str(model_dir), lambda _msg: None)
     assert tok.encode("hello")
     assert not marker.exists()
+
+
+# ---------------------------------------------------------------- chat templates that hang or explode
+
+LOOP = "{% for i in range(100000) %}{% for j in range(100000) %}{% endfor %}{% endfor %}"
+HUGE = "{{ 'A' * 50000000000 }}"
+
+
+def _with_template(tmp_path: Path, demo_model: Path, chat_template: str) -> Path:
+    """A copy of the demo model whose tokenizer_config.json carries `chat_template` (and no chat_template.jinja)."""
+    d = tmp_path / "hostile-template"
+    shutil.copytree(demo_model, d, symlinks=True)
+    (d / "chat_template.jinja").unlink(missing_ok=True)
+    tcfg = json.loads((d / "tokenizer_config.json").read_text())
+    tcfg["chat_template"] = chat_template
+    (d / "tokenizer_config.json").write_text(json.dumps(tcfg))
+    return d
+
+
+@pytest.mark.parametrize("chat_template", [
+    HUGE, "{{ 9 ** 99999999 }}", "{{ 'x'|center(5000000000) }}", "{{ '{:>999999999}'.format(1) }}",
+    "{% set s = 'a' * 1000000 %}{{ s|replace('', s) }}", "{% set s = 'a' * 1000000 %}{{ ([s] * 100000)|join }}",
+    "{% set s = 'a' * 1000000 %}{% set l = [s,s,s,s,s,s,s,s,s,s] %}{% set l = [l,l,l,l,l,l,l,l,l,l] %}{{ l }}",
+    "{% set ns = namespace(s='ab') %}{% for i in range(60) %}{% set ns.s = ns.s ~ ns.s %}{% endfor %}",
+])
+def test_template_size_limit(tmp_path: Path, demo_model: Path, chat_template: str) -> None:
+    from mlx_lm.utils import load_tokenizer
+
+    from tunedeck.core import template as T
+
+    tok = load_tokenizer(_with_template(tmp_path, demo_model, chat_template))
+    with pytest.raises(T.TemplateLimitError) as exc:
+        T.encode(tok, [{"role": "user", "content": "hi"}], "ok")
+    assert str(exc.value).startswith(str(tmp_path / "hostile-template" / "tokenizer_config.json") + ": chat_template")
+    assert f"more than {T.RENDER_CHARS:,} characters" in str(exc.value)
+
+
+@pytest.mark.slow
+def test_looping_template_is_stopped_in_time(tmp_path: Path, demo_model: Path) -> None:
+    """The nested loop would run 10^10 iterations; each command stops at the time limit with the file named."""
+    from tests.conftest import run_cli
+    from tunedeck.core.template import RENDER_SECONDS
+
+    model_dir = _with_template(tmp_path, demo_model, LOOP)
+    config = tiny_config(tmp_path / "ws", "sft")
+    calls = {
+        "train": ("train", config, "--set", f"model.path={model_dir}"),
+        "chat": ("chat", model_dir, "--prompt", "hi", "--max-tokens", "2"),
+        "data check --model": ("data", "check", tmp_path / "ws" / "data.jsonl", "--model", model_dir),
+    }
+    for name, args in calls.items():
+        r = run_cli(*map(str, args), timeout=120 + 3 * RENDER_SECONDS)
+        assert r.returncode == 1, (name, r.stdout, r.stderr)
+        assert str(model_dir / "tokenizer_config.json") in r.stderr, (name, r.stderr)
+        assert f"ran longer than {RENDER_SECONDS:g} s" in r.stderr and "Traceback" not in r.stderr, (name, r.stderr)
+
+
+@pytest.mark.parametrize("name", ["demo", "mistral-v3"])
+def test_bounded_rendering_equals_transformers(name: str, demo_model: Path, tmp_path: Path, sample_data: Path) -> None:
+    """The bounded renderer gives apply_chat_template's ids for every sample example, both tokenizers."""
+    from mlx_lm.utils import load_tokenizer
+
+    from tunedeck.core import template as T
+    from tunedeck.core.data import load
+
+    if name == "mistral-v3":
+        pytest.importorskip("mistral_common")
+        tok = load_tokenizer(T.write_mistral_v3_tokenizer(tmp_path / "tok"))
+    else:
+        tok = load_tokenizer(demo_model)
+    for ex in load(sample_data).examples:
+        for messages, gen in ((ex.prompt, True), (ex.messages, False)):
+            want = T._ids(tok.apply_chat_template(messages, tokenize=True, add_generation_prompt=gen))
+            assert T._apply(tok, messages, gen) == want, ex.line
+
+
+@pytest.mark.slow
+async def test_the_token_view_reports_a_looping_template(tmp_path: Path, demo_model: Path, monkeypatch) -> None:
+    """The app's tokenizer check stops the template at the limit and the token view says why; the app lives on."""
+    from tests.tui.conftest import make_app, make_workspace, wait_for
+    from tunedeck.core import template
+
+    monkeypatch.setattr(template, "RENDER_SECONDS", 2.0)  # the same limit, reached sooner
+    monkeypatch.setenv("XDG_CONFIG_HOME", str(tmp_path / "xdg-config"))
+    model_dir = _with_template(tmp_path, demo_model, LOOP)
+    app = make_app(make_workspace(tmp_path / "ws"))
+    app.state.model = str(model_dir)
+    app.state.config.model.path = str(model_dir)
+    async with app.run_test(size=(120, 40)) as pilot:
+        await wait_for(pilot, lambda: app.screen.query("#examples"), what="the Data screen")
+        await pilot.press("t")
+        await wait_for(pilot, lambda: app.model_status.state == "failed", 60, "the template check to fail")
+        assert "tokenizer_config.json" in app.model_status.message and "longer than" in app.model_status.message
+        await wait_for(pilot, lambda: "tokenizer_config.json" in str(app.screen.query_one("#token-summary").render()),
+                       30, "the token view to name the template's file")

@@ -2,78 +2,19 @@
 
 from __future__ import annotations
 
-import io
-import time
-from collections.abc import Callable
 from pathlib import Path
 
 import pytest
-from rich.console import Console
 from textual.binding import Binding
 from textual.widgets import Input
-from textual.worker import WorkerCancelled
 
-from tunedeck.core import config as C
+from tests.tui.conftest import make_app, make_workspace, screen_text, settle, wait_for
 from tunedeck.core.demo import sample_dataset
 from tunedeck.core.settings import load_settings, settings_path
 from tunedeck.tui.app import TunedeckApp, initial_state
-from tunedeck.tui.screens.config import ConfigScreen
-from tunedeck.tui.screens.data import DataScreen
-from tunedeck.tui.screens.dialogs import PathScreen, QuitScreen
+from tunedeck.tui.screens.dialogs import QuitScreen
 from tunedeck.tui.screens.help import HelpScreen
-from tunedeck.tui.state import CONFIG_NAME, ModelStatus
-
-
-def make_workspace(root: Path, n: int = 40, lines: list[str] | None = None, **data: object) -> Path:
-    """A workspace with `n` sample examples (or `lines`) in data.jsonl and a demo tunedeck.toml."""
-    root.mkdir(parents=True, exist_ok=True)
-    if lines is None:
-        lines = sample_dataset().read_text(encoding="utf-8").splitlines()[:n]
-    (root / "data.jsonl").write_text("\n".join(lines) + "\n", encoding="utf-8")
-    cfg = C.preset("demo", "data.jsonl")
-    for key, value in data.items():
-        setattr(cfg.data, key, value)
-    C.save(cfg, root / CONFIG_NAME)
-    return root
-
-
-def make_app(workspace: Path, budget_gb: float | None = 24.0) -> TunedeckApp:
-    app = TunedeckApp(initial_state(workspace, None, None, None))
-    app.state.memory_budget_gb = budget_gb
-    return app
-
-
-async def settle(app: TunedeckApp, pilot) -> None:
-    """Let workers finish and the screen refresh (twice: a worker may start another)."""
-    for _ in range(2):
-        try:
-            await app.workers.wait_for_complete()
-        except WorkerCancelled:
-            pass
-        await pilot.pause()
-
-
-async def wait_for(pilot, cond: Callable[[], bool], timeout: float = 30.0, what: str = "") -> None:
-    deadline = time.monotonic() + timeout
-    while not cond():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what or cond}")
-        await pilot.pause(0.05)
-
-
-def screen_text(app: TunedeckApp) -> str:
-    """The screen as plain text, as a terminal would show it."""
-    width, height = app.size
-    console = Console(width=width, height=height, file=io.StringIO(), force_terminal=True,
-                      color_system="truecolor", record=True, legacy_windows=False)
-    console.print(app.screen._compositor.render_update(full=True, screen_stack=app._background_screens))
-    return console.export_text()
-
-
-@pytest.fixture(autouse=True)
-def own_settings(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    """Each test its own settings file, so a theme chosen in one never leaks into another."""
-    monkeypatch.setenv("XDG_CONFIG_HOME", str(tmp_path / "xdg-config"))
+from tunedeck.tui.state import ModelStatus
 
 
 async def test_number_keys_switch_screens(tmp_path: Path) -> None:
@@ -145,8 +86,26 @@ def test_stylesheets_use_theme_variables_only() -> None:
 
 
 def test_every_binding_has_id_and_tooltip() -> None:
-    for owner in (TunedeckApp, DataScreen, ConfigScreen, HelpScreen, QuitScreen, PathScreen):
-        for binding in Binding.make_bindings(owner.BINDINGS):
+    """Every class in the app that declares key bindings (screens, dialogs, widgets): each has an id and a tooltip."""
+    import importlib
+    import inspect
+    import pkgutil
+
+    import tunedeck.tui.screens
+    import tunedeck.tui.widgets
+
+    owners = {TunedeckApp}
+    for pkg in (tunedeck.tui.screens, tunedeck.tui.widgets):
+        for info in pkgutil.iter_modules(pkg.__path__):
+            module = importlib.import_module(f"{pkg.__name__}.{info.name}")
+            owners |= {c for _, c in inspect.getmembers(module, inspect.isclass)
+                       if c.__module__ == module.__name__ and c.__dict__.get("BINDINGS")}
+    names = {o.__name__ for o in owners}
+    assert {"DataScreen", "ConfigScreen", "TrainScreen", "ChatScreen", "RunsScreen", "HelpScreen", "QuitScreen",
+            "PathScreen"} <= names, names
+    assert any("Confirm" in n for n in names), names  # the run-confirm dialog
+    for owner in owners:
+        for binding in Binding.make_bindings(owner.__dict__["BINDINGS"] if owner is not TunedeckApp else owner.BINDINGS):
             assert binding.id and binding.tooltip, (owner.__name__, binding.key)
 
 

@@ -7,7 +7,8 @@ from pathlib import Path
 import pytest
 
 from tests.test_chat import make_adapter_run
-from tests.tui.test_train_screen import make_workspace, open_app, text_of, wait_for
+from tests.tui.conftest import make_train_workspace as make_workspace
+from tests.tui.conftest import open_app, text_of, wait_for
 from tunedeck.core import chat
 from tunedeck.core.data import Example
 from tunedeck.tui.screens.chat import BASE_ONLY, ChatScreen
@@ -31,7 +32,7 @@ def pane(screen: ChatScreen, name: str) -> ChatPane:
 async def test_streamed_markup_and_escapes_show_literally(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     seen: list[list[dict[str, str]]] = []
 
-    def fake_stream(model, tokenizer, messages, max_tokens=256, temperature=0.7, top_p=1.0):
+    def fake_stream(model, tokenizer, messages, max_tokens=256, temperature=0.7, top_p=1.0, tools=None):
         seen.append(list(messages))
         for i, text in enumerate(HOSTILE):
             yield chat.Chunk(text, 12.5, "stop" if i == len(HOSTILE) - 1 else None)
@@ -73,6 +74,39 @@ async def test_streamed_markup_and_escapes_show_literally(tmp_path: Path, monkey
         assert not screen.query_one("#reference").display
 
 
+async def test_system_prompt_tools_and_a_native_call_reply(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import json
+
+    seen: list[tuple[list, list | None]] = []
+    reply = '[TOOL_CALLS] [{"name": "read_note", "arguments": {"path": "a.md"}, "id": "abc123def"}]'
+
+    def fake_stream(model, tokenizer, messages, max_tokens=256, temperature=0.7, top_p=1.0, tools=None):
+        seen.append((list(messages), tools))
+        yield chat.Chunk(reply, 9.0, "stop")
+
+    monkeypatch.setattr(chat, "stream_reply", fake_stream)
+    monkeypatch.setattr(chat, "load_chat_model", lambda base, adapter: chat.ChatModel(None, None, base, adapter))
+    ws = make_workspace(tmp_path / "ws")
+    schemas = json.loads((Path(__file__).parents[2] / "sample_data" / "tools.json").read_text())
+    (tmp_path / "tools.json").write_text(json.dumps(schemas))
+    app = open_app(ws)
+    async with app.run_test(size=(120, 30)) as pilot:
+        screen = await open_chat(app, pilot)
+        screen.query_one("#system").value = "Use the note tools."
+        screen.query_one("#tools").value = str(tmp_path / "tools.json")
+        screen.query_one("#prompt").focus()
+        await pilot.press(*"open a.md", "enter")
+        await wait_for(pilot, lambda: not screen.busy, 10, "the reply")
+        messages, tools = seen[-1]
+        assert messages == [{"role": "system", "content": "Use the note tools."}, {"role": "user", "content": "open a.md"}]
+        assert [t["function"]["name"] for t in tools] == [t["name"] for t in schemas]
+        assert pane(screen, "adapter").texts[-1] == 'tool call read_note({"path": "a.md"}) — valid'
+        assert screen.histories["adapter"][-1]["tool_calls"][0]["function"]["arguments"] == {"path": "a.md"}
+        await pilot.press(*"and b", "enter")
+        await wait_for(pilot, lambda: not screen.busy, 10, "the second reply")
+        assert seen[-1][0][2]["tool_calls"][0]["id"] == "abc123def"  # sent back as a structured call
+
+
 @pytest.mark.slow
 async def test_real_adapter_streams_and_compares_with_the_base(tmp_path: Path, demo_model: Path) -> None:
     ws = make_workspace(tmp_path / "ws")
@@ -94,6 +128,8 @@ async def test_real_adapter_streams_and_compares_with_the_base(tmp_path: Path, d
         await pilot.press(*"hi", "enter")
         await wait_for(pilot, lambda: not screen.busy, 60, "both replies")
         base_texts, adapter_texts = pane(screen, "base").texts, pane(screen, "adapter").texts
-        assert len(base_texts) == len(adapter_texts) == 4  # hi, reply, hi, reply
-        assert base_texts[:2] == adapter_texts[:2]  # the base pane starts from the same conversation
-        assert base_texts[3] and adapter_texts[3] and base_texts[3] != adapter_texts[3]
+        assert len(adapter_texts) == 4  # hi, reply, hi, reply
+        # the base pane holds only the base model's conversation: none of the adapter's earlier replies
+        assert base_texts == ["hi", base_texts[1]] and first not in base_texts
+        assert [m["role"] for m in screen.histories["base"]] == ["user", "assistant"]
+        assert screen.histories["base"][1]["content"] == base_texts[1] != adapter_texts[3]

@@ -6,7 +6,7 @@ from pathlib import Path
 
 from textual.widgets import Input
 
-from tests.tui.test_app_shell import make_app, make_workspace, own_settings, settle  # noqa: F401
+from tests.tui.conftest import make_app, make_workspace, settle
 from tunedeck.core import config as C
 from tunedeck.core.data import load, suggest_kto_weights
 from tunedeck.core.memory import Forecast
@@ -167,3 +167,33 @@ async def test_memory_forecast_panel(tmp_path: Path) -> None:
                             ["train.batch_size = 2 → 14.1 GB"]))
         await pilot.pause()
         assert "→ train.batch_size = 2 → 14.1 GB" in panel.render().plain
+
+
+async def test_opening_a_fifo_is_refused_at_once(tmp_path: Path) -> None:
+    """A FIFO named as the config would block a plain read forever; the screen says what it is instead."""
+    import os
+
+    ws = make_workspace(tmp_path / "ws")
+    fifo = ws / "pipe.toml"
+    os.mkfifo(fifo)
+    app = make_app(ws)
+    async with app.run_test(size=(100, 30)) as pilot:
+        screen = await open_config(app, pilot)
+        before = screen.form_values()
+        screen.open_file(fifo)
+        await settle(app, pilot)  # returns only because nothing waits on the FIFO
+        shown = [n.message for n in app._notifications]
+        assert any("pipe.toml" in m and "not a regular file" in m for m in shown), shown
+        assert screen.form_values() == before and app.state.config_path != fifo.resolve()
+
+
+async def test_a_learning_rate_that_underflows_is_refused_in_the_form(tmp_path: Path) -> None:
+    app = make_app(make_workspace(tmp_path / "ws"))
+    async with app.run_test(size=(100, 30)) as pilot:
+        screen = await open_config(app, pilot)
+        await type_into(pilot, screen, "train.learning_rate", "1e-400")
+        await settle(app, pilot)
+        assert "too small" in message(screen, "train.learning_rate")  # not a silent 0 (= the default)
+        await type_into(pilot, screen, "train.learning_rate", "2e-5")
+        await settle(app, pilot)
+        assert message(screen, "train.learning_rate") == "" and app.state.config.train.learning_rate == 2e-5

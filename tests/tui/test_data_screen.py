@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 from textual.widgets import DataTable
 
-from tests.tui.test_app_shell import make_app, make_workspace, own_settings, screen_text, settle, wait_for  # noqa: F401
+from tests.tui.conftest import make_app, make_workspace, screen_text, settle, wait_for
 from tunedeck.core.template import encode_example
 from tunedeck.tui.widgets.split_bar import SplitBar
 from tunedeck.tui.widgets.token_view import COMPLETION_STYLES, TokenView

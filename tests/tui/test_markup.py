@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.tui.test_app_shell import make_app, make_workspace, own_settings, screen_text, settle, wait_for  # noqa: F401
+from tests.tui.conftest import make_app, make_workspace, screen_text, settle, wait_for
 from tunedeck.tui.app import TunedeckApp, initial_state
 from tunedeck.tui.safe import display
 

@@ -8,7 +8,8 @@ from pathlib import Path
 import pytest
 from textual.widgets import DataTable
 
-from tests.tui.test_train_screen import make_workspace, open_app, text_of, wait_for
+from tests.tui.conftest import make_train_workspace as make_workspace
+from tests.tui.conftest import open_app, text_of, wait_for
 from tunedeck.core import runs
 from tunedeck.tui.screens.runs import RunsScreen
 from tunedeck.tui.screens.train import TrainScreen

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.tui.test_app_shell import make_app, make_workspace, own_settings, settle  # noqa: F401
+from tests.tui.conftest import make_app, make_workspace, settle
 from tunedeck.core import memory
 from tunedeck.core.memory import Forecast
 

@@ -14,8 +14,9 @@ from pathlib import Path
 import psutil
 import pytest
 
-from tests.conftest import BIN, run_cli, wait_until as wait
-from tests.tui.test_train_screen import make_workspace
+from tests.conftest import BIN, run_cli
+from tests.conftest import wait_until as wait
+from tests.tui.conftest import make_train_workspace as make_workspace
 from tunedeck.core import runs
 from tunedeck.tui.screens.train import find_running
 

@@ -3,59 +3,25 @@
 from __future__ import annotations
 
 import json
-import time
-from collections.abc import Callable
 from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
 
 from tests.conftest import run_cli
-from tunedeck.core import config as C
+from tests.tui.conftest import make_train_workspace as make_workspace
+from tests.tui.conftest import open_app, text_of, wait_for
 from tunedeck.core import memory, runs
-from tunedeck.core.demo import sample_dataset
-from tunedeck.tui.app import TunedeckApp, initial_state
+from tunedeck.tui.app import TunedeckApp
 from tunedeck.tui.screens.train import KL_NOTE, TrainScreen, find_running
 from tunedeck.tui.state import CONFIG_NAME
 
 pytestmark = pytest.mark.slow
 
 
-def make_workspace(root: Path, **train: object) -> Path:
-    """A workspace: 64 sample examples and a tiny demo config in tunedeck.toml (train.* overridable)."""
-    root.mkdir(parents=True, exist_ok=True)
-    lines = sample_dataset().read_text(encoding="utf-8").splitlines()[:64]
-    data = root / "data.jsonl"
-    data.write_text("\n".join(lines) + "\n", encoding="utf-8")
-    cfg = C.preset("demo", str(data))
-    cfg.train.iters, cfg.train.save_every, cfg.train.eval_every = 6, 3, 3
-    cfg.train.eval_batches, cfg.train.batch_size, cfg.train.warmup_steps = 1, 4, 0
-    cfg.data.max_seq_len = 256
-    for key, value in train.items():
-        setattr(cfg.train, key, value)
-    C.save(cfg, root / CONFIG_NAME)
-    return root
-
-
-def open_app(workspace: Path) -> TunedeckApp:
-    return TunedeckApp(initial_state(workspace, None, None, None))
-
-
-async def wait_for(pilot, cond: Callable[[], bool], timeout: float = 60.0, what: str = "") -> None:
-    deadline = time.monotonic() + timeout
-    while not cond():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what or cond}")
-        await pilot.pause(0.1)
-
-
 async def switch_to_train(app: TunedeckApp, pilot) -> None:
     await app.switch_mode("train")
     await pilot.pause()
-
-
-def text_of(screen, selector: str) -> str:
-    return str(screen.query_one(selector).render())
 
 
 async def test_ctrl_r_trains_in_a_detached_process_and_the_view_follows(tmp_path: Path, demo_model: Path) -> None:

@@ -1,5 +1,9 @@
 """The Chat screen: talk to a run's adapter (or a checkpoint), side by side with the base model if asked.
 
+A system prompt and a tool-schema file (the run's data's tools by default, editable) go through the
+chat template with every prompt; a ``[TOOL_CALLS]`` reply is shown as its calls (name, arguments,
+schema-valid or not) and kept in the history as structured calls.
+
 Generation runs in a thread worker that posts reply chunks as they stream in; the model is loaded
 once per source and the base model is the same weights with the adapter switched off.
 """
@@ -23,7 +27,7 @@ from textual.screen import Screen
 from textual.widgets import Footer, Header, Input, Label, Select, Static
 from textual.worker import get_current_worker
 
-from tunedeck.core import chat
+from tunedeck.core import chat, data, toolcalls
 from tunedeck.core.model import ADAPTER_FILE
 
 from ..safe import display, plain
@@ -89,7 +93,8 @@ class ChatScreen(Screen):
         super().__init__()
         self.compare = False
         self.busy = False
-        self.histories: dict[str, list[dict[str, str]]] = {"base": [], "adapter": []}
+        self.histories: dict[str, list[dict]] = {"base": [], "adapter": []}
+        self.schemas: list[dict] | None = None  # the tool schemas of the last prompt sent
         self._turn = 0
         self._loaded: tuple[str, chat.ChatModel] | None = None
         self._generating = threading.Lock()  # one generation at a time on the shared model
@@ -108,6 +113,9 @@ class ChatScreen(Screen):
             yield Input("1.0", type="number", id="top-p")
             yield Label("max tokens")
             yield Input("256", type="integer", id="max-tokens")
+        with Horizontal(id="chat-context"):
+            yield Input(placeholder="system prompt (optional)", id="system")
+            yield Input(placeholder="tool schemas: a tools.json (optional)", id="tools")
         with Horizontal(id="chat-panes"):
             yield ChatPane("base model (adapter off)", id="base-pane")
             yield ChatPane("adapter", id="adapter-pane")
@@ -123,6 +131,26 @@ class ChatScreen(Screen):
 
     def on_screen_resume(self) -> None:
         self.refresh_sources()
+        tools = self.query_one("#tools", Input)
+        if not tools.value:
+            tools.value = self._data_tools()
+
+    def _data_tools(self) -> str:
+        """The tool schemas of the run's data: data.tools, else a tools.json beside the dataset ("" if none)."""
+        d = self.state.data_path.parent
+        path = d / self.state.config.data.tools if self.state.config.data.tools else d / toolcalls.TOOLS_FILE
+        return str(path) if path.is_file() else ""
+
+    def _tools(self) -> tuple[bool, list[dict] | None]:
+        """(ok, schemas) from the tools field; a bad file is reported and nothing is sent."""
+        path = self.query_one("#tools", Input).value.strip()
+        if not path:
+            return True, None
+        try:
+            return True, data.load_tools(path)
+        except data.DataError as e:
+            self.notify(display(str(e)), severity="error", markup=False)
+            return False, None
 
     # --- sources -----------------------------------------------------------------------------
 
@@ -158,25 +186,31 @@ class ChatScreen(Screen):
         if self.send([{"role": "user", "content": text}]):
             event.input.value = ""
 
-    def send(self, messages: list[dict[str, str]]) -> bool:
-        """Add `messages` to the conversation(s) and stream the replies. False if nothing was sent."""
+    def send(self, messages: list[dict], tools: list[dict] | None = None) -> bool:
+        """Add `messages` to the conversation(s) and stream the replies, with the system prompt and the
+        tool schemas (`tools`, else the tools field's). False if nothing was sent."""
         if self.busy:
             self.notify("Still answering; escape stops it.", severity="warning")
             return False
         sampling = self._sampling()
         source = self.query_one("#source", Select).value
-        if sampling is None or not isinstance(source, str):
+        ok, from_field = self._tools()
+        if sampling is None or not isinstance(source, str) or not ok:
             return False
+        self.schemas = tools or from_field
         panes = ["base", "adapter"] if self.compare else ["adapter"]
         for name in panes:
             pane = self.query_one(PANES[name], ChatPane)
             for m in messages:
                 self.histories[name].append(dict(m))
-                pane.add(m["role"], m["content"])
+                pane.add(m["role"], data.completion_text(m) if m["role"] == "assistant" else m["content"])
             pane.add("assistant")
         self.busy = True
         self._turn += 1
-        self._generate(self._turn, source, panes, copy.deepcopy(self.histories), sampling)
+        system = self.query_one("#system", Input).value.strip()
+        start = [{"role": "system", "content": system}] if system else []
+        histories = {k: start + copy.deepcopy(v) for k, v in self.histories.items()}
+        self._generate(self._turn, source, panes, histories, sampling, self.schemas)
         return True
 
     def _sampling(self) -> dict[str, float | int] | None:
@@ -193,14 +227,14 @@ class ChatScreen(Screen):
         return {"temperature": temperature, "top_p": top_p, "max_tokens": max_tokens}
 
     @work(thread=True, exclusive=True, group="generate")
-    def _generate(self, turn: int, source: str, panes: list[str], histories: dict[str, list[dict[str, str]]],
-                  sampling: dict[str, float | int]) -> None:
+    def _generate(self, turn: int, source: str, panes: list[str], histories: dict[str, list[dict]],
+                  sampling: dict[str, float | int], tools: list[dict] | None) -> None:
         worker = get_current_worker()
         with self._generating:
             try:
                 model = self._model_for(turn, source)
                 for pane in panes:
-                    self._stream(turn, pane, model, histories[pane], sampling, lambda: worker.is_cancelled)
+                    self._stream(turn, pane, model, histories[pane], sampling, tools, lambda: worker.is_cancelled)
             except (chat.ChatError, ValueError, RuntimeError, OSError) as e:
                 self.post_message(ChatStatus(turn, f"error: {e}", finished=True, error=True))
                 return
@@ -223,12 +257,12 @@ class ChatScreen(Screen):
         self._loaded = (key, model)
         return model
 
-    def _stream(self, turn: int, pane: str, model: chat.ChatModel, history: list[dict[str, str]],
-                sampling: dict[str, float | int], cancelled) -> None:
+    def _stream(self, turn: int, pane: str, model: chat.ChatModel, history: list[dict],
+                sampling: dict[str, float | int], tools: list[dict] | None, cancelled) -> None:
         """Post the reply in chunks, at most ~20 a second."""
         pending, speed, posted = "", 0.0, time.monotonic()
         self.post_message(ChatStatus(turn, f"{pane}: generating…"))
-        with closing(model.reply(history, adapter=pane == "adapter", **sampling)) as chunks:
+        with closing(model.reply(history, adapter=pane == "adapter", tools=tools, **sampling)) as chunks:
             for chunk in chunks:
                 if cancelled():
                     break
@@ -253,8 +287,12 @@ class ChatScreen(Screen):
     def on_reply_done(self, message: ReplyDone) -> None:
         if message.turn != self._turn:
             return
-        last = self.query_one(PANES[message.pane], ChatPane).last
-        self.histories[message.pane].append({"role": "assistant", "content": last.text if last else ""})
+        pane = self.query_one(PANES[message.pane], ChatPane)
+        text = pane.last.text if pane.last else ""
+        self.histories[message.pane].append(toolcalls.reply_message(text))
+        calls = toolcalls.describe_calls(text, toolcalls.specs(self.schemas) if self.schemas else None)
+        if calls:
+            pane.add("tool", "\n".join(calls))
 
     def on_chat_status(self, message: ChatStatus) -> None:
         if message.turn != self._turn:
@@ -275,12 +313,12 @@ class ChatScreen(Screen):
             return
         self.compare = not self.compare
         base = self.query_one("#base-pane", ChatPane)
-        if self.compare:
-            self.histories["base"] = copy.deepcopy(self.histories["adapter"])
+        if self.compare:  # the base pane holds only the base model's own conversation, from the next prompt on
+            self.histories["base"] = []
             base.show(self.histories["base"])
         base.display = self.compare
-        self.notify("Compare: each prompt goes to the base model (adapter off) too." if self.compare
-                    else "Compare off.")
+        self.notify("Compare: from the next prompt, each prompt also goes to the base model (adapter off), "
+                    "in a conversation of its own." if self.compare else "Compare off.")
 
     def action_cancel(self) -> None:
         """Stop the reply being generated; with none, leave the prompt (so 1-5 switch screens)."""
@@ -312,4 +350,4 @@ class ChatScreen(Screen):
         label = "desirable" if example.label else "undesirable"
         reference.update(plain(f"dataset answer ({label}, line {example.line})\n\n{example.completion}"))
         reference.display = True
-        self.send([dict(m) for m in example.prompt])
+        self.send([dict(m) for m in example.prompt], example.tools)

@@ -198,13 +198,15 @@ class ConfigScreen(Screen):
         A missing file becomes a new one; invalid TOML is reported with its line and column.
         """
         state = self.app.state
-        try:
-            text = await asyncio.to_thread(path.read_text, encoding="utf-8")
-        except FileNotFoundError:
+        if not path.exists() and not path.is_symlink():
             text = None
-        except (OSError, UnicodeDecodeError) as e:
-            self.notify(display(f"Cannot open {path}: {e}"), severity="error", markup=False)
-            return
+        else:
+            try:  # refuses a FIFO, socket or device at once (never waits on it), names the file otherwise
+                text = await asyncio.to_thread(C.read_text, path)
+            except C.ConfigError as e:
+                self.notify(display(f"Cannot open {path}: {e.problems[0].message if e.problems else e}"),
+                            severity="error", markup=False)
+                return
         if apply:
             state.config_path = path.resolve()
         if text is None:

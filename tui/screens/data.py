@@ -20,7 +20,7 @@ from textual.widgets import ContentSwitcher, DataTable, Footer, Header, Input, S
 
 from tunedeck.core.data import DataError, Dataset, Example, Problem, check_kto_weights, compute_stats, load
 from tunedeck.core.labels import LabelConflict, write_labels
-from tunedeck.core.template import encode_example
+from tunedeck.core.template import TemplateError, encode_example
 
 from ..safe import display, plain
 from ..state import ModelStatus
@@ -47,8 +47,12 @@ def _haystack(ex: Example) -> str:
     return "\n".join([*(m["content"] for m in ex.prompt), ex.completion]).casefold()
 
 
-def _token_counts(tokenizer: Any, examples: list[Example]) -> list[int]:
-    return [len(encode_example(tokenizer, ex).ids) for ex in examples]
+def _token_counts(tokenizer: Any, examples: list[Example]) -> list[int] | None:
+    """Token count per example, or None if the model's chat template fails on one (shown in the token view)."""
+    try:
+        return [len(encode_example(tokenizer, ex).ids) for ex in examples]
+    except TemplateError:
+        return None
 
 
 class DataScreen(Screen):
@@ -329,7 +333,9 @@ class DataScreen(Screen):
         elif self.dataset is None or self.current is None:
             view.show_message("No example selected.")
         else:
-            view.show(self.dataset.examples[self.current], status.tokenizer, self.app.state.config.data.max_seq_len)
+            cfg = self.app.state.config
+            view.show(self.dataset.examples[self.current], status.tokenizer, cfg.data.max_seq_len,
+                      cfg.data.train_on if cfg.train.method == "sft" else "last")
 
     def _show_stats(self) -> None:
         if self.dataset is None:
@@ -494,7 +500,8 @@ class DataScreen(Screen):
         self.undo_stack.clear()
         self._edits_changed()
         self._rebuild_rows()
-        self.notify(display(f"Saved {n} label edit{'s' if n != 1 else ''} to {ds.path.name} (backup {backup.name})."),
+        where = backup.name if backup.parent == ds.path.parent.resolve() else backup  # beside a symlink's target
+        self.notify(display(f"Saved {n} label edit{'s' if n != 1 else ''} to {ds.path.name} (backup {where})."),
                     markup=False)
         self.load_dataset(ds.path)
         return True

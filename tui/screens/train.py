@@ -19,7 +19,7 @@ from rich.text import Text
 from textual import work
 from textual.app import ComposeResult
 from textual.binding import Binding
-from textual.containers import Horizontal, Vertical
+from textual.containers import Horizontal, Vertical, VerticalScroll
 from textual.message import Message
 from textual.screen import Screen
 from textual.widgets import Footer, Header, Label, ProgressBar, RichLog, Static
@@ -33,8 +33,8 @@ from ..safe import display, plain
 from ..widgets.event_follower import EventFollower, TrainEvents
 from ..widgets.gauges import MemoryGauges
 from ..widgets.run_confirm import ConfirmRun
-from ..widgets.series_plot import SeriesPlot
-from ..widgets.train_history import KTO_SERIES, LOSS_SERIES, RunHistory, fmt_number
+from ..widgets.series_plot import LineStyle, PlotPanel
+from ..widgets.train_history import KL_SERIES, REWARD_SERIES, RunHistory, Series, ema, fmt_number
 
 if TYPE_CHECKING:
     from ..state import AppState
@@ -42,6 +42,20 @@ if TYPE_CHECKING:
 KL_NOTE = ("KL is clamped at 0: the policy is not yet further from the reference on mismatched pairs "
            "than it started — expected early")
 RESUMABLE = ("stopped", "failed", "stale")
+EMA = "train loss (EMA)"
+#: Each series' colour (a theme variable) and its marker without colour (NO_COLOR): no two alike on a plot.
+STYLES = {
+    "train loss": LineStyle("primary", "•"),
+    EMA: LineStyle("primary", "*"),
+    "val loss": LineStyle("accent", "o"),
+    "rewards_chosen": LineStyle("success", "+"),
+    "rewards_rejected": LineStyle("error", "x"),
+    "margin": LineStyle("primary", "o"),
+    "kl": LineStyle("secondary", "*"),
+}
+RAW = LineStyle("primary", "·", faint=True)  # the raw loss behind its moving average
+LABELS = {"train loss": "train", "val loss": "val", EMA: "train (EMA)", "rewards_chosen": "chosen",
+          "rewards_rejected": "rejected", "margin": "margin", "kl": "KL"}
 
 
 def find_running(runs_root: Path) -> Path | None:
@@ -52,10 +66,25 @@ def find_running(runs_root: Path) -> Path | None:
     return max(live, key=lambda p: p.name, default=None)
 
 
-def start_run(cfg: Config, config_path: Path | None, runs_root: Path) -> tuple[Path, bool]:
-    """Freeze `cfg` into a new run directory and start its detached trainer: (run_dir, started)."""
-    from tunedeck.core.trainer import prepare_run
+class PreflightError(Exception):
+    """The run's data or model cannot be used; nothing was started (the message says why)."""
 
+
+def start_run(cfg: Config, config_path: Path | None, runs_root: Path) -> tuple[Path, bool]:
+    """Check the data and the model as the CLI does (nothing is made when they are wrong: PreflightError), then
+    freeze `cfg` into a new run directory and start its detached trainer: (run_dir, started)."""
+    from tunedeck.core.data import DataError
+    from tunedeck.core.model import ModelError
+    from tunedeck.core.trainer import InputError, preflight, prepare_run
+
+    try:
+        preflight(cfg, config_path.parent if config_path else None)
+    except DataError as e:
+        errors = [p for p in e.problems if p.severity == "error"]
+        first = f": {errors[0]}" if errors else ""
+        raise PreflightError(f"the dataset has {len(errors)} error(s){first} (the Data screen lists them)") from None
+    except (InputError, ModelError) as e:
+        raise PreflightError(str(e)) from None
     run_dir = prepare_run(copy.deepcopy(cfg), config_path, runs_root)
     return run_dir, runs.wait_started(run_dir, runs.spawn_detached(run_dir), timeout=120)
 
@@ -64,6 +93,7 @@ def resume_run(run_dir: Path) -> bool:
     """Start a detached trainer that resumes `run_dir` from its latest verified checkpoint."""
     if runs.is_locked(run_dir):
         raise runs.RunError(f"{run_dir.name} is already running")
+    runs.check_writable(run_dir)  # links, FIFOs or devices among its files: a RunError naming them
     return runs.wait_started(run_dir, runs.spawn_detached(run_dir, resume=True), timeout=120)
 
 
@@ -94,18 +124,25 @@ class TrainScreen(Screen):
         Binding("s", "stop", "Stop", id="train.stop", tooltip="Stop the run gracefully: checkpoint, then exit"),
         Binding("r", "resume", "Resume", id="train.resume",
                 tooltip="Resume a stopped, failed or stale run from its latest verified checkpoint"),
+        Binding("e", "toggle_ema", "Smooth", id="train.ema",
+                tooltip="Show the loss's moving average over faint raw points, or the raw points alone"),
     ]
+    HORIZONTAL_BREAKPOINTS = [(0, "-narrow"), (100, "-wide")]
 
     def __init__(self) -> None:
         super().__init__()
         self.run_dir: Path | None = None
         self.history = RunHistory()
         self.alive = False
+        self.paused = False  # the live trainer's process is stopped (SIGSTOP, ctrl+z)
         self.launching = False
+        self._resume_point: tuple[object, Path | None] | None = None  # (key, newest verified checkpoint)
         self._attach_id = 0
         self._caught_up = False
         self._dead_checks = 0
         self._forecast_gb: float | None = None
+        self._budget_gb: float | None = None
+        self.smooth = True  # the loss plot shows its EMA over the raw points (e toggles)
         self._problem_for: tuple[int, str] | None = None
         self._plotted: tuple[int, int] | None = None  # (attach, events) last drawn
         self._dirty = True
@@ -122,14 +159,16 @@ class TrainScreen(Screen):
         yield Static(id="status")
         yield Static(id="stats")
         yield Static(id="problem")
-        with Horizontal(id="plots"):
-            yield SeriesPlot("loss", id="loss-plot")
+        with VerticalScroll(id="plots", can_focus=False):
+            yield PlotPanel("loss", plot_id="loss-plot", id="loss-panel")
             with Vertical(id="kto"):
-                yield SeriesPlot("KTO rewards, margin, KL", id="kto-plot")
+                yield PlotPanel("KTO rewards", plot_id="kto-plot", id="kto-panel")
+                yield PlotPanel("KL (policy vs reference)", plot_id="kl-plot", id="kl-panel")
                 yield Static(KL_NOTE, id="kl-note", markup=False)
         with Horizontal(id="train-bottom"):
             yield MemoryGauges(id="gauges")
-            yield RichLog(id="log", max_lines=1000, wrap=True, markup=False)
+            # min_width: lines wrap at the log's own width (RichLog's default, 78, cut them when narrower)
+            yield RichLog(id="log", max_lines=1000, wrap=True, markup=False, min_width=10)
         yield Footer()
 
     def on_mount(self) -> None:
@@ -158,6 +197,7 @@ class TrainScreen(Screen):
         self._caught_up = False
         self._dead_checks = 0
         self._forecast_gb = None
+        self._budget_gb = None
         self._problem_for = None
         self.query_one(RichLog).clear()
         self._follow(run_dir, self._attach_id)
@@ -182,20 +222,24 @@ class TrainScreen(Screen):
 
     @work(thread=True, exclusive=True, group="forecast")
     def _forecast(self, run_dir: Path, attach: int) -> None:
-        forecast: Callable[[Config], Any] | None = getattr(memory, "forecast", None)
+        """The run's forecast peak and the machine's budget, as the Config screen computes them."""
+        forecast: Callable[..., Any] | None = getattr(memory, "forecast", None)
         if forecast is None:
             return
         from tunedeck.core.config import load
 
+        budget = self.state.memory_budget_gb
         try:
-            total = float(forecast(load(run_dir / "config.toml")[0]).total_gb)
+            fc = forecast(load(run_dir / "config.toml")[0], budget_gb=budget)
+            total = float(fc.total_gb)
+            budget = float(getattr(fc, "budget_gb", budget) or 0) or None
         except Exception:  # noqa: BLE001 - the forecast is advisory: without it the bars scale to the machine
             return
-        self.app.call_from_thread(self._set_forecast, attach, total)
+        self.app.call_from_thread(self._set_forecast, attach, total, budget)
 
-    def _set_forecast(self, attach: int, total_gb: float) -> None:
+    def _set_forecast(self, attach: int, total_gb: float, budget_gb: float | None) -> None:
         if attach == self._attach_id:
-            self._forecast_gb = total_gb
+            self._forecast_gb, self._budget_gb = total_gb, budget_gb
             self._changed()
 
     def on_train_events(self, message: TrainEvents) -> None:
@@ -210,18 +254,22 @@ class TrainScreen(Screen):
         if self.run_dir is None:
             return
         alive = runs.is_locked(self.run_dir)
+        pid = runs.read_pid(self.run_dir) if alive else None
+        paused = pid is not None and runs.process_stopped(pid)
         self._dead_checks = 0 if alive else self._dead_checks + 1
-        if alive or alive != self.alive or self._dead_checks == 2:  # alive: the elapsed time ticks
-            self.alive = alive
+        if alive or alive != self.alive or paused != self.paused or self._dead_checks == 2:  # alive: time ticks
+            self.alive, self.paused = alive, paused
             self._changed()
 
     @property
     def status(self) -> str:
-        """none | starting | running | finished | stopped | failed | stale | checking."""
+        """none | starting | running | paused | finished | stopped | failed | stale | checking."""
         h = self.history
         if self.run_dir is None:
             return "none"
         if self.alive:
+            if self.paused:
+                return "paused"
             return "running" if h.status == "running" else "starting"
         if h.status in ("finished", "stopped", "failed"):
             return h.status
@@ -241,23 +289,47 @@ class TrainScreen(Screen):
         h, status = self.history, self.status
         self.query_one("#step", Label).update(f"step {h.step}/{h.total or '?'}")
         busy = self.launching or status == "starting"  # an indeterminate (pulsing) bar only while starting
-        self.query_one("#progress", ProgressBar).update(total=h.total or (None if busy else 1), progress=h.step)
+        bar = self.query_one("#progress", ProgressBar)
+        if (ref := self._reference(status)) and ref["total"]:  # the reference pass: its own fraction
+            bar.update(total=ref["total"], progress=ref["done"])
+        else:
+            bar.update(total=h.total or (None if busy else 1), progress=h.step)
         self.query_one("#status", Static).update(plain(self._status_text(status)))
         self.query_one("#stats", Static).update(plain(self._stats_text()))
         self._show_problem(status)
         kto = h.method == "kto"
         self.query_one("#kto", Vertical).display = kto
-        if (self._attach_id, h.events) != self._plotted:
-            self._plotted = (self._attach_id, h.events)
-            self.query_one("#loss-plot", SeriesPlot).draw({n: h.series[n] for n in LOSS_SERIES})
-            if kto:
-                self.query_one("#kto-plot", SeriesPlot).draw({n: h.series[n] for n in KTO_SERIES})
+        if (self._attach_id, h.events, self.smooth) != self._plotted:
+            self._plotted = (self._attach_id, h.events, self.smooth)
+            self._draw_plots(kto)
         self.query_one("#kl-note").display = kto and h.last.get("kl") == 0.0
-        self.query_one(MemoryGauges).show(h.last, self._forecast_gb)
+        self.query_one(MemoryGauges).show(h.last, self._forecast_gb, self._budget_gb)
         log = self.query_one(RichLog)
         while h.log:
             log.write(Text(display(h.log.popleft())))
         self.refresh_bindings()
+
+    def _draw_plots(self, kto: bool) -> None:
+        """The loss plot (its EMA over faint raw points when smoothing), the KTO rewards and KL, all over
+        the same step range so that their x-axes line up."""
+        h = self.history
+        x_max = h.total or None
+        train, val = h.series["train loss"], h.series["val loss"]
+        styles = dict(STYLES)
+        loss: dict[str, Series] = {"train loss": train}
+        if self.smooth and len(train) > 1:
+            smoothed = Series(cap=train.cap)
+            for x, y in zip(train.xs, ema(train.ys), strict=True):
+                smoothed.xs.append(x)
+                smoothed.ys.append(y)
+            loss[EMA] = smoothed
+            styles["train loss"] = RAW
+        loss["val loss"] = val
+        labels = dict(LABELS, **({"train loss": "raw"} if EMA in loss else {}))
+        self.query_one("#loss-panel", PlotPanel).draw(loss, styles, x_max, labels)
+        if kto:
+            self.query_one("#kto-panel", PlotPanel).draw({n: h.series[n] for n in REWARD_SERIES}, styles, x_max, LABELS)
+            self.query_one("#kl-panel", PlotPanel).draw({n: h.series[n] for n in KL_SERIES}, styles, x_max, LABELS)
 
     def _status_text(self, status: str) -> str:
         h, name = self.history, self.run_dir.name if self.run_dir else ""
@@ -267,33 +339,61 @@ class TrainScreen(Screen):
             c = self.state.config
             return (f"No run attached. ctrl+r starts training with the current config: {c.train.method}, "
                     f"{c.train.iters} steps, model {c.model.path}. The Runs screen (5) attaches to older runs.")
+        if ref := self._reference(status):
+            return (f"{name}: computing the KTO reference log-probs (once, before step 1): "
+                    f"{ref['done']:.0f}/{ref['total']:.0f} sequences · {fmt_number(ref['rate'], '.1f')} seq/s · "
+                    f"ETA {fmt_duration(ref['eta_s'])}. s stops it.")
+        pid = runs.read_pid(self.run_dir) if self.run_dir and self.alive else None
+        if status in RESUMABLE:
+            ckpt = self._resume_checkpoint()
+            then = (f"r resumes it from {ckpt.name}." if ckpt else
+                    "It has no checkpoint to resume from: fix the cause, then ctrl+r starts a new run.")
         return name + ": " + {
             "starting": "the trainer is starting (loading the model and data)…",
-            "running": f"training (pid {runs.read_pid(self.run_dir) if self.run_dir else '?'}). "
-                       "Quitting tunedeck leaves it running; s stops it with a checkpoint.",
+            "running": f"training (pid {pid or '?'}). Quitting tunedeck leaves it running; s stops it with a checkpoint.",
+            "paused": f"PAUSED: the trainer (pid {pid or '?'}) is stopped (SIGSTOP or ctrl+z); `kill -CONT {pid or 'PID'}` "
+                      "continues it, s stops it with a checkpoint.",
             "finished": "finished. The adapters are in its adapters/ directory; try them on the Chat screen (4).",
-            "stopped": f"stopped at step {h.step}. r resumes it from its latest checkpoint.",
-            "failed": "training FAILED (see below). r resumes it from its latest checkpoint.",
+            "stopped": f"stopped at step {h.step}. " + (then if status == "stopped" else ""),
+            "failed": "training FAILED (see below). " + (then if status == "failed" else ""),
             "stale": "the trainer is gone without a final event: it was killed or crashed (see below). "
-                     "r resumes it from its latest checkpoint.",
+                     + (then if status == "stale" else ""),
             "checking": "reading its events…",
         }[status]
+
+    def _resume_checkpoint(self) -> Path | None:
+        """The newest verified checkpoint of the attached run (verified once per run, status and checkpoint)."""
+        key = (self._attach_id, self.status, self.history.checkpoint)
+        if self._resume_point is None or self._resume_point[0] != key:
+            self._resume_point = (key, runs.latest_checkpoint(self.run_dir) if self.run_dir else None)
+        return self._resume_point[1]
+
+    def _reference(self, status: str) -> dict[str, float | None] | None:
+        """The reference pass's progress while the trainer is in it, else None."""
+        return self.history.reference if status == "starting" else None
 
     def _stats_text(self) -> str:
         h, last = self.history, self.history.last
         if h.started is None:
             return ""
-        end = time.time() if self.alive else (h.updated or h.started)
+        end = time.time() if self.alive and not self.paused else (h.updated or h.started)
         parts = [
             f"loss {fmt_number(last.get('loss'))}",
             f"val {fmt_number(h.val_loss)} (best {fmt_number(h.best_val_loss)})",
+        ]
+        if (margin := h.val.get("val_margin")) is not None:
+            parts.append(f"val margin {margin:+.3f}")
+        if (acc := h.val.get("val_reward_accuracy")) is not None:
+            parts.append(f"reward acc {acc:.0%}")
+        parts += [
             f"lr {fmt_number(last.get('lr'), '.2e')}",
-            f"{fmt_number(last.get('tokens_per_sec'), '.0f')} tok/s"
+            f"{fmt_number(last.get('tokens_per_sec'), '.0f')} trained tok/s"
             + (f" ({h.workers} workers, {fmt_number(last.get('tokens_per_sec_per_worker'), '.0f')} each)"
                if h.workers > 1 else ""),
+            f"{fmt_number(last.get('seq_tokens_per_sec'), '.0f')} seq tok/s",
             f"elapsed {fmt_duration(end - h.started)}",
         ]
-        if self.alive and "eta_sec" in last:
+        if self.alive and not self.paused and "eta_sec" in last and self.history.reference is None:
             parts.append(f"ETA {fmt_duration(last['eta_sec'])}")
         parts.append(f"checkpoint {h.checkpoint or '-'}")
         return " · ".join(parts)
@@ -318,12 +418,17 @@ class TrainScreen(Screen):
     def check_action(self, action: str, parameters: tuple[object, ...]) -> bool | None:
         status = self.status
         if action == "stop":
-            return True if status in ("running", "starting") else None
-        if action == "resume":
-            return True if status in RESUMABLE and not self.launching else None
+            return True if status in ("running", "starting", "paused") else None
+        if action == "resume":  # only when there is a checkpoint to resume from
+            return True if status in RESUMABLE and not self.launching and self._resume_checkpoint() else None
         if action == "start":
             return True if not self.alive and not self.launching else None
         return True
+
+    def action_toggle_ema(self) -> None:
+        self.smooth = not self.smooth
+        self.notify("Loss: moving average over faint raw points." if self.smooth else "Loss: raw points.")
+        self._changed()
 
     def action_start(self) -> None:
         if self.alive or self.launching:
@@ -337,6 +442,9 @@ class TrainScreen(Screen):
         if self.run_dir is None or self.status not in RESUMABLE or self.launching:
             self.notify("Only a stopped, failed or stale run can be resumed.", severity="warning")
             return
+        if self._resume_checkpoint() is None:
+            self.notify("This run has no verified checkpoint to resume from.", severity="warning")
+            return
         self.launching = True
         self._changed()
         self._launch(None, self.run_dir)
@@ -349,7 +457,7 @@ class TrainScreen(Screen):
                 self.post_message(Launched(resume, resume_run(resume)))
             elif cfg is not None:
                 self.post_message(Launched(*start_run(cfg, s.config_path, s.runs_root)))
-        except (runs.RunError, OSError, ValueError) as e:
+        except (runs.RunError, PreflightError, OSError, ValueError) as e:
             self.post_message(Launched(None, False, str(e)))
 
     def on_launched(self, message: Launched) -> None:

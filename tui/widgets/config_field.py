@@ -10,7 +10,7 @@ from textual.content import Content
 from textual.widget import Widget
 from textual.widgets import Input, Label, Select, Static, Switch
 
-from tunedeck.core.config import ConfigProblem
+from tunedeck.core.config import ConfigProblem, parse_float
 
 from ..safe import display
 
@@ -86,8 +86,9 @@ class ConfigField(Widget):
         if typing.get_origin(self.type_) is list:
             return [s.strip() for s in text.split(",") if s.strip()]
         if self.type_ in (int, float):
+            parse = int if self.type_ is int else parse_float  # "1e-400" must not become a silent 0.0
             try:
-                return self.type_(text.strip().replace("_", ""))
+                return parse(text.strip().replace("_", ""))
             except ValueError:
                 return text
         return text

@@ -57,9 +57,14 @@ class EventFollower:
                 caught_up = True
             return cancelled()
 
-        for event in runs.iter_events(self.run_dir, follow=True, poll=self.interval, stop=idle):
-            self._pending.append(event)
-            if len(self._pending) >= self.batch or time.monotonic() - self._posted >= self.interval:
-                if cancelled():
-                    return
-                self._flush(False)
+        try:
+            for event in runs.iter_events(self.run_dir, follow=True, poll=self.interval, stop=idle):
+                self._pending.append(event)
+                if len(self._pending) >= self.batch or time.monotonic() - self._posted >= self.interval:
+                    if cancelled():
+                        return
+                    self._flush(False)
+        except OSError as e:  # events.jsonl is a link, a FIFO or a device (refused, never waited on), or unreadable
+            self._pending.append({"type": "error", "kind": "run-dir", "step": 0, "time": time.time(),
+                                  "message": f"cannot follow this run: {e}"})
+            self._flush(True)

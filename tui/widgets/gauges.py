@@ -1,10 +1,15 @@
-"""Memory gauges: process, MLX active/peak and system memory against the forecast (or the machine)."""
+"""Memory gauges: process, MLX active/peak and system memory against the forecast (or the machine), and the
+machine's budget (the number the Config screen's forecast is measured against). `#gauges-line` holds every
+reading on one line, for a narrow layout to show instead of the four gauges."""
 
 from __future__ import annotations
 
 from textual.app import ComposeResult
 from textual.containers import Horizontal, Vertical
+from textual.content import Content
 from textual.widgets import Label, ProgressBar
+
+from .quiet_static import QuietStatic
 
 #: (gauge id, label, step-event field)
 GAUGES = (
@@ -20,9 +25,9 @@ class Gauge(Horizontal):
 
     DEFAULT_CSS = """
     Gauge { height: 1; }
-    Gauge > .gauge-name { width: 12; }
+    Gauge > .gauge-name { width: 11; }
     Gauge > ProgressBar { width: auto; }
-    Gauge > ProgressBar > Bar { width: 20; }
+    Gauge > ProgressBar > Bar { width: 12; }
     Gauge > .gauge-value { width: 1fr; padding-left: 1; }
     """
 
@@ -30,6 +35,7 @@ class Gauge(Horizontal):
         super().__init__(id=id)
         self.label = label
         self.value: float | None = None
+        self.text = "-"
 
     def compose(self) -> ComposeResult:
         yield Label(self.label, classes="gauge-name")
@@ -41,23 +47,29 @@ class Gauge(Horizontal):
         bar = self.query_one(ProgressBar)
         if value is None or not scale:
             bar.update(total=1, progress=0)
-            self.query_one(".gauge-value", Label).update("-")
-            return
-        bar.update(total=scale, progress=min(value, scale))
-        over = " (over)" if value > scale else ""
-        self.query_one(".gauge-value", Label).update(f"{value:.2f} GB {note}{over}")
+            self.text = "-"
+        else:
+            bar.update(total=scale, progress=min(value, scale))
+            over = " (over)" if value > scale else ""
+            self.text = f"{value:.2f} GB {note}{over}"
+        self.query_one(".gauge-value", Label).update(self.text)
 
 
 class MemoryGauges(Vertical):
     """Shows a step event's memory readings; bars are scaled to the forecast peak when there is one."""
 
-    DEFAULT_CSS = "MemoryGauges { height: auto; }"
+    DEFAULT_CSS = """
+    MemoryGauges { height: auto; }
+    MemoryGauges > #gauges-line { display: none; height: auto; }
+    """
 
     def compose(self) -> ComposeResult:
         for gid, label, _field in GAUGES:
             yield Gauge(label, id=f"gauge-{gid}")
+        yield QuietStatic(id="gauges-line")
 
-    def show(self, readings: dict[str, float], forecast_gb: float | None) -> None:
+    def show(self, readings: dict[str, float], forecast_gb: float | None, budget_gb: float | None = None) -> None:
+        """Update the gauges; the title names the budget (what training may use on this machine)."""
         total = readings.get("sys_total_gb")
         for gid, _label, name in GAUGES:
             gauge = self.query_one(f"#gauge-{gid}", Gauge)
@@ -65,3 +77,27 @@ class MemoryGauges(Vertical):
                 gauge.update_value(readings.get(name), total, f"of {total:.1f} GB RAM" if total else "")
             else:
                 gauge.update_value(readings.get(name), forecast_gb, f"of {forecast_gb:.2f} GB forecast")
+        self.border_title = "memory" + (f" · budget {budget_gb:.1f} GB" if budget_gb else "")
+        self.query_one("#gauges-line", QuietStatic).update(self._line(readings, forecast_gb, total, budget_gb))
+
+    @staticmethod
+    def _line(readings: dict[str, float], forecast_gb: float | None, total: float | None,
+              budget_gb: float | None) -> Content:
+        """Every reading on one line: `memory process 0.30 · MLX 0.25 · peak 0.46 of 0.43 GB forecast · ...`."""
+
+        def gb(name: str) -> str:
+            v = readings.get(name)
+            return "-" if v is None else f"{v:.2f}"
+
+        peak = readings.get("peak_memory_gb")
+        over = forecast_gb is not None and peak is not None and peak > forecast_gb
+        parts: list[Content | tuple[str, str] | str] = [
+            ("memory ", "bold"), ("process ", "$text-muted"), gb("rss_gb"), (" · MLX ", "$text-muted"),
+            gb("mlx_active_gb"), (" · peak ", "$text-muted"), (gb("peak_memory_gb"), "$text-error" if over else ""),
+            (f" of {forecast_gb:.2f} GB forecast" if forecast_gb else " GB", "$text-muted"),
+            (" · system ", "$text-muted"), gb("sys_used_gb"),
+            (f" of {total:.1f} GB RAM" if total else " GB", "$text-muted"),
+        ]
+        if budget_gb:
+            parts.append((f" · budget {budget_gb:.1f} GB", "$text-muted"))
+        return Content.assemble(*parts)

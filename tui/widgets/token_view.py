@@ -1,4 +1,5 @@
-"""The rendered chat template token by token: trained (completion) tokens highlighted, prompt dimmed."""
+"""The rendered chat template token by token: every trained span highlighted (the completion, and with
+SFT's data.train_on = "all_assistant" the earlier assistant turns), the rest of the prompt dimmed."""
 
 from __future__ import annotations
 
@@ -10,7 +11,7 @@ from textual.content import Content
 from textual.widgets import Static
 
 from tunedeck.core.data import Example
-from tunedeck.core.template import Encoded, encode_example, token_pieces, truncate
+from tunedeck.core.template import Encoded, TemplateError, encode_example, token_pieces, truncate
 
 from ..safe import display, plain
 from .busy import BusyLine
@@ -49,10 +50,14 @@ class TokenView(VerticalScroll):
         self.query_one("#token-summary", Static).update("" if busy else plain(text, "$text-warning"))
         self.query_one("#token-body", Static).update("")
 
-    def show(self, ex: Example, tokenizer: Any, max_seq_len: int) -> None:
-        """Render `ex` through the tokenizer's chat template."""
+    def show(self, ex: Example, tokenizer: Any, max_seq_len: int, train_on: str = "last") -> None:
+        """Render `ex` (with its tools) through the tokenizer's chat template; `train_on` as SFT trains it."""
         self.query_one(BusyLine).message = ""
-        enc = encode_example(tokenizer, ex)
+        try:
+            enc = encode_example(tokenizer, ex, train_on=train_on)
+        except TemplateError as e:  # a hostile or broken template: its file and the limit hit
+            self.show_message(str(e))
+            return
         bos = getattr(tokenizer, "bos_token_id", None)
         cut = truncate(enc, max_seq_len, bos)
         pieces = token_pieces(tokenizer, enc.ids)
@@ -61,8 +66,12 @@ class TokenView(VerticalScroll):
         kept_completion = len(cut.ids) - cut.prompt_len
         parts: list[tuple[str, str]] = []
         self.highlighted = 0
+        trained = enc.trained
         for i, piece in enumerate(pieces):
-            if i < enc.prompt_len:
+            if i < enc.prompt_len and trained[i] and i not in cut_prompt:
+                style = COMPLETION_STYLES[i % 2]
+                self.highlighted += 1
+            elif i < enc.prompt_len:
                 style = CUT_STYLE if i in cut_prompt else PROMPT_STYLES[i % 2]
             elif cut.completion_too_long and i - enc.prompt_len >= kept_completion:
                 style = CUT_STYLE
@@ -76,9 +85,12 @@ class TokenView(VerticalScroll):
 
     @staticmethod
     def _summary(enc: Encoded, cut: Encoded, max_seq_len: int) -> Content:
+        earlier = sum(b - a for a, b in enc.earlier)
         counts = Content.assemble(
             ("prompt ", "$text-muted"), (str(enc.prompt_len), "bold"),
             (" · completion (trained) ", "$text-muted"), (str(enc.completion_len), "bold $text-success"),
+            *([(" · earlier assistant turns (trained) ", "$text-muted"), (str(earlier), "bold $text-success"),
+               (f" in {len(enc.earlier)} span(s)", "$text-muted")] if enc.earlier else []),
             (" · total ", "$text-muted"), (str(len(enc.ids)), "bold"), " tokens\n",
         )
         if len(enc.ids) <= max_seq_len:
