@@ -65,18 +65,26 @@ link_commands() {
 }
 
 setup() {
-  local stamp="$VENV/.tunedeck-installed"
+  # $1: the extras to install. The app needs none; the tests and the static checks add pytest, ruff,
+  # llama-cpp-python (the GGUF check; built from source) and torch + TRL (the oracle tests).
+  local extras="$1" stamp="$VENV/.tunedeck-installed${1:+-${1//,/-}}"
   if [ -f "$stamp" ] && [ "$stamp" -nt "$ROOT/pyproject.toml" ] && [ "$stamp" -nt "$ROOT/constraints.txt" ]; then return 0; fi
-  say "first-time set-up in $VENV (usually 1.5-2 minutes, and the first install builds llama.cpp for the GGUF check, a few minutes more; later starts skip it)"
+  if [ -z "$extras" ]; then
+    say "first-time set-up in $VENV (usually 1.5-2 minutes; later starts skip it)"
+  else
+    say "set-up for the tests in $VENV: pytest, ruff, torch + TRL for the oracle tests, and llama-cpp-python, whose" \
+        "first install builds llama.cpp from source (about 5-10 minutes in all on 2 cores; later runs skip it)"
+  fi
   system_packages
   if [ ! -x "$VENV/bin/python" ]; then say "creating the virtual environment"; "$PY" -m venv "$VENV"; fi
-  say "installing tunedeck and its dependencies (mlx, mlx-lm, textual, ... pinned by constraints.txt; about a minute)"
+  say "installing tunedeck${extras:+ [$extras]} and its dependencies (mlx, mlx-lm, textual, ... pinned by constraints.txt)"
   "$VENV/bin/python" -m pip install -q --upgrade pip >/dev/null 2>&1 || true
-  if ! CMAKE_ARGS="-DGGML_NATIVE=OFF" "$VENV/bin/python" -m pip install -q --disable-pip-version-check -c "$ROOT/constraints.txt" -e "$ROOT[test,lint,verify,oracle]" \
+  if ! CMAKE_ARGS="-DGGML_NATIVE=OFF" CMAKE_BUILD_PARALLEL_LEVEL="$(getconf _NPROCESSORS_ONLN 2>/dev/null || echo 2)" \
+      "$VENV/bin/python" -m pip install -q --disable-pip-version-check -c "$ROOT/constraints.txt" -e "$ROOT${extras:+[$extras]}" \
       2> >(grep -v "^WARNING: Location .* is ignored" >&2); then
     say "pip install failed (see above)"; exit 1
   fi
-  touch "$stamp"
+  touch "$stamp" "$VENV/.tunedeck-installed"  # the extras include what the app needs
   say "set-up done"
 }
 
@@ -103,7 +111,8 @@ lint() {
 lock() {
   local scratch; scratch=$(mktemp -d)
   "$PY" -m venv "$scratch/venv"
-  CMAKE_ARGS="-DGGML_NATIVE=OFF" "$scratch/venv/bin/python" -m pip install -q "$ROOT[test,lint,verify,oracle]"
+  CMAKE_ARGS="-DGGML_NATIVE=OFF" CMAKE_BUILD_PARALLEL_LEVEL="$(getconf _NPROCESSORS_ONLN 2>/dev/null || echo 2)" \
+    "$scratch/venv/bin/python" -m pip install -q "$ROOT[test,lint,verify,oracle]"
   { sed -n '1,2p' "$ROOT/constraints.txt"; "$scratch/venv/bin/python" -m pip freeze | grep -v -E '^(-e |tunedeck)'; } > "$ROOT/constraints.txt.new"
   mv "$ROOT/constraints.txt.new" "$ROOT/constraints.txt"
   rm -rf "$scratch"
@@ -113,7 +122,10 @@ lock() {
 case "${1:-}" in
   lock) shift; lock; exit ;;
 esac
-setup
+case "${1:-}" in
+  test|lint) setup "test,lint,verify,oracle" ;;
+  *) setup "" ;;
+esac
 link_commands
 case "${1:-}" in
   test) shift; preload_blas; cd "$ROOT"; exec "$VENV/bin/pytest" -q "$@" ;;

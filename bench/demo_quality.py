@@ -1,6 +1,6 @@
 """What KTO buys on the demo: the base model, an SFT adapter and a KTO adapter on the bundled data's held-out split.
 
-Builds (or reuses) the pre-trained demo model (`tunedeck demo-model`), then for each seed trains an SFT and a
+Builds (or reuses) the pre-trained demo model (`tunedeck demo-model --pretrain`), then for each seed trains an SFT and a
 KTO adapter with the demo preset (same steps, seed, learning rate and LoRA settings; `tunedeck train`) and
 scores base and adapter with `tunedeck eval` (core/evaluate.py) on that seed's held-out split (the trainer's
 `data.valid_fraction` split, which depends on the seed). KTO uses the weights `tunedeck config init --data`
@@ -152,7 +152,7 @@ def main() -> int:
     seeds = [int(s) for s in args.seeds.split(",")]
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     t0 = time.perf_counter()
-    model = args.model or cli("demo-model", timeout=args.timeout).stdout.strip()
+    model = args.model or cli("demo-model", "--pretrain", timeout=args.timeout).stdout.strip()
     build_s = round(time.perf_counter() - t0, 1)
     with tempfile.TemporaryDirectory(prefix="tunedeck-demo-quality-") as tmp:
         ws = Path(args.keep or tmp)

@@ -105,7 +105,7 @@ class KtoConfig:
     desirable_weight: float = 1.0
     undesirable_weight: float = 1.0
     loss_type: str = "kto"  # kto | apo_zero_unpaired
-    kl_pairs: str = "batch"  # batch (TRL's rotation inside each micro-batch) | dataset (a fixed derangement)
+    kl_pairs: str = "dataset"  # dataset (a fixed derangement over the split) | batch (TRL's rotation in each micro-batch)
 
 
 @dataclass
@@ -143,7 +143,7 @@ CHOICES: dict[str, tuple[Any, ...]] = {
     "train.optimizer": ("adamw", "adamw_mlx"),
     "train.compile": ("auto", "on", "off"),
     "kto.loss_type": ("kto", "apo_zero_unpaired"),
-    "kto.kl_pairs": ("batch", "dataset"),
+    "kto.kl_pairs": ("dataset", "batch"),
 }
 
 # (minimum, maximum, minimum inclusive?) for numeric keys
@@ -527,7 +527,7 @@ HELP: dict[str, str] = {
     "model.adapter": "warm-start from this adapter directory (empty = fresh LoRA)",
     "model.trust_remote_code": "allow custom code shipped with the model (off: such models are refused)",
     "data.path": "JSONL dataset (relative paths are relative to this file)",
-    "data.format": "auto, kto, messages, trl_unpaired, sharegpt, prompt_completion or text",
+    "data.format": "the records' format (auto: detected per file)",
     "data.max_seq_len": "longer examples lose prompt tokens from the left; the completion is kept",
     "data.valid_fraction": "share of examples held out for validation (stratified by label)",
     "data.strict": "true: refuse a file with bad lines; false: set them aside and report them",
@@ -570,8 +570,8 @@ HELP: dict[str, str] = {
     "kto.desirable_weight": "lambda_D; with undesirable_weight keep (lD*nD)/(lU*nU) in [1, 4/3]",
     "kto.undesirable_weight": "lambda_U",
     "kto.loss_type": "kto (TRL's, with the KL baseline) or apo_zero_unpaired (no KL)",
-    "kto.kl_pairs": "batch (each example's prompt with the previous example's completion in its micro-batch, as TRL) "
-                    "or dataset (a fixed derangement over the split)",
+    "kto.kl_pairs": "dataset (a fixed derangement over the split) or batch (each example's prompt with the previous "
+                    "example's completion in its micro-batch, as TRL)",
 }
 
 

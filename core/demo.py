@@ -1,13 +1,11 @@
 """The offline demo model: a tiny Mistral-architecture model with a BPE tokenizer trained on the sample data.
 
 `mlx_lm.load(dir)` loads it like any Hugging Face checkpoint (`model_type: "mistral"` maps to
-mlx-lm's llama implementation). `build` starts from random weights, deterministic for a seed, and by
-default (`steps` > 0, as `ensure` and `tunedeck demo-model` do) pre-trains them briefly, from scratch,
-as a plain causal LM on every bundled conversation, desirable and undesirable alike: the base model
-then speaks the sample data's language and imitates both its good and its bad behaviours, so chat,
-base-vs-adapter comparison and `tunedeck eval` show answers a person can judge. With
-`TUNEDECK_DEMO_RANDOM=1` in the environment, "demo" resolves to the random-weight model instead (fast
-to build; the test suite uses it).
+mlx-lm's llama implementation). `build` starts from random weights, deterministic for a seed; with
+`steps` > 0 (`tunedeck demo-model --pretrain`, or "demo" with TUNEDECK_DEMO_PRETRAINED=1) it pre-trains
+them from scratch as a plain causal LM on every bundled conversation, desirable and undesirable alike.
+That recipe is experimental: at its current size and steps its greedy answers are not yet well-formed
+tool calls, so "demo" means the random-weight model by default (built in seconds).
 """
 
 from __future__ import annotations
@@ -30,7 +28,7 @@ from .fsutil import atomic_dir, sha256_file
 from .progress import fmt_duration, write_soft
 
 Progress = Callable[[str], None]
-RANDOM_ENV = "TUNEDECK_DEMO_RANDOM"  # "1": "demo" means the random-weight model (fast to build; the tests use it)
+PRETRAINED_ENV = "TUNEDECK_DEMO_PRETRAINED"  # "1": "demo" means the pre-trained model (experimental, minutes)
 BAR_WIDTH = 24
 
 SPECIAL_TOKENS = [
@@ -69,7 +67,7 @@ def model_config(size: str = "tiny", vocab_size: int = 2000) -> dict[str, Any]:
 
 @dataclass(frozen=True)
 class Recipe:
-    """How the demo model is pre-trained (the defaults build `tunedeck demo-model` in about 2 minutes here)."""
+    """How the demo model is pre-trained (recorded, with the final loss and seconds, in its pretraining.json)."""
 
     steps: int = 240
     batch_size: int = 16
@@ -86,8 +84,8 @@ PAD_MULTIPLE = 32  # batch lengths are padded to a multiple of this (few shapes 
 
 
 def random_by_default() -> bool:
-    """True when `TUNEDECK_DEMO_RANDOM=1`: "demo" resolves to the random-weight model."""
-    return os.environ.get(RANDOM_ENV, "") == "1"
+    """True unless `TUNEDECK_DEMO_PRETRAINED=1`: "demo" resolves to the random-weight model."""
+    return os.environ.get(PRETRAINED_ENV, "") != "1"
 
 
 def cache_root() -> Path:
@@ -111,7 +109,7 @@ def cache_key(size: str = "tiny", seed: int = 0, tokenizer: str = "demo", steps:
 def default_dir(random: bool | None = None, size: str = "tiny", seed: int = 0, tokenizer: str = "demo") -> Path:
     """Where a demo model lives in the user cache (`$XDG_CACHE_HOME/tunedeck/`): the pre-trained one
     in `demo-model-pretrained-<cache_key>`, the random one in `demo-model` (other sizes, seeds or
-    tokenizers: `demo-model-random-<cache_key>`). `random=None` follows TUNEDECK_DEMO_RANDOM."""
+    tokenizers: `demo-model-random-<cache_key>`). `random=None` follows TUNEDECK_DEMO_PRETRAINED."""
     if random is None:
         random = random_by_default()
     if random and (size, seed, tokenizer) == ("tiny", 0, "demo"):
@@ -374,7 +372,7 @@ def _build_lock(dest: Path, say: Progress) -> Iterator[None]:
 
 def ensure(progress: Progress | None = None, random: bool | None = None) -> Path:
     """The default demo model ("demo"), built on first use into the user cache: pre-trained with
-    RECIPE, or the random-weight variant (`random=True`, or `random=None` with TUNEDECK_DEMO_RANDOM=1).
+    the random-weight variant (`random=None`: unless TUNEDECK_DEMO_PRETRAINED=1), or pre-trained with RECIPE.
     Progress goes to `progress`, else to stderr."""
     random = random_by_default() if random is None else random
     dest = default_dir(random)

@@ -337,8 +337,8 @@ def tolerance(gguf_type: str, weights: dict[str, np.ndarray], layers: int, logit
     type's (f16: the unit roundoff u / √3; q8_0: the block step 1/(2·127)/√3 against the block maximum,
     times max/RMS ≈ 3 for a block of 32 normal values). A block has 7 products on the residual stream
     and the output head one more: n = 7·layers + 1 independent errors, √n·e relative to the logits'
-    RMS. The maximum over every logit of the check is allowed 6 standard deviations, and a factor 4 covers
-    the amplification of errors by the normalisations (RMSNorm, softmax) that this first-order count leaves out.
+    RMS; the maximum over every logit of the check is allowed 6 of those (measured on the demo model:
+    f16 2.9e-3 against 1.1e-2, q8_0 0.046 against 0.26).
     """
     num = den = 0.0
     for w in weights.values():
@@ -348,7 +348,7 @@ def tolerance(gguf_type: str, weights: dict[str, np.ndarray], layers: int, logit
     e_w = math.sqrt(num / den) if den else 0.0
     e_a = F16_U / math.sqrt(3) if gguf_type == "f16" else 3 * Q8_0_U / math.sqrt(3)
     rms = float(np.sqrt(np.mean(np.square(logits))))
-    return 4 * 6 * math.sqrt(7 * layers + 1) * math.hypot(e_w, e_a) * max(1.0, rms)
+    return 6 * math.sqrt(7 * layers + 1) * math.hypot(e_w, e_a) * max(1.0, rms)
 
 
 def run_llama_cpp(path: Path, texts: Sequence[str], prompts: Sequence[Sequence[int]],

@@ -19,8 +19,8 @@ os.environ["HF_HUB_OFFLINE"] = "1"
 os.environ["TOKENIZERS_PARALLELISM"] = "false"
 # "demo" means the random-weight demo model (built in seconds) for the whole suite, subprocesses included:
 # many tests' tolerances and timings assume it. Tests of the pre-trained demo model ask for it explicitly
-# (demo.ensure(random=False), demo.build(..., steps=N)).
-os.environ["TUNEDECK_DEMO_RANDOM"] = "1"
+# (demo.build(..., steps=N)).
+os.environ.pop("TUNEDECK_DEMO_PRETRAINED", None)
 
 BIN = Path(sys.executable).parent / "tunedeck"
 
@@ -51,7 +51,7 @@ def kl_atol() -> float:
 
 @pytest.fixture(scope="session")
 def demo_model() -> Path:
-    """The tiny demo model with random weights (TUNEDECK_DEMO_RANDOM=1), built once for the session into
+    """The tiny demo model with random weights (the default), built once for the session into
     the isolated cache."""
     from tunedeck.core import demo
 

@@ -25,7 +25,7 @@ def trained_run(demo_model: Path, tmp_path_factory: pytest.TempPathFactory) -> P
     lines = (SAMPLE / "notes_tool_use.jsonl").read_text(encoding="utf-8").splitlines()[:64]
     (root / "d.jsonl").write_text("\n".join(lines) + "\n", encoding="utf-8")
     shutil.copy(SAMPLE / "tools.json", root / "tools.json")
-    assert run_cli("config", "init", str(root / "c.toml"), "--preset", "demo", "--data", "d.jsonl").returncode == 0
+    assert run_cli("config", "init", "c.toml", "--preset", "demo", "--data", "d.jsonl", cwd=root).returncode == 0
     sets = [a for s in TRAIN_SET for a in ("--set", s)]
     r = run_cli("train", str(root / "c.toml"), "--run-dir", str(root / "run"), "--quiet", *sets)
     assert r.returncode == 0, r.stderr

@@ -96,10 +96,10 @@ def test_gguf_loads_tokenizes_and_runs_in_llama_cpp(runs: dict[str, Path], demo_
         got = np.array(model.scores[: len(ids)])
         tol = G.tolerance(gguf_type, weights, 4, want)
         assert np.abs(got - want).max() <= tol, (np.abs(got - want).max(), tol)
-    # the check can tell the adapter apart: base logits are further away than the tolerance
-    base_model, _ = mlx_lm.load(str(base))
-    base_model.set_dtype(mx.float32)
-    assert np.abs(np.array(base_model(mx.array([ids]))[0]) - want).max() > 3 * tol
+    if gguf_type == "f16":  # f16 is fine enough to tell the adapter apart: the base is beyond the tolerance
+        base_model, _ = mlx_lm.load(str(base))
+        base_model.set_dtype(mx.float32)
+        assert np.abs(np.array(base_model(mx.array([ids]))[0]) - want).max() > 3 * tol
 
 
 def test_gguf_that_fails_its_check_is_not_kept(runs: dict[str, Path], tmp_path: Path) -> None:

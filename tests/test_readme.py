@@ -53,7 +53,10 @@ def user_env(home: Path) -> dict[str, str]:
     """A fresh login-like environment: a new HOME, the PATH the user's shell has, offline hub."""
     return {"HOME": str(home), "PATH": os.environ["PATH"], "TERM": "xterm-256color", "LANG": "C.UTF-8",
             "XDG_CACHE_HOME": os.environ["XDG_CACHE_HOME"], "XDG_CONFIG_HOME": str(home / ".config"),
-            "HF_HUB_OFFLINE": "1", "OPENBLAS_NUM_THREADS": "1"}
+            "HF_HUB_OFFLINE": "1", "OPENBLAS_NUM_THREADS": "1",
+            # test-only pacing (core.trainer's fault hook): steps take 0.3 s, so the detached run is still
+            # training when README's `tunedeck stop` line comes, however fast this machine is
+            "TUNEDECK_FAULT": "step_sleep:0.3"}
 
 
 def run_line(line: str, cwd: Path, env: dict[str, str], timeout: float = 600) -> subprocess.CompletedProcess:
@@ -102,7 +105,7 @@ def shrink(config: Path, model: Path) -> None:
     cfg["model"].update(path=str(model), quantize=0)
     cfg["data"].update(max_seq_len=256)
     cfg["lora"].update(rank=4)
-    cfg["train"].update(iters=200, save_every=50, eval_every=100, eval_batches=1, warmup_steps=1)
+    cfg["train"].update(iters=60, save_every=20, eval_every=30, eval_batches=1, warmup_steps=1)
     config.write_text(tomli_w.dumps(cfg), encoding="utf-8")
 
 
@@ -155,3 +158,29 @@ def test_your_own_data_block_in_a_new_directory(tmp_path: Path, demo_model: Path
         if cmd.startswith("tunedeck train --resume"):
             assert runs.read_events(work / "runs" / run_id)[-1]["type"] == "done"
     assert run_id and (work / "fused" / "config.json").is_file()
+
+
+def config_reference_rows() -> list[str]:
+    """README's config table as the code defines it: every key in order, its default, its meaning and choices."""
+    import dataclasses
+
+    from tunedeck.core import config as C
+
+    rows = []
+    for section in dataclasses.fields(C.Config):
+        for f in dataclasses.fields(getattr(C.Config(), section.name)):
+            key = f"{section.name}.{f.name}"
+            default = getattr(getattr(C.Config(), section.name), f.name)
+            shown = ", ".join(default) if isinstance(default, list) else repr(default)
+            meaning = C.HELP[key]
+            if key in C.CHOICES:
+                meaning += f" (one of {', '.join(str(c) for c in C.CHOICES[key])})"
+            rows.append(f"| `{key}` | `{shown}` | {meaning} |")
+    return rows
+
+
+def test_the_config_reference_lists_every_key_as_the_code_has_it() -> None:
+    text = (ROOT / "README.md").read_text(encoding="utf-8")
+    section = re.search(r"^## Config reference.*?(?=^## )", text, re.S | re.M).group(0)
+    table = [line for line in section.splitlines() if line.startswith("| `")]
+    assert table == config_reference_rows()

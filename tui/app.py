@@ -5,17 +5,21 @@ from __future__ import annotations
 import inspect
 import os
 import sys
-from collections.abc import Callable
+import time
+from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any, NoReturn
 
 from textual import work
-from textual.app import App
+from textual.app import App, ComposeResult, SystemCommand
 from textual.binding import Binding
 from textual.reactive import var
+from textual.screen import Screen
+from textual.widgets import Header
 
 from tunedeck.core import config as C
 from tunedeck.core.demo import sample_dataset
+from tunedeck.core.fsutil import atomic_write_text
 from tunedeck.core.model import ModelError, check_template
 from tunedeck.core.settings import read_settings, save_settings
 from tunedeck.themes import DEFAULT_THEME, STYLESHEET, THEMES
@@ -30,6 +34,9 @@ from .screens.help import HelpScreen
 from .screens.runs import RunsScreen
 from .screens.train import TrainScreen, find_running
 from .state import CONFIG_NAME, AppState, ModelStatus
+from .widgets.screen_tabs import ScreenTabs
+
+SCREENSHOTS = "screenshots"  # under the workspace: where the palette's Screenshot saves
 
 
 def _stylesheets(*screens: type) -> list[Path]:
@@ -41,6 +48,20 @@ def _stylesheets(*screens: type) -> list[Path]:
         for p in [css] if isinstance(css, (str, Path)) else css:
             paths.append(Path(inspect.getfile(cls)).parent / p)
     return paths
+
+
+def with_tabs(mode: str, cls: type[Screen]) -> type[Screen]:
+    """`cls` with the screen bar under its header (a subclass of the same name: CSS and tests that name the
+    class still apply). Its CSS_PATH is loaded once for the whole app (`_stylesheets`)."""
+
+    def compose(self: Screen) -> ComposeResult:
+        for widget in cls.compose(self):
+            yield widget
+            if isinstance(widget, Header):
+                yield ScreenTabs(mode)
+
+    return type(cls.__name__, (cls,), {"compose": compose, "CSS_PATH": None, "__module__": cls.__module__,
+                                       "__doc__": cls.__doc__})
 
 
 def initial_state(workspace: Path, data: str | None, config: str | None, model: str | None) -> AppState:
@@ -97,14 +118,15 @@ def load_tokenizer(model: str, progress: Callable[[str], None]) -> Any:
 
 class TunedeckApp(App[int]):
     TITLE = "tunedeck"
-    MODES = {
+    SCREENS_BY_MODE = {
         "data": DataScreen,
         "config": ConfigScreen,
         "train": TrainScreen,
         "chat": ChatScreen,
         "runs": RunsScreen,
     }
-    CSS_PATH = _stylesheets(*MODES.values())
+    MODES = {mode: with_tabs(mode, cls) for mode, cls in SCREENS_BY_MODE.items()}
+    CSS_PATH = _stylesheets(*SCREENS_BY_MODE.values())
     COMMANDS = App.COMMANDS | {TunedeckCommands}
     DEFAULT_MODE = "data"
     BINDINGS = [
@@ -154,6 +176,8 @@ class TunedeckApp(App[int]):
             run += " (its config and data)"
         self.title = f"tunedeck · {self.current_mode.title()}"
         self.sub_title = display(f"{s.data_path.name} · model {s.model} · run {run}")
+        for bar in self.screen.query(ScreenTabs):
+            bar.refresh_badge()
 
     def on_config_screen_applied(self, message: ConfigScreen.Applied) -> None:
         """A valid config in the form becomes the one every screen uses."""
@@ -178,12 +202,52 @@ class TunedeckApp(App[int]):
             sections.append((f"{mode.title()} screen ({n})", bindings))
         self.push_screen(HelpScreen(sections, self.get_key_display))
 
+    def get_system_commands(self, screen: Screen) -> Iterable[SystemCommand]:
+        """Textual's commands, with one "Keys" (tunedeck's keys screen, not a second, different one) and a
+        screenshot that is saved into the workspace."""
+        for command in super().get_system_commands(screen):
+            if command.title == "Keys":
+                yield SystemCommand("Keys", "Every key of every screen (? or f1)", self.action_help)
+            elif command.title == "Screenshot":
+                yield SystemCommand("Screenshot", f"Save an SVG of the screen into the workspace's {SCREENSHOTS}/",
+                                    lambda: self.set_timer(0.1, self.action_screenshot))
+            else:
+                yield command
+
+    def action_screenshot(self, filename: str | None = None, path: str | None = None) -> None:
+        """Save an SVG of the screen under workspace/screenshots/ (atomically) and say where."""
+        folder = Path(path) if path else self.state.workspace / SCREENSHOTS
+        name = filename or f"tunedeck-{self.current_mode}-{time.strftime('%Y%m%d-%H%M%S')}.svg"
+        target = folder / name
+        try:
+            folder.mkdir(parents=True, exist_ok=True)
+            atomic_write_text(target, self.export_screenshot())
+        except OSError as e:
+            self.notify(display(f"Screenshot not saved to {target}: {e.strerror or e}"), severity="error",
+                        markup=False)
+            return
+        self.notify(display(f"Screenshot saved to {target}"), markup=False, timeout=10)
+
+    def unsaved(self) -> list[str]:
+        """What is unsaved, one phrase a screen: which file, and how many edits where they are counted."""
+        out = []
+        for mode in sorted(self.state.dirty):
+            screen = self.get_screen_stack(mode)[0] if self.get_screen_stack(mode) else None
+            if mode == "data" and screen is not None and getattr(screen, "loaded_path", None):
+                n = len(screen.edits)
+                out.append(f"{n} label edit{'s' if n != 1 else ''} to {screen.loaded_path.name}")
+            elif mode == "config":
+                out.append(f"the config form's changes to {self.state.config_path.name}")
+            else:
+                out.append(mode)
+        return out
+
     async def action_quit(self) -> None:
         """Quit with status 0; with unsaved edits, ask first. Never touches a detached run."""
         if not self.state.dirty:
             self.exit(0)
         elif not isinstance(self.screen, QuitScreen):
-            self.push_screen(QuitScreen(sorted(self.state.dirty)), self._quit_choice)
+            self.push_screen(QuitScreen(self.unsaved()), self._quit_choice)
 
     async def _quit_choice(self, choice: str | None) -> None:
         if choice == "save":

@@ -847,18 +847,18 @@ def cmd_export(args: argparse.Namespace) -> int:
 
 
 def add_demo_parser(sub: argparse._SubParsersAction) -> None:
-    from tunedeck.core.demo import RANDOM_ENV, SIZES
+    from tunedeck.core.demo import PRETRAINED_ENV, SIZES
 
-    p = sub.add_parser("demo-model", help="build the tiny offline demo model (pre-trained on the sample data)")
+    p = sub.add_parser("demo-model", help="build the tiny offline demo model")
     p.add_argument("dir", nargs="?", help="destination (default: the user cache, where the app and "
                    "model.path = \"demo\" find it)")
     p.add_argument("--size", choices=list(SIZES), default="tiny", help="architecture (default tiny, ~4M params)")
     p.add_argument("--tokenizer", choices=["demo", "mistral-v3"], default="demo",
                    help="demo: BPE trained on the sample data; mistral-v3: Mistral's real tokenizer (needs mistral-common)")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--random", action="store_true",
-                   help=f"random weights, not pre-trained (seconds instead of ~2 minutes; the default when "
-                        f"{RANDOM_ENV}=1; required for --size 7b)")
+    p.add_argument("--pretrain", action="store_true",
+                   help=f"experimental: pre-train it on the sample conversations (minutes; the default when "
+                        f"{PRETRAINED_ENV}=1; not for --size 7b)")
     p.add_argument("--force", action="store_true", help="rebuild even if the directory exists")
     p.set_defaults(func=cmd_demo_model)
 
@@ -868,9 +868,9 @@ def cmd_demo_model(args: argparse.Namespace) -> int:
 
     from tunedeck.core import demo
 
-    random = args.random or demo.random_by_default()
+    random = not args.pretrain and demo.random_by_default()
     if args.size == "7b" and not random:
-        raise UserError("demo-model --size 7b: a 7B model is too large to pre-train here; add --random")
+        raise UserError("demo-model --size 7b: a 7B model is too large to pre-train here; leave out --pretrain")
     dest = Path(args.dir) if args.dir else demo.default_dir(random, args.size, args.seed, args.tokenizer)
     if dest.exists():
         if not args.force:

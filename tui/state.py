@@ -24,6 +24,7 @@ class AppState:
     current_example: Example | None = None  # example selected in the Data screen (chat's ctrl+e)
     dirty: set[str] = field(default_factory=set)  # screens with unsaved edits ("data", "config")
     dataset: Dataset | None = None  # the dataset as last loaded from disk by the Data screen
+    token_lengths: tuple[list[int], list[int]] | None = None  # per example of `dataset`: (sequence, completion) tokens
     memory_budget_gb: float | None = None  # memory training may use (None: what this machine allows)
 
     @property

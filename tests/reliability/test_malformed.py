@@ -108,7 +108,8 @@ DATA_CASES = [
      "kto", 1, ["{p}:7: mixed formats"], ["{p}:7: mixed formats"]),
     ("tool-calls-no-content", jsonl(line({"messages": [{"role": "user", "content": "a"},
                                                        {"role": "assistant", "tool_calls": [{"id": 1}]}]})), "sft",
-     1, ["{p}:1: messages[1].content: structured tool_calls are not supported"], ["{p}:1: messages[1].content"]),
+     1, ["{p}:1: messages[1].tool_calls[0].name: missing", "{p}:1: messages[1].tool_calls[0].id: expected a non-empty"],
+     ["{p}:1: messages[1].tool_calls[0]"]),
     ("mixed-formats", jsonl(GOOD, line({"text": "hello"})), "kto",
      1, ["{p}:7: mixed formats: this line is 'text' but the file is 'kto'"], ["{p}:7: mixed formats"]),
     ("sharegpt-unknown-from", jsonl(line({"conversations": [{"from": "martian", "value": "a"},
@@ -411,7 +412,8 @@ def test_event_file_that_is_a_directory(tmp_path: Path) -> None:
     (run_dir / "events.jsonl").unlink()
     (run_dir / "events.jsonl").mkdir()
     r = cli("runs", tmp_path / "runs", "--json")
-    assert r.code == 0 and _strict_json(r.out)[0]["status"] == "new"
+    (info,) = _strict_json(r.out)
+    assert r.code == 0 and info["status"] == "failed" and "events.jsonl is a directory" in info["error"]
 
 
 # --- the same through the real executable --------------------------------------------------------

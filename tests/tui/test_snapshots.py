@@ -1,50 +1,116 @@
-"""Snapshots of the Data and Config screens at 80×24 (`pytest --snapshot-update` rewrites them)."""
+"""Snapshots of every screen at 80×24 and 120×40, in the dark theme and with NO_COLOR
+(`pytest --snapshot-update` rewrites them). Nothing time-, machine- or model-specific shows: the forecast is
+fixed, the Train screen follows a finished fake run (no clock ticks), dates are in UTC."""
 
 from __future__ import annotations
 
+import math
+import shutil
+import tempfile
+import time
 from pathlib import Path
 
 import pytest
 
-from tests.tui.conftest import make_app, make_workspace, settle
+from tests.tui.conftest import make_app, make_workspace, settle, wait_for
+from tests.tui.test_runs_screen import fake_run
 from tunedeck.core import memory
 from tunedeck.core.memory import Forecast
 
+FIXED = Forecast(3.2, {"weights": 1.5, "adapters": 0.1, "optimizer": 0.2, "activations": 1.4}, 24.0, "fits", [])
+RUN = "20260101-000001-kto"
+SCREENS = {"1": "data", "2": "config", "3": "train", "4": "chat", "5": "runs"}
+SIZES = {"80x24": (80, 24), "120x40": (120, 40)}
+
+
+def kto_events(steps: int = 40, total: int = 60) -> list[dict]:
+    """A KTO run stopped at `steps`: noisy loss, rewards within ±3, KL 10× larger, evals every 10 steps."""
+    t0 = 1_800_000_000.0
+    out: list[dict] = [{"type": "start", "step": 0, "time": t0, "method": "kto", "total_steps": total}]
+    for s in range(1, steps + 1):
+        wiggle = math.sin(s * 1.7)
+        out.append({"type": "step", "step": s, "time": t0 + s, "loss": 0.6 * math.exp(-s / 30) + 0.2 + 0.15 * wiggle,
+                    "rewards_chosen": s / 20 + 0.2 * wiggle, "rewards_rejected": -s / 25 - 0.2 * wiggle,
+                    "margin": s / 11, "kl": 30 + s / 2 + 2 * wiggle, "lr": 1e-5, "tokens_per_sec": 33.0,
+                    "seq_tokens_per_sec": 157.0, "rss_gb": 1.3, "mlx_active_gb": 0.9, "peak_memory_gb": 2.1,
+                    "sys_used_gb": 12.0, "sys_total_gb": 32.0})
+        if s % 10 == 0:
+            out.append({"type": "eval", "step": s, "time": t0 + s, "val_loss": 0.5 - s / 400, "val_margin": s / 15,
+                        "val_reward_accuracy": 0.5 + s / 100})
+    out.append({"type": "warning", "step": steps, "time": t0 + steps,
+                "message": "kto weights give (λD·nD)/(λU·nU) = 3.00, outside [1, 1.33]: the Config screen's w "
+                           "suggests weights for this split"})
+    out.append({"type": "stopped", "step": steps, "time": t0 + steps + 1, "signal": "SIGTERM", "checkpoint": None})
+    return out
+
 
 @pytest.fixture
-def app(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
-    """The app on a fixed 30-example dataset, with a fixed forecast (no machine- or model-specific numbers)."""
-    fixed = Forecast(3.2, {"weights": 1.5, "adapters": 0.1, "optimizer": 0.2, "activations": 1.4}, 24.0, "fits", [])
-    monkeypatch.setattr(memory, "forecast", lambda *args, **kwargs: fixed)
-    return make_app(make_workspace(tmp_path / "ws", n=30), budget_gb=24.0)
+def fixed_app(monkeypatch: pytest.MonkeyPatch):
+    """The app on a fixed 30-example workspace at a fixed path (the Runs screen names it), with one stopped KTO
+    run, a fixed forecast and UTC dates."""
+    monkeypatch.setattr(memory, "forecast", lambda *args, **kwargs: FIXED)
+    monkeypatch.setenv("TZ", "UTC")
+    time.tzset()
+    ws = Path(tempfile.gettempdir()) / "tunedeck-snapshots" / "ws"
+    shutil.rmtree(ws.parent, ignore_errors=True)
+    make_workspace(ws, n=30)
+    fake_run(ws, RUN, kto_events())
+
+    def make(no_color: bool = False):
+        if no_color:
+            monkeypatch.setenv("NO_COLOR", "1")
+        else:
+            monkeypatch.delenv("NO_COLOR", raising=False)
+        return make_app(ws, budget_gb=24.0)
+
+    yield make
+    shutil.rmtree(ws.parent, ignore_errors=True)
+    monkeypatch.delenv("TZ")
+    time.tzset()
 
 
-async def _loaded(pilot) -> None:
-    await settle(pilot.app, pilot)
+def opener(key: str):
+    """run_before for snap_compare: load, switch to the screen on `key` (Train: attached to the fake run)."""
+
+    async def open_screen(pilot) -> None:
+        app = pilot.app
+        await settle(app, pilot)
+        await pilot.press(key)
+        await settle(app, pilot)
+        if key == "3":
+            app.screen.attach(app.state.runs_root / RUN)
+            await wait_for(pilot, lambda: app.screen.status == "stopped", 120, "the fake run's stopped status")
+            await pilot.pause(0.5)  # the 4 Hz redraw
+        for widget in app.screen.query("Input"):
+            widget.cursor_blink = False
+        await settle(app, pilot)
+
+    return open_screen
 
 
-def test_data_screen(snap_compare, app) -> None:
-    assert snap_compare(app, terminal_size=(80, 24), press=["j", "space"], run_before=_loaded)
+@pytest.mark.parametrize("size", list(SIZES))
+@pytest.mark.parametrize("key", list(SCREENS), ids=list(SCREENS.values()))
+def test_screen(snap_compare, fixed_app, key: str, size: str) -> None:
+    assert snap_compare(fixed_app(), terminal_size=SIZES[size], run_before=opener(key))
 
 
-def test_data_screen_narrow(snap_compare, app) -> None:
-    assert snap_compare(app, terminal_size=(60, 20), run_before=_loaded)
+@pytest.mark.parametrize("size", list(SIZES))
+@pytest.mark.parametrize("key", list(SCREENS), ids=list(SCREENS.values()))
+def test_screen_no_color(snap_compare, fixed_app, key: str, size: str) -> None:
+    assert snap_compare(fixed_app(no_color=True), terminal_size=SIZES[size], run_before=opener(key))
 
 
-def test_config_screen(snap_compare, app) -> None:
-    async def open_config(pilot) -> None:
-        await _loaded(pilot)
-        await pilot.press("2")
-        await settle(pilot.app, pilot)
-
-    assert snap_compare(app, terminal_size=(80, 24), run_before=open_config)
+def test_data_screen_after_a_label_toggle(snap_compare, fixed_app) -> None:
+    assert snap_compare(fixed_app(), terminal_size=(80, 24), press=["j", "space"], run_before=opener("1"))
 
 
-def test_config_screen_with_an_error(snap_compare, app) -> None:
+def test_data_screen_narrow(snap_compare, fixed_app) -> None:
+    assert snap_compare(fixed_app(), terminal_size=(60, 20), run_before=opener("1"))
+
+
+def test_config_screen_with_an_error(snap_compare, fixed_app) -> None:
     async def bad_batch_size(pilot) -> None:
-        await _loaded(pilot)
-        await pilot.press("2")
-        await settle(pilot.app, pilot)
+        await opener("2")(pilot)
         editor = pilot.app.screen.field("train.batch_size").editor
         editor.cursor_blink = False
         editor.focus()
@@ -52,33 +118,4 @@ def test_config_screen_with_an_error(snap_compare, app) -> None:
         await pilot.press("1")
         await settle(pilot.app, pilot)
 
-    assert snap_compare(app, terminal_size=(80, 24), run_before=bad_batch_size)
-
-
-@pytest.fixture
-def fixed_app(monkeypatch: pytest.MonkeyPatch):
-    """As `app`, in a fixed workspace path (the Runs screen names its directory)."""
-    import shutil
-    import tempfile
-
-    fixed = Forecast(3.2, {"weights": 1.5, "adapters": 0.1, "optimizer": 0.2, "activations": 1.4}, 24.0, "fits", [])
-    monkeypatch.setattr(memory, "forecast", lambda *args, **kwargs: fixed)
-    ws = Path(tempfile.gettempdir()) / "tunedeck-snapshots" / "ws"
-    shutil.rmtree(ws.parent, ignore_errors=True)
-    yield make_app(make_workspace(ws, n=30), budget_gb=24.0)
-    shutil.rmtree(ws.parent, ignore_errors=True)
-
-
-@pytest.mark.parametrize("key", ["3", "4", "5"])
-def test_train_chat_runs_screens_before_any_run(snap_compare, fixed_app, key: str) -> None:
-    """Train, Chat and Runs in a workspace with no runs yet (nothing time- or machine-dependent shows)."""
-    app = fixed_app
-
-    async def open_screen(pilot) -> None:
-        await _loaded(pilot)
-        await pilot.press(key)
-        await settle(pilot.app, pilot)
-        for widget in pilot.app.screen.query("Input"):
-            widget.cursor_blink = False
-
-    assert snap_compare(app, terminal_size=(80, 24), run_before=open_screen)
+    assert snap_compare(fixed_app(), terminal_size=(80, 24), run_before=bad_batch_size)

@@ -23,7 +23,7 @@ from tunedeck.core.data import DataError, load, suggest_kto_weights
 
 from ..safe import display, plain
 from ..widgets.config_field import ConfigField
-from ..widgets.forecast_panel import ForecastPanel
+from ..widgets.forecast_panel import ForecastPanel, forecast_lengths
 from ..widgets.quiet_static import QuietStatic
 from .dialogs import PathScreen
 
@@ -163,7 +163,8 @@ class ConfigScreen(Screen):
     async def _forecast(self, cfg: C.Config) -> None:
         panel = self.query_one(ForecastPanel)
         try:
-            fc = await asyncio.to_thread(partial(memory.forecast, cfg, budget_gb=self.app.state.memory_budget_gb))
+            fc = await asyncio.to_thread(partial(memory.forecast, cfg, budget_gb=self.app.state.memory_budget_gb,
+                                                 **forecast_lengths(self.app.state, cfg.data.max_seq_len)))
         except Exception as e:  # an unknown model, an unreadable config.json: shown, never fatal
             panel.show_message(f"No forecast: {e}")
         else:

@@ -13,7 +13,8 @@ from textual import on, work
 from textual.app import ComposeResult
 from textual.binding import Binding
 from textual.containers import Horizontal
-from textual.events import ScreenResume
+from textual.content import Content
+from textual.events import Resize, ScreenResume
 from textual.screen import Screen
 from textual.timer import Timer
 from textual.widgets import ContentSwitcher, DataTable, Footer, Header, Input, Static
@@ -31,6 +32,9 @@ from ..widgets.stats_panel import StatsPanel
 from ..widgets.token_view import TokenView
 
 FILTERS = ("all", "desirable", "undesirable", "flagged", "over-length")
+COLUMNS = (("#", "n"), ("label", "label"), ("turns", "turns"), ("tokens", "tokens"), ("prompt", "prompt"))
+NARROW_COLUMNS = ("n", "label", "tokens", "prompt")  # under WIDE cells: the prompt keeps the room
+WIDE = 110
 MOVE = Binding.Group("move", compact=True)
 PROMPT_WORDS = 48
 SEARCH_DELAY = 0.15  # seconds
@@ -47,12 +51,14 @@ def _haystack(ex: Example) -> str:
     return "\n".join([*(m["content"] for m in ex.prompt), ex.completion]).casefold()
 
 
-def _token_counts(tokenizer: Any, examples: list[Example]) -> list[int] | None:
-    """Token count per example, or None if the model's chat template fails on one (shown in the token view)."""
+def _token_counts(tokenizer: Any, examples: list[Example]) -> tuple[list[int], list[int]] | None:
+    """Sequence and completion token counts per example, or None if the model's chat template fails on one
+    (shown in the token view)."""
     try:
-        return [len(encode_example(tokenizer, ex).ids) for ex in examples]
+        encoded = [encode_example(tokenizer, ex) for ex in examples]
     except TemplateError:
         return None
+    return [len(e.ids) for e in encoded], [e.completion_len for e in encoded]
 
 
 class DataScreen(Screen):
@@ -104,6 +110,7 @@ class DataScreen(Screen):
         self.load_error = ""
         self._search_timer: Timer | None = None
         self._stats_key: tuple[tuple, tuple] = ((), ())  # what the stats panel shows, to skip recomputing it
+        self.columns: tuple[str, ...] = ()
 
     def compose(self) -> ComposeResult:
         yield Header()
@@ -121,12 +128,27 @@ class DataScreen(Screen):
         yield Footer()
 
     def on_mount(self) -> None:
-        table = self.query_one(DataTable)
-        for label, key in (("#", "n"), ("label", "label"), ("turns", "turns"), ("tokens", "tokens"), ("prompt", "prompt")):
-            table.add_column(label, key=key)
+        self._set_columns(self.app.size.width)
         self.watch(self.app, "model_status", self._model_status_changed, init=False)
         self.app.theme_changed_signal.subscribe(self, lambda _theme: self._rebuild_rows())
         self.load_dataset(self.app.state.data_path)
+
+    def on_resize(self, event: Resize) -> None:
+        if self._set_columns(event.size.width):
+            self._rebuild_rows()
+
+    def _set_columns(self, width: int) -> bool:
+        """Every column from WIDE cells on, else all but turns; whether they changed."""
+        columns = tuple(k for _, k in COLUMNS) if width >= WIDE else NARROW_COLUMNS
+        if columns == self.columns:
+            return False
+        self.columns = columns
+        table = self.query_one(DataTable)
+        table.clear(columns=True)
+        for label, key in COLUMNS:
+            if key in columns:
+                table.add_column(label, key=key)
+        return True
 
     def on_screen_resume(self, _event: ScreenResume) -> None:
         """The config may point at another dataset or max_seq_len now."""
@@ -157,7 +179,7 @@ class DataScreen(Screen):
 
     def _load_failed(self, path: Path, error: DataError) -> None:
         self.dataset, self.loaded_path, self.current = None, path, None
-        self.app.state.dataset = None
+        self.app.state.dataset, self.app.state.token_lengths = None, None
         self.load_error = "\n".join(f"{p.message}" for p in error.problems)
         self.query_one(SplitBar).counts = (0, 0)
         self.query_one(DataTable).clear()
@@ -169,7 +191,7 @@ class DataScreen(Screen):
         kept_edits, dropped = self._carry_edits(ds)
         current_line = self.dataset.examples[self.current].line if self.dataset and self.current is not None else None
         self.dataset, self.loaded_path, self.load_error = ds, ds.path, ""
-        self.app.state.dataset = ds
+        self.app.state.dataset, self.app.state.token_lengths = ds, None
         self.edits = kept_edits
         self.undo_stack = [line for line in self.undo_stack if line in kept_edits]
         self.flags = defaultdict(list)
@@ -215,14 +237,15 @@ class DataScreen(Screen):
         ds = self.dataset
         counts = await asyncio.to_thread(_token_counts, tokenizer, ds.examples)
         if ds is self.dataset:
-            self.token_counts = counts
+            self.token_counts = counts[0] if counts else None
+            self.app.state.token_lengths = counts
             self._rebuild_rows()
 
     def _model_status_changed(self, status: ModelStatus) -> None:
         if status.state == "ready" and self.dataset is not None:
             self._count_tokens(status.tokenizer)
         elif status.state == "idle":
-            self.token_counts = None
+            self.token_counts = self.app.state.token_lengths = None
             self._rebuild_rows()
         self._show_pane()
 
@@ -259,7 +282,9 @@ class DataScreen(Screen):
     def _row(self, i: int) -> tuple[Text, ...]:
         number, turns, prompt = self.cells[i]
         tokens = Text("-" if self.token_counts is None else str(self.token_counts[i]), justify="right")
-        return number, self._label_cell(self.dataset.examples[i]), turns, tokens, prompt
+        cells = {"n": number, "label": self._label_cell(self.dataset.examples[i]), "turns": turns, "tokens": tokens,
+                 "prompt": prompt}
+        return tuple(cells[c] for c in self.columns)
 
     def _rebuild_rows(self) -> None:
         table = self.query_one(DataTable)
@@ -283,12 +308,21 @@ class DataScreen(Screen):
         if message is None:
             shown = self.query_one(DataTable).row_count
             total = len(self.dataset.examples) if self.dataset else 0
-            message = f"{shown} of {total} · filter {self.filter} (f)"
+            parts: list[Content | tuple[str, str] | str] = []
+            if self.edits:  # first: it matters most, and stays visible when the line wraps
+                n = len(self.edits)
+                parts.append((f"{n} unsaved label edit{'s' if n != 1 else ''} · ", "bold $text-warning"))
+            parts += [f"{shown} of {total} · filter ", (self.filter, "bold"), " (f) or"]
+            for name in FILTERS:  # every other filter a click away
+                if name != self.filter:
+                    parts += [" ", Content.from_markup(f"[underline @click=screen.set_filter('{name}')]{name}[/]")]
             if self.filter == "over-length" and self.token_counts is None:
-                message += " (needs the tokenizer: loading…)"
-            message += f" · search “{self.query_text}” (/)" if self.query_text else " · search (/)"
-            if self.edits:
-                message += f" · {len(self.edits)} unsaved label edit{'s' if len(self.edits) != 1 else ''}"
+                parts.append(" (needs the tokenizer: loading…)")
+            parts.append(plain(f" · search “{self.query_text}” (/)") if self.query_text else " · search (/)")
+            if self.dataset is not None and self.dataset.skipped:
+                parts.append((f" · {self.dataset.skipped} set aside (p)", "bold $text-warning"))
+            self.query_one("#status", Static).update(Content.assemble(*parts))
+            return
         self.query_one("#status", Static).update(plain(message))
 
     @on(DataTable.RowHighlighted)
@@ -400,7 +434,13 @@ class DataScreen(Screen):
             table.move_cursor(row=max(0, min(table.row_count - 1, table.cursor_row + delta)), animate=False)
 
     def action_cycle_filter(self) -> None:
-        self.filter = FILTERS[(FILTERS.index(self.filter) + 1) % len(FILTERS)]
+        self.action_set_filter(FILTERS[(FILTERS.index(self.filter) + 1) % len(FILTERS)])
+
+    def action_set_filter(self, name: str) -> None:
+        """Show the examples of filter `name` (the cursor stays on the current example when it still shows)."""
+        if name not in FILTERS:
+            return
+        self.filter = name
         if self.filter == "over-length" and self.token_counts is None:
             self.app.request_tokenizer()
         self._rebuild_rows()

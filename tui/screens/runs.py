@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from rich.text import Text
-from textual import on, work
+from textual import events, on, work
 from textual.app import ComposeResult
 from textual.binding import Binding
 from textual.message import Message
@@ -27,6 +27,8 @@ if TYPE_CHECKING:
     from ..state import AppState
 
 COLUMNS = ("run", "status", "method", "steps", "last val", "best val", "started", "duration")
+NARROW_COLUMNS = ("run", "status", "method", "steps", "best val", "duration")  # under WIDE columns
+WIDE = 110
 DELETABLE = ("finished", "stopped", "failed", "stale", "new")
 
 
@@ -49,6 +51,7 @@ class RunsScreen(Screen):
     def __init__(self) -> None:
         super().__init__()
         self.infos: dict[str, runs.RunInfo] = {}
+        self.columns: tuple[str, ...] = ()
         self._cache: dict[Path, tuple[tuple[int, int, bool], runs.RunInfo]] = {}
 
     @property
@@ -63,12 +66,27 @@ class RunsScreen(Screen):
         yield Footer()
 
     def on_mount(self) -> None:
-        self.query_one(DataTable).add_columns(*COLUMNS)
+        self._set_columns(self.app.size.width)
         self.query_one("#runs-root", Static).update(plain(f"Runs in {self.state.runs_root}"))
         self.set_interval(2.0, self._tick)
 
     def on_screen_resume(self) -> None:
         self.action_refresh()
+
+    def on_resize(self, event: events.Resize) -> None:
+        if self._set_columns(event.size.width):
+            self.action_refresh()
+
+    def _set_columns(self, width: int) -> bool:
+        """Every column from WIDE cells on, else the most useful ones; whether they changed."""
+        columns = COLUMNS if width >= WIDE else NARROW_COLUMNS
+        if columns == self.columns:
+            return False
+        self.columns = columns
+        table = self.query_one(DataTable)
+        table.clear(columns=True)
+        table.add_columns(*columns)
+        return True
 
     # --- listing -----------------------------------------------------------------------------
 
@@ -104,7 +122,8 @@ class RunsScreen(Screen):
         self.infos = {str(i.run_dir): i for i in message.infos}
         table.clear()
         for info in message.infos:
-            table.add_row(*self._cells(info), key=str(info.run_dir))
+            cells = dict(zip(COLUMNS, self._cells(info), strict=True))
+            table.add_row(*(cells[c] for c in self.columns), key=str(info.run_dir))
         if selected is not None and str(selected.run_dir) in self.infos:
             table.move_cursor(row=table.get_row_index(str(selected.run_dir)), animate=False)
         self._show_detail()

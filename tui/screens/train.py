@@ -31,6 +31,7 @@ from tunedeck.core.progress import fmt_duration
 
 from ..safe import display, plain
 from ..widgets.event_follower import EventFollower, TrainEvents
+from ..widgets.forecast_panel import forecast_lengths
 from ..widgets.gauges import MemoryGauges
 from ..widgets.run_confirm import ConfirmRun
 from ..widgets.series_plot import LineStyle, PlotPanel
@@ -230,7 +231,11 @@ class TrainScreen(Screen):
 
         budget = self.state.memory_budget_gb
         try:
-            fc = forecast(load(run_dir / "config.toml")[0], budget_gb=budget)
+            cfg = load(run_dir / "config.toml")[0]
+            same_data = self.state.dataset is not None and self.state.dataset.path == self.state.resolve_data_path(
+                cfg.data.path)
+            lengths = forecast_lengths(self.state, cfg.data.max_seq_len) if same_data else {}
+            fc = forecast(cfg, budget_gb=budget, **lengths)
             total = float(fc.total_gb)
             budget = float(getattr(fc, "budget_gb", budget) or 0) or None
         except Exception:  # noqa: BLE001 - the forecast is advisory: without it the bars scale to the machine

@@ -7,7 +7,7 @@ from textual.containers import VerticalScroll
 from textual.content import Content
 from textual.widgets import Static
 
-from tunedeck.core.data import Example, Problem
+from tunedeck.core.data import Example, Problem, completion_text
 
 from ..safe import display, plain
 
@@ -49,7 +49,7 @@ class ExampleView(VerticalScroll):
             parts.append(plain(f"{'✗' if error else '⚠'} {where}{p.message}\n", "$text-error" if error else "$text-warning"))
         for m in ex.prompt:
             parts.append((f"\n── {m['role']} ──\n", f"bold {ROLE_STYLE.get(m['role'], '')}"))
-            parts.append(display(m["content"]) + "\n")
+            parts.append(display(completion_text(m) if m["role"] == "assistant" else m["content"]) + "\n")
         parts.append(("\n── assistant · completion (trained) ──\n", "bold $text-success"))
         parts.append(plain(ex.completion, "$foreground on $success-muted"))
         self.query_one("#example-body", Static).update(Content.assemble(*parts))

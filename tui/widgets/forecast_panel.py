@@ -2,12 +2,37 @@
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 from textual.content import Content
 
 from tunedeck.core.memory import Forecast
 
 from ..safe import display, plain
 from .quiet_static import QuietStatic
+
+if TYPE_CHECKING:
+    from ..state import AppState
+
+#: core.memory's note when no completion length was given, and what the panel says instead.
+UPPER_BOUND_NOTE = "logits assumed at every position"
+UPPER_BOUND_TEXT = ("logits assumed at every position of max_seq_len (an upper bound); the dataset's own lengths "
+                    "are used once the Data screen has counted its tokens")
+BUDGET_TEXT = "budget: the memory training may use on this machine"
+
+
+def forecast_lengths(state: AppState, max_seq_len: int) -> dict[str, int]:
+    """`seq_len` and `completion_len` for `core.memory.forecast` from the loaded dataset's token counts (its
+    longest sequence and completion, each at most `max_seq_len`), or {} before they are counted."""
+    if not state.token_lengths or not state.token_lengths[0]:
+        return {}
+    seqs, completions = state.token_lengths
+    return {"seq_len": min(max(seqs), max_seq_len), "completion_len": min(max(completions), max_seq_len)}
+
+
+def _note(note: str) -> str:
+    return UPPER_BOUND_TEXT if note.startswith(UPPER_BOUND_NOTE) else note
+
 
 VERDICT_STYLE = {"fits": "bold $background on $success", "tight": "bold $background on $warning",
                  "won't fit": "bold $background on $error"}
@@ -32,17 +57,18 @@ class ForecastPanel(QuietStatic):
             filled = min(width, round(width * ratio))
             bar_style = "$error" if ratio > 1 else "$warning" if fc.verdict == "tight" else "$success"
             parts += [
-                (f"{fc.total_gb:.1f} GB", "bold"), (f" of {fc.budget_gb:.1f} GB ", "$text-muted"),
+                (f"{fc.total_gb:.1f} GB", "bold"), (f" of {fc.budget_gb:.1f} GB budget ", "$text-muted"),
                 Content.styled(f" {fc.verdict} ", VERDICT_STYLE.get(fc.verdict, "bold")), "\n",
                 ("█" * filled, bar_style), ("░" * (width - filled), "$text-disabled"), "\n",
             ]
             for i, (name, gb) in enumerate(fc.parts.items()):
                 parts += [(" · " if i else "", "$text-muted"), (display(name), "$text-muted"), f"\u00a0{gb:.2f}"]
-            parts.append("\n")
+            lengths = f"; sequences of {fc.seq_len} tokens, {fc.completion_len} trained" if fc.seq_len else ""
+            parts += ["\n", (f"{BUDGET_TEXT}{lengths}\n", "$text-muted")]
         else:
             parts += [Content.styled(f" {fc.verdict} ", "bold"), (f" budget {fc.budget_gb:.1f} GB\n", "$text-muted")]
         for s in fc.suggestions:
             parts.append(plain(f"→ {s}\n", "$text-warning"))
         for note in fc.notes:
-            parts.append(plain(f"· {note}\n", "$text-muted"))
+            parts.append(plain(f"· {_note(note)}\n", "$text-muted"))
         self.update(Content.assemble(*parts))

@@ -92,12 +92,11 @@ class MemoryGauges(Vertical):
         peak = readings.get("peak_memory_gb")
         over = forecast_gb is not None and peak is not None and peak > forecast_gb
         parts: list[Content | tuple[str, str] | str] = [
-            ("memory ", "bold"), ("process ", "$text-muted"), gb("rss_gb"), (" · MLX ", "$text-muted"),
+            ("mem ", "bold"), ("process ", "$text-muted"), gb("rss_gb"), (" · MLX ", "$text-muted"),
             gb("mlx_active_gb"), (" · peak ", "$text-muted"), (gb("peak_memory_gb"), "$text-error" if over else ""),
             (f" of {forecast_gb:.2f} GB forecast" if forecast_gb else " GB", "$text-muted"),
-            (" · system ", "$text-muted"), gb("sys_used_gb"),
-            (f" of {total:.1f} GB RAM" if total else " GB", "$text-muted"),
+            (" · system ", "$text-muted"), gb("sys_used_gb"), (f"/{total:.1f} GB RAM" if total else " GB", "$text-muted"),
         ]
         if budget_gb:
-            parts.append((f" · budget {budget_gb:.1f} GB", "$text-muted"))
+            parts.append((f" · budget {budget_gb:.1f}", "$text-muted"))
         return Content.assemble(*parts)

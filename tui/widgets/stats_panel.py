@@ -26,16 +26,17 @@ class StatsPanel(VerticalScroll):
         yield PlotextPlot(id="stats-plot")
 
     def show(self, stats: dict[str, Any], lengths: list[int], unit: str, weights_note: str | None) -> None:
-        """`lengths` per example in `unit` ("tokens" or "characters"); `weights_note` warns about
-        the config's KTO weights (None when they are fine)."""
+        """`lengths` per example in `unit` ("tokens" or "characters", for the histogram); the percentiles are
+        labelled by what `stats` holds (tokens once a tokenizer counted them); `weights_note` warns about the
+        config's KTO weights (None when they are fine)."""
         t, w = stats["turns"], stats["suggested_kto_weights"]
-        pct = stats["tokens"] or stats["chars"]
+        pct, pct_unit = (stats["tokens"], "tokens") if stats["tokens"] else (stats["chars"], "characters")
         lines: list[Content | tuple[str, str] | str] = [
             ("examples ", "$text-muted"), (str(stats["total"]), "bold"),
             (" · format ", "$text-muted"), plain(stats["format"]),
             (" · set aside ", "$text-muted"), str(stats["skipped"]), "\n",
             ("turns ", "$text-muted"), f"min {t['min']} · mean {t['mean']:.1f} · max {t['max']}\n",
-            (f"length ({unit}) ", "$text-muted"),
+            (f"length ({pct_unit}) ", "$text-muted"),
             f"p50 {pct['p50']} · p90 {pct['p90']} · p99 {pct['p99']} · max {pct['max']}\n",
         ]
         if stats["over_max_seq_len"] is not None:
