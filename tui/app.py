@@ -176,8 +176,9 @@ class TunedeckApp(App[int]):
             run += " (its config and data)"
         self.title = f"tunedeck · {self.current_mode.title()}"
         self.sub_title = display(f"{s.data_path.name} · model {s.model} · run {run}")
-        for bar in self.screen.query(ScreenTabs):
-            bar.refresh_badge()
+        for screen in self.screen_stack[-1:]:  # none while the app is closing
+            for bar in screen.query(ScreenTabs):
+                bar.refresh_badge()
 
     def on_config_screen_applied(self, message: ConfigScreen.Applied) -> None:
         """A valid config in the form becomes the one every screen uses."""

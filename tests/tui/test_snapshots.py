@@ -77,13 +77,14 @@ def opener(key: str):
         await settle(app, pilot)
         await pilot.press(key)
         await settle(app, pilot)
-        if key == "3":
-            app.screen.attach(app.state.runs_root / RUN)
-            await wait_for(pilot, lambda: app.screen.status == "stopped", 120, "the fake run's stopped status")
-            await pilot.pause(0.5)  # the 4 Hz redraw
         for widget in app.screen.query("Input"):
             widget.cursor_blink = False
-        await settle(app, pilot)
+        if key == "3":  # its follower worker runs until detached: wait for what it read, not for it
+            app.screen.attach(app.state.runs_root / RUN)
+            await wait_for(pilot, lambda: app.screen.status == "stopped", 120, "the fake run's stopped status")
+            await pilot.pause(0.6)  # the 4 Hz redraw
+        else:
+            await settle(app, pilot)
 
     return open_screen
 

@@ -1,0 +1,104 @@
+"""How fast the app answers keys: drives it headless with Textual's Pilot and times key -> screen updated.
+
+    python bench/tui_latency.py [--tabs 18] [--moves 40] [--size 120x40]
+
+Interactions: `Tab` through the Config form (`config_tab`), `j`/`k` in the Data screen's list (`data_jk`);
+and each screen's first mount (the key 1-5 -> the screen shown and settled). The workspace is a temporary copy
+of the bundled sample data (its first 200 examples) with the demo config; nothing is trained. The last line
+printed is one JSON object in milliseconds: a `<interaction>_p95_ms` (and `_median_ms`) key per interaction
+and a `<screen>_first_mount_ms` key per screen. Targets: p95 <= 100 ms per key, <= 1000 ms per first mount.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from tunedeck.core import config as C  # noqa: E402
+from tunedeck.core.demo import sample_dataset  # noqa: E402
+from tunedeck.tui.app import TunedeckApp, initial_state  # noqa: E402
+from tunedeck.tui.state import CONFIG_NAME  # noqa: E402
+
+SCREENS = {"config": "2", "train": "3", "chat": "4", "runs": "5"}
+
+
+def workspace(root: Path, n: int) -> Path:
+    lines = sample_dataset().read_text(encoding="utf-8").splitlines()[:n]
+    (root / "data.jsonl").write_text("\n".join(lines) + "\n", encoding="utf-8")
+    C.save(C.preset("demo", "data.jsonl"), root / CONFIG_NAME)
+    return root
+
+
+def p95(ms: list[float]) -> float:
+    ordered = sorted(ms)
+    return ordered[min(len(ordered) - 1, round(0.95 * (len(ordered) - 1)))]
+
+
+async def settle(app: TunedeckApp, pilot) -> None:
+    """Until the message queues are empty and a refresh has gone through."""
+    await pilot.pause()
+    await app.animator.wait_until_complete()
+
+
+async def timed_press(app: TunedeckApp, pilot, key: str) -> float:
+    t0 = time.perf_counter()
+    await pilot.press(key)
+    await settle(app, pilot)
+    return (time.perf_counter() - t0) * 1000
+
+
+async def measure(ws: Path, tabs: int, moves: int, size: tuple[int, int]) -> dict[str, float]:
+    out: dict[str, float] = {}
+    t0 = time.perf_counter()
+    app = TunedeckApp(initial_state(ws, None, None, None))
+    async with app.run_test(size=size) as pilot:
+        table = app.screen.query_one("#examples")
+        while table.row_count == 0:  # the dataset loads in a worker
+            await pilot.pause(0.005)
+        await settle(app, pilot)
+        out["data_first_mount_ms"] = (time.perf_counter() - t0) * 1000
+        jk = [await timed_press(app, pilot, "j") for _ in range(moves)]
+        jk += [await timed_press(app, pilot, "k") for _ in range(moves)]
+        for name, key in SCREENS.items():
+            app.screen.set_focus(None)  # 1-5 type into a focused text field (the Chat prompt)
+            out[f"{name}_first_mount_ms"] = await timed_press(app, pilot, key)
+            assert app.current_mode == name, f"{key} did not open {name}"
+            await app.workers.wait_for_complete()
+        await app.switch_mode("config")
+        await app.workers.wait_for_complete()
+        await settle(app, pilot)
+        app.screen.query("ConfigField Input").first().focus()
+        await settle(app, pilot)
+        tab = [await timed_press(app, pilot, "tab") for _ in range(tabs)]
+    for name, ms in (("config_tab", tab), ("data_jk", jk)):
+        out[f"{name}_p95_ms"] = p95(ms)
+        out[f"{name}_median_ms"] = statistics.median(ms)
+    return {k: round(v, 1) for k, v in out.items()}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--tabs", type=int, default=18, help="Tab presses in the Config form")
+    ap.add_argument("--moves", type=int, default=40, help="j presses, then as many k presses, in the Data list")
+    ap.add_argument("--examples", type=int, default=200, help="examples in the dataset")
+    ap.add_argument("--size", default="120x40", help="terminal size, COLSxROWS")
+    args = ap.parse_args()
+    cols, rows = (int(x) for x in args.size.split("x"))
+    with tempfile.TemporaryDirectory(prefix="tunedeck-bench-") as tmp:
+        result = asyncio.run(measure(workspace(Path(tmp), args.examples), args.tabs, args.moves, (cols, rows)))
+    for key, value in result.items():
+        print(f"{key:28} {value:9.1f} ms")
+    print(json.dumps(result))
+
+
+if __name__ == "__main__":
+    main()
