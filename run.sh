@@ -65,15 +65,15 @@ link_commands() {
 }
 
 setup() {
-  # $1: the extras to install. The app needs none; the tests and the static checks add pytest, ruff,
-  # llama-cpp-python (the GGUF check; built from source) and torch + TRL (the oracle tests).
+  # $1: the extras to install. The app needs none; the tests and the static checks add pytest, ruff and
+  # torch + TRL (the oracle tests). llama-cpp-python (the GGUF check) is built only on request: README.
   local extras="$1" stamp="$VENV/.tunedeck-installed${1:+-${1//,/-}}"
   if [ -f "$stamp" ] && [ "$stamp" -nt "$ROOT/pyproject.toml" ] && [ "$stamp" -nt "$ROOT/constraints.txt" ]; then return 0; fi
   if [ -z "$extras" ]; then
     say "first-time set-up in $VENV (usually 1.5-2 minutes; later starts skip it)"
   else
-    say "set-up for the tests in $VENV: pytest, ruff, torch + TRL for the oracle tests, and llama-cpp-python, whose" \
-        "first install builds llama.cpp from source (about 5-10 minutes in all on 2 cores; later runs skip it)"
+    say "set-up for the tests in $VENV: pytest, ruff, and torch + TRL + PEFT for the oracle tests (about 3 minutes;" \
+        "later runs skip it)"
   fi
   system_packages
   if [ ! -x "$VENV/bin/python" ]; then say "creating the virtual environment"; "$PY" -m venv "$VENV"; fi
@@ -123,7 +123,7 @@ case "${1:-}" in
   lock) shift; lock; exit ;;
 esac
 case "${1:-}" in
-  test|lint) setup "test,lint,verify,oracle" ;;
+  test|lint) setup "test,lint,oracle" ;;
   *) setup "" ;;
 esac
 link_commands

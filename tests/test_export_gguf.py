@@ -29,7 +29,7 @@ CONVERSATIONS = 100
 
 
 def _llama_cpp():
-    return pytest.importorskip("llama_cpp", reason="llama-cpp-python is not installed (./run.sh installs it: "
+    return pytest.importorskip("llama_cpp", reason="llama-cpp-python is not installed (README, Tests: "
                                f"{G.VERIFIER_INSTALL})")
 
 

@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import run_cli, small_config
-from tests.tui.conftest import open_app, settle, wait_for
+from tests.tui.conftest import open_app, wait_for
 from tunedeck.core import runs
 from tunedeck.tui.screens.train import TrainScreen
 
@@ -25,13 +25,11 @@ async def test_reopened_app_adopts_the_live_runs_config_and_data(tmp_path: Path,
         app = open_app(ws)
         assert app.state.adopted_run == run_dir.resolve() and app.state.active_run == run_dir.resolve()
         assert app.state.data_path == (mine.parent / "data.jsonl").resolve()  # the run's data, not the demo's
-        async with app.run_test(size=(120, 40)) as pilot:
-            await settle(app, pilot)
-            assert isinstance(app.screen, TrainScreen)
+        async with app.run_test(size=(120, 40)) as pilot:  # no settle(): the Train screen follows the live run
+            await wait_for(pilot, lambda: isinstance(app.screen, TrainScreen), what="the Train screen")
             await wait_for(pilot, lambda: "live (its config and data)" in app.sub_title, what="the header")
             assert "data.jsonl" in app.sub_title and "sample" not in app.sub_title
             await app.switch_mode("data")
-            await settle(app, pilot)
             await wait_for(pilot, lambda: app.state.dataset is not None and len(app.state.dataset.examples) == 24,
                            what="the run's 24 examples in the Data screen")
     finally:
