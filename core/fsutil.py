@@ -28,6 +28,13 @@ def fsync_dir(path: str | os.PathLike[str]) -> None:
         os.close(fd)
 
 
+def current_umask() -> int:
+    """The process's umask (read by setting it and setting it back)."""
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
 def atomic_write_bytes(path: str | os.PathLike[str], data: bytes) -> None:
     """Write `data` to `path` so that readers see either the old file or the new one, never a mix."""
     path = Path(path)
@@ -37,9 +44,13 @@ def atomic_write_bytes(path: str | os.PathLike[str], data: bytes) -> None:
             f.write(data)
             f.flush()
             os.fsync(f.fileno())
-        with contextlib.suppress(OSError):  # keep a regular file's mode (never a link's: it is replaced, not followed)
-            if stat.S_ISREG(mode := os.stat(path, follow_symlinks=False).st_mode):
-                os.chmod(tmp, mode & 0o777)
+        try:  # keep a regular file's mode (never a link's: it is replaced, not followed)
+            mode = os.stat(path, follow_symlinks=False).st_mode
+            keep = mode & 0o777 if stat.S_ISREG(mode) else 0o666 & ~current_umask()
+        except OSError:  # a new file: what open() would give it (mkstemp makes 0600 whatever the umask)
+            keep = 0o666 & ~current_umask()
+        with contextlib.suppress(OSError):
+            os.chmod(tmp, keep)
         os.replace(tmp, path)
     except BaseException:
         with contextlib.suppress(OSError):
@@ -67,6 +78,7 @@ def atomic_dir(final: str | os.PathLike[str]) -> Iterator[Path]:
     final.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f"{final.name}.", suffix=".tmp", dir=final.parent))
     try:
+        os.chmod(tmp, 0o777 & ~current_umask())  # mkdtemp makes 0700: others may read a run, as the umask says
         yield tmp
         for p in tmp.rglob("*"):
             if p.is_file():
