@@ -61,10 +61,12 @@ def hidden_at(model: nn.Module, inputs: mx.array, positions: mx.array, caches: l
     attn, x = last.self_attn, last.input_layernorm(hidden)
     B, L, _ = x.shape
     K = positions.shape[1]
-    q = attn.q_proj(mx.take_along_axis(x, idx, axis=1)).reshape(B, K, attn.n_heads, -1).transpose(0, 2, 1, 3)
+    q = attn.q_proj(mx.take_along_axis(x, idx, axis=1)).reshape(B * K, 1, attn.n_heads, -1).transpose(0, 2, 1, 3)
     k = attn.k_proj(x).reshape(B, L, attn.n_kv_heads, -1).transpose(0, 2, 1, 3)
     v = attn.v_proj(x).reshape(B, L, attn.n_kv_heads, -1).transpose(0, 2, 1, 3)
-    q = attn.rope(q, offset=positions[:, 0])  # the trained positions of a row are consecutive
+    # each query rotated at its own position: SFT's all_assistant trains several spans of a row, so the
+    # trained positions need not be consecutive (equal to RoPE over the whole row, gathered: exact)
+    q = attn.rope(q, offset=positions.reshape(-1)).reshape(B, K, attn.n_heads, -1).transpose(0, 2, 1, 3)
     k = attn.rope(k)
     if caches:
         k, v = caches[-1].update_and_fetch(k, v)

@@ -82,8 +82,10 @@ def test_stream_reply_with_and_without_the_adapter(adapter_run: Path, demo_model
 
 
 def test_visible_escapes_control_characters() -> None:
-    assert chat.visible("a\x1b[31mb\rc\u202ed\n\te") == "a\\x1b[31mb\\rc\\u202ed\n\te"
-    assert chat.visible("[bold]ok[/bold] ünï") == "[bold]ok[/bold] ünï"
+    from tunedeck.core.text import visible
+
+    assert visible("a\x1b[31mb\rc\u202ed\n\te") == "a\\x1b[31mb\\rc\\u202ed\n\te"
+    assert visible("[bold]ok[/bold] ünï") == "[bold]ok[/bold] ünï"
 
 
 def test_cli_chat_compare(adapter_run: Path) -> None:
