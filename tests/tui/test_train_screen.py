@@ -99,7 +99,8 @@ async def test_hostile_event_file_and_a_dead_trainer_are_reported(tmp_path: Path
         log = "\n".join(str(line.text) for line in screen.query_one("#log").lines)
         assert "martian" in log and "[red]not markup[/red]" in log and "\x1b" not in log
         assert "stale" in text_of(screen, "#status") or "gone" in text_of(screen, "#status")
-        assert screen.check_action("resume", ()) is True
+        assert screen.check_action("resume", ()) is None  # no checkpoint was ever written: nothing to resume
+        assert "no checkpoint to resume from" in text_of(screen, "#status")
         assert text_of(screen, "#gauge-rss .gauge-value") == "1.50 GB of 3.00 GB forecast"
         assert text_of(screen, "#gauge-system .gauge-value") == "4.00 GB of 16.0 GB RAM"
 
