@@ -128,7 +128,10 @@ case "${1:-}" in
 esac
 link_commands
 case "${1:-}" in
-  test) shift; preload_blas; cd "$ROOT"; exec "$VENV/bin/pytest" -q "$@" ;;
+  # the tests run on every core (at most 4 workers: each trains real MLX models); TUNEDECK_TEST_WORKERS=0 runs
+  # them in this one process
+  test) shift; preload_blas; cd "$ROOT"
+        exec "$VENV/bin/pytest" -q -n "${TUNEDECK_TEST_WORKERS:-auto}" --maxprocesses=4 --dist worksteal "$@" ;;
   lint) shift; lint ;;
   *) exec "$VENV/bin/tunedeck" "$@" ;;
 esac

@@ -105,7 +105,7 @@ def worker_tunedeck(args: argparse.Namespace, method: str) -> dict[str, Any]:
     import mlx.core as mx
 
     from tunedeck.core import config as C
-    from tunedeck.core import runs, trainer
+    from tunedeck.core import run_prep, runs, trainer
     from tunedeck.core.batching import Sequences, derangement
 
     kto = method == "kto"
@@ -136,7 +136,7 @@ def worker_tunedeck(args: argparse.Namespace, method: str) -> dict[str, Any]:
             return seqs
 
         trainer.tokenize = synthetic_tokenize
-        run_dir = trainer.prepare_run(cfg, None, tmp_path / "runs")
+        run_dir = run_prep.prepare_run(cfg, None, tmp_path / "runs")
         mx.reset_peak_memory()
         code = trainer.Trainer(run_dir).run()
         events = runs.read_events(run_dir)

@@ -1,6 +1,6 @@
 """What KTO buys on the demo: the base model, an SFT adapter and a KTO adapter on the bundled data's held-out split.
 
-Builds (or reuses) the pre-trained demo model (`tunedeck demo-model --pretrain`), then for each seed trains an SFT and a
+Builds (or reuses) the pre-trained demo model (what `tunedeck demo-model` builds), then for each seed trains an SFT and a
 KTO adapter with the demo preset (same steps, seed, learning rate and LoRA settings; `tunedeck train`) and
 scores base and adapter with `tunedeck eval` (core/evaluate.py) on that seed's held-out split (the trainer's
 `data.valid_fraction` split, which depends on the seed). KTO uses the weights `tunedeck config init --data`
@@ -52,6 +52,13 @@ PERCENT = {"well_formed", "tool_name_match", "schema_valid", "reward_accuracy"}
 
 def load() -> list[float]:
     return [round(x, 2) for x in os.getloadavg()]
+
+
+def pretrained_demo() -> Path:
+    """The pre-trained demo model in the user cache, built here (with its progress on stderr) if needed."""
+    from tunedeck.core import demo
+
+    return demo.ensure(random=False)
 
 
 def cli(*args: str, timeout: float) -> subprocess.CompletedProcess[str]:
@@ -151,9 +158,10 @@ def main() -> int:
     args = p.parse_args()
     seeds = [int(s) for s in args.seeds.split(",")]
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    t0 = time.perf_counter()
-    model = args.model or cli("demo-model", "--pretrain", timeout=args.timeout).stdout.strip()
+    t0, load_start = time.perf_counter(), load()
+    model = args.model or str(pretrained_demo())
     build_s = round(time.perf_counter() - t0, 1)
+    pretraining = Path(model) / "pretraining.json"
     with tempfile.TemporaryDirectory(prefix="tunedeck-demo-quality-") as tmp:
         ws = Path(args.keep or tmp)
         ws.mkdir(parents=True, exist_ok=True)
@@ -169,7 +177,9 @@ def main() -> int:
     result = {"model": model, "steps": args.steps, "seeds": seeds, "max_tokens": args.max_tokens,
               "held_out_per_seed": held_out, "summary": summary, "table": table(summary),
               "base_same_for_sft_and_kto": all(a["base"] == b["base"] for a, b in zip(runs[::2], runs[1::2])),
-              "build_s": build_s, "seconds": round(time.perf_counter() - t0, 1), "cpus": os.cpu_count(),
+              "build_s": build_s, "pretraining": json.loads(pretraining.read_text()) if pretraining.is_file() else None,
+              "seconds": round(time.perf_counter() - t0, 1), "cpus": os.cpu_count(),
+              "load_start": load_start, "load_end": load(),
               "runs": runs}
     print(json.dumps(result))
     return 0

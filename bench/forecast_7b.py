@@ -9,6 +9,8 @@ import json
 
 from tunedeck.core import config as C
 from tunedeck.core import memory
+from tunedeck.core.forecast import forecast
+from tunedeck.core.memory_probe import measure_peak
 
 POINTS = [  # (quantize, batch, seq, grad_checkpoint, method)
     (0, 4, 512, False, "sft"),
@@ -28,8 +30,8 @@ def main() -> None:
         cfg.lora.keys, cfg.lora.rank, cfg.lora.dropout = ["q_proj", "v_proj"], 16, 0.0
         cfg.train.batch_size, cfg.train.grad_checkpoint, cfg.train.method = b, gc, method
         cfg.data.max_seq_len = s
-        measured = memory.measure_peak(cfg, steps=2, seq_len=s, model_config=mc)
-        fc = memory.forecast(cfg, mc, 80.0, seq_len=s, backend="cuda")
+        measured = measure_peak(cfg, steps=2, seq_len=s, model_config=mc)
+        fc = forecast(cfg, mc, 80.0, seq_len=s, backend="cuda")
         row = {"quantize": q, "batch": b, "seq": s, "grad_checkpoint": gc, "method": method,
                "measured": {k: round(v, 2) for k, v in measured.items()}, "forecast_gb": round(fc.total_gb, 2),
                "parts": {k: round(v, 2) for k, v in fc.parts.items()}}

@@ -1,10 +1,12 @@
 """How fast the app answers keys: drives it headless with Textual's Pilot and times key -> screen updated.
 
-    python bench/tui_latency.py [--tabs 18] [--moves 40] [--size 120x40]
+    python bench/tui_latency.py [--tabs 18] [--moves 40] [--events 20] [--size 120x40]
 
-Interactions: `Tab` through the Config form (`config_tab`), `j`/`k` in the Data screen's list (`data_jk`);
-and each screen's first mount (the key 1-5 -> the screen shown and settled). The workspace is a temporary copy
-of the bundled sample data (its first 200 examples) with the demo config; nothing is trained. The last line
+Interactions: `Tab` through the Config form (`config_tab`), `j`/`k` in the Data screen's list (`data_jk`),
+a step event appended to a followed run's events.jsonl -> the Train screen's `step N/TOTAL` (`train_event`,
+each written at a random phase of the follower's poll); and each screen's first mount (the key 1-5 -> the
+screen shown and settled). The workspace is a temporary copy of the bundled sample data (its first 200
+examples) with the demo config; nothing is trained. The last line
 printed is one JSON object in milliseconds: a `<interaction>_p95_ms` (and `_median_ms`) key per interaction
 and a `<screen>_first_mount_ms` key per screen. Targets: p95 <= 100 ms per key, <= 1000 ms per first mount.
 """
@@ -14,6 +16,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import random
 import statistics
 import sys
 import tempfile
@@ -56,7 +59,33 @@ async def timed_press(app: TunedeckApp, pilot, key: str) -> float:
     return (time.perf_counter() - t0) * 1000
 
 
-async def measure(ws: Path, tabs: int, moves: int, size: tuple[int, int]) -> dict[str, float]:
+async def train_events(app: TunedeckApp, pilot, ws: Path, n: int) -> list[float]:
+    """Attach the Train screen to a run of one start event, then append `n` step events one at a time: the ms
+    from each write to its step shown."""
+    run_dir = ws / "runs" / "20260101-000000-sft"
+    run_dir.mkdir(parents=True)
+    (run_dir / "config.toml").write_text((ws / CONFIG_NAME).read_text(encoding="utf-8"), encoding="utf-8")
+    events = run_dir / "events.jsonl"
+    events.write_text(json.dumps({"type": "start", "step": 0, "time": 1.0, "method": "sft", "total_steps": n}) + "\n")
+    await app.switch_mode("train")
+    app.screen.attach(run_dir)
+    label = app.screen.query_one("#step")
+    rng = random.Random(0)
+    out = []
+    for step in range(n + 1):
+        if step:
+            await asyncio.sleep(rng.uniform(0, 0.25))  # a random phase of the follower's 0.25 s poll
+            with open(events, "a", encoding="utf-8") as f:
+                f.write(json.dumps({"type": "step", "step": step, "time": 1.0 + step, "loss": 1.0}) + "\n")
+        t0 = time.perf_counter()
+        while str(label.render()) != f"step {step}/{n}":
+            await pilot.pause(0.002)
+        if step:
+            out.append((time.perf_counter() - t0) * 1000)
+    return out
+
+
+async def measure(ws: Path, tabs: int, moves: int, n_events: int, size: tuple[int, int]) -> dict[str, float]:
     out: dict[str, float] = {}
     t0 = time.perf_counter()
     app = TunedeckApp(initial_state(ws, None, None, None))
@@ -79,7 +108,8 @@ async def measure(ws: Path, tabs: int, moves: int, size: tuple[int, int]) -> dic
         app.screen.query("ConfigField Input").first().focus()
         await settle(app, pilot)
         tab = [await timed_press(app, pilot, "tab") for _ in range(tabs)]
-    for name, ms in (("config_tab", tab), ("data_jk", jk)):
+        event = await train_events(app, pilot, ws, n_events)
+    for name, ms in (("config_tab", tab), ("data_jk", jk), ("train_event", event)):
         out[f"{name}_p95_ms"] = p95(ms)
         out[f"{name}_median_ms"] = statistics.median(ms)
     return {k: round(v, 1) for k, v in out.items()}
@@ -89,12 +119,14 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--tabs", type=int, default=18, help="Tab presses in the Config form")
     ap.add_argument("--moves", type=int, default=40, help="j presses, then as many k presses, in the Data list")
+    ap.add_argument("--events", type=int, default=20, help="step events appended to the followed run")
     ap.add_argument("--examples", type=int, default=200, help="examples in the dataset")
     ap.add_argument("--size", default="120x40", help="terminal size, COLSxROWS")
     args = ap.parse_args()
     cols, rows = (int(x) for x in args.size.split("x"))
     with tempfile.TemporaryDirectory(prefix="tunedeck-bench-") as tmp:
-        result = asyncio.run(measure(workspace(Path(tmp), args.examples), args.tabs, args.moves, (cols, rows)))
+        result = asyncio.run(measure(workspace(Path(tmp), args.examples), args.tabs, args.moves, args.events,
+                                     (cols, rows)))
     for key, value in result.items():
         print(f"{key:28} {value:9.1f} ms")
     print(json.dumps(result))

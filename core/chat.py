@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from .model import ADAPTER_CONFIG, ADAPTER_FILE
+from .rundir import RunDir
 
 #: Bidirectional-override code points that reorder how a terminal shows the text around them.
 
@@ -71,7 +72,7 @@ def resolve_target(path: Path, model: str | None = None) -> tuple[str, Path | No
 
     if not path.is_dir():
         raise ChatError(f"{path} is not a directory")
-    if (path / "config.toml").is_file():
+    if RunDir(path).is_run():
         adapter = path / "adapters"
         if not (adapter / ADAPTER_FILE).is_file():
             adapter = latest_checkpoint(path)
@@ -84,7 +85,7 @@ def resolve_target(path: Path, model: str | None = None) -> tuple[str, Path | No
         if model:
             return model, path
         run = path.parent.parent if path.parent.name == "checkpoints" else path.parent
-        if (run / "config.toml").is_file():
+        if RunDir(run).is_run():
             return _run_base(run), path
         try:
             base = json.loads((path / ADAPTER_CONFIG).read_text(encoding="utf-8")).get("base_model")

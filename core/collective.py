@@ -9,9 +9,13 @@ adapter broadcast) run on the GPU in float32; elsewhere on the CPU stream in flo
 from __future__ import annotations
 
 import os
+from typing import Any
 
 import mlx.core as mx
+import mlx.nn as nn
+import mlx.optimizers as optim
 import numpy as np
+from mlx.utils import tree_flatten, tree_unflatten
 
 
 def uses_nccl() -> bool:
@@ -43,3 +47,24 @@ def host_sum(values: np.ndarray, group: mx.distributed.Group) -> np.ndarray:
 def broadcast(array: mx.array, group: mx.distributed.Group) -> mx.array:
     """Rank 0's array on every worker (an all_sum with zeros from the others: exact)."""
     return mx.distributed.all_sum(array if group.rank() == 0 else mx.zeros_like(array), group=group, stream=stream())
+
+
+def sync_from_rank0(model: nn.Module, optimizer: optim.Optimizer, step: int, restored: bool,
+                    group: mx.distributed.Group) -> int:
+    """Every worker starts from rank 0's adapter, step and (when rank 0 `restored` a checkpoint) optimizer
+    state: rank 0 alone picks and reads the checkpoint, so the others need not see the run directory's
+    checkpoints at all. Returns rank 0's step."""
+    rank0 = group.rank() == 0
+    step_sum, restored_any = host_sum(np.array([step, restored] if rank0 else [0, 0], dtype=np.float64), group)
+
+    def everywhere(tree: Any) -> list[tuple[str, mx.array]]:
+        # sorted: a tree loaded from a checkpoint and one made by optimizer.init list their keys differently
+        return [(k, broadcast(v, group)) for k, v in sorted(tree_flatten(tree))]
+
+    model.load_weights(everywhere(model.trainable_parameters()), strict=False)
+    if restored_any:
+        if not rank0:
+            optimizer.init(model.trainable_parameters())
+        optimizer.state = tree_unflatten(everywhere(optimizer.state))
+    mx.eval(model.parameters(), optimizer.state)
+    return int(step_sum)

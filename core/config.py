@@ -8,10 +8,8 @@ every problem at once, each naming the dotted key, the bad value and what was ex
 from __future__ import annotations
 
 import dataclasses
-import math
 import os
 import re
-import sys
 import tomllib
 import typing
 from dataclasses import dataclass, field
@@ -20,7 +18,9 @@ from typing import Any
 
 import tomli_w
 
+from .config_values import MAX_LAYERS, Underflow, coerce, cut, describe, lora_problems, range_problem
 from .fsutil import NotRegularFile, atomic_write_text, open_regular
+from .toml_errors import long_integer_error, syntax_error
 
 DEFAULT_MODEL = "mistralai/Mistral-7B-Instruct-v0.3"
 DEMO_MODEL = "demo"  # resolved by core.demo to the cached tiny model
@@ -35,11 +35,6 @@ DEMO_MODEL = "demo"  # resolved by core.demo to the cached tiny model
 DEFAULT_LR = {"sft": 1e-4, "kto": 1e-5}
 MIN_LR = 1e-12  # a learning rate is 0 (the method's default) or at least this
 
-# Linear layers inside a transformer block of the supported architectures (llama, mistral, qwen2,
-# qwen3, gemma: attention + SwiGLU MLP); `lora.keys` names them, optionally with their parent
-# ("self_attn.q_proj"). The embedding and the output head are not adapted.
-LORA_KEYS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
-MAX_LAYERS = 4096
 MAX_STEPS = 10_000_000  # optimizer steps and step intervals; step numbers stay exact in float32 (< 2**24)
 MAX_SEED = 2**32 - 1  # the trainer seeds mx.random (uint64) with seed * 1_000_003 + micro-batch index
 
@@ -96,6 +91,9 @@ class TrainConfig:
     eval_every: int = 100
     eval_batches: int = 16  # 0 = the whole validation split
     report_every: int = 1
+    sample_every: int = 50  # 0 = off: greedy answers to held-out prompts every N steps
+    sample_prompts: int = 2
+    sample_tokens: int = 64
     seed: int = 0
 
 
@@ -168,6 +166,9 @@ RANGES: dict[str, tuple[float | None, float | None, bool]] = {
     "train.eval_every": (1, MAX_STEPS, True),
     "train.eval_batches": (0, MAX_STEPS, True),
     "train.report_every": (1, MAX_STEPS, True),
+    "train.sample_every": (0, MAX_STEPS, True),
+    "train.sample_prompts": (1, 16, True),
+    "train.sample_tokens": (1, 4096, True),
     "train.seed": (0, MAX_SEED, True),
     "kto.beta": (0.0, None, False),
     "kto.desirable_weight": (0.0, None, False),
@@ -212,68 +213,13 @@ def field_types() -> dict[str, Any]:
 FIELD_TYPES = field_types()
 
 
-def _type_name(tp: Any) -> str:
-    if typing.get_origin(tp) is list:
-        return "a list of strings"
-    return {bool: "true or false", int: "an integer", float: "a number", str: "a string"}[tp]
-
-
-class _Underflow(float):
-    """A TOML float literal that is not zero but reads as 0.0 (1e-400); `literal` is its text."""
-
-    literal: str
-
-
 def parse_float(text: str) -> float:
     """tomllib's parse_float: float(text), marking a nonzero literal that underflows to 0.0."""
     value = float(text)
     if value == 0 and re.search(r"[1-9]", re.split(r"[eE]", text)[0]):
-        value = _Underflow(value)
+        value = Underflow(value)
         value.literal = text
     return value
-
-
-def _coerce(key: str, value: Any, tp: Any) -> tuple[Any, str | None]:
-    """Check `value` against `tp`; return (value, None) or (None, what was expected)."""
-    if isinstance(value, _Underflow):
-        return None, f"got {value.literal}, too small for a 64-bit float (it would read as 0); expected 0 or larger"
-    expected = f"expected {_type_name(tp)}, got {_describe(value)}"
-    if tp is bool:
-        return (value, None) if isinstance(value, bool) else (None, expected)
-    if tp is int:
-        ok = isinstance(value, int) and not isinstance(value, bool)
-        return (value, None) if ok else (None, expected)
-    if tp is float:
-        if isinstance(value, (int, float)) and not isinstance(value, bool):
-            try:
-                return float(value), None
-            except OverflowError:
-                return None, f"got {_describe(value)}, too large for a 64-bit float"
-        return None, expected
-    if tp is str:
-        return (value, None) if isinstance(value, str) else (None, expected)
-    if typing.get_origin(tp) is list:
-        if isinstance(value, list) and all(isinstance(v, str) for v in value):
-            return list(value), None
-        return None, expected
-    raise TypeError(f"unsupported field type for {key}: {tp}")
-
-
-def _describe(value: Any) -> str:
-    """"integer 5", "string 'x'", ...: the value's repr cut short (see _cut)."""
-    kind = {bool: "boolean", int: "integer", float: "number", str: "string", list: "list", dict: "table"}
-    return f"{kind.get(type(value), type(value).__name__)} {_cut(value)}"
-
-
-def _cut(value: Any, limit: int = 60) -> str:
-    """repr(value) in at most `limit` characters: a long or deeply nested value is shown by its start."""
-    if isinstance(value, int) and abs(value).bit_length() > 4 * limit:
-        return f"<an integer of about {int(abs(value).bit_length() * math.log10(2)) + 1:,} digits>"
-    try:
-        text = repr(value)
-    except RecursionError:
-        return "<nested too deeply to show>"
-    return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
 def from_dict(raw: dict[str, Any]) -> tuple[Config, list[ConfigProblem]]:
@@ -285,7 +231,7 @@ def from_dict(raw: dict[str, Any]) -> tuple[Config, list[ConfigProblem]]:
             problems.append(ConfigProblem(section, f"unknown section; expected one of {', '.join(_SECTION_TYPES)}"))
             continue
         if not isinstance(body, dict):
-            problems.append(ConfigProblem(section, f"expected a table [{section}], got {_describe(body)}"))
+            problems.append(ConfigProblem(section, f"expected a table [{section}], got {describe(body)}"))
             continue
         target = getattr(cfg, section)
         for name, value in body.items():
@@ -294,7 +240,7 @@ def from_dict(raw: dict[str, Any]) -> tuple[Config, list[ConfigProblem]]:
                 known = ", ".join(f.name for f in dataclasses.fields(target))
                 problems.append(ConfigProblem(key, f"unknown key; [{section}] accepts {known}"))
                 continue
-            coerced, err = _coerce(key, value, FIELD_TYPES[key])
+            coerced, err = coerce(key, value, FIELD_TYPES[key])
             if err:
                 problems.append(ConfigProblem(key, err))
             else:
@@ -310,11 +256,11 @@ def validate(cfg: Config) -> list[ConfigProblem]:
         value = get_value(cfg, key)
         if value not in choices:
             opts = ", ".join(repr(c) for c in choices)
-            problems.append(ConfigProblem(key, f"got {_cut(value)}; expected one of {opts}"))
+            problems.append(ConfigProblem(key, f"got {cut(value)}; expected one of {opts}"))
     for key, bounds in RANGES.items():
-        if msg := _range_problem(get_value(cfg, key), *bounds):
+        if msg := range_problem(get_value(cfg, key), *bounds):
             problems.append(ConfigProblem(key, msg))
-    problems += _lora_problems(cfg.lora)
+    problems += [ConfigProblem(key, msg) for key, msg in lora_problems(cfg.lora.num_layers, cfg.lora.keys)]
     lr = cfg.train.learning_rate
     if 0 < lr < MIN_LR:
         problems.append(ConfigProblem("train.learning_rate", f"got {lr:g}; expected 0 (the method's default) "
@@ -323,58 +269,27 @@ def validate(cfg: Config) -> list[ConfigProblem]:
         problems.append(ConfigProblem("model.path", "is empty; expected a local directory, a Hugging Face id or \"demo\""))
     if not cfg.data.path.strip():
         problems.append(ConfigProblem("data.path", "is empty; expected the path of a JSONL dataset"))
-    if cfg.train.method == "kto":
-        if cfg.train.batch_size < 2:
-            problems.append(ConfigProblem(
-                "train.batch_size",
-                f"got {cfg.train.batch_size}; KTO needs a micro-batch of at least 2 (the KL estimate pairs "
-                "each prompt with another example's completion)",
-            ))
-        elif cfg.train.batch_size < 4:
-            problems.append(ConfigProblem(
-                "train.batch_size",
-                f"got {cfg.train.batch_size}; KTO's KL estimate is noisy below 4 examples per micro-batch",
-                severity="warning",
-            ))
-        if cfg.train.learning_rate > 1e-4:
-            problems.append(ConfigProblem(
-                "train.learning_rate",
-                f"got {cfg.train.learning_rate:g}; KTO with LoRA usually diverges above 1e-4 (default {DEFAULT_LR['kto']:g})",
-                severity="warning",
-            ))
-    if cfg.train.warmup_steps >= cfg.train.iters and cfg.train.epochs == 0:
-        problems.append(ConfigProblem(
-            "train.warmup_steps",
-            f"got {cfg.train.warmup_steps}; expected fewer than train.iters ({cfg.train.iters})",
-            severity="warning",
-        ))
-    return problems
+    return problems + _training_problems(cfg.train)
 
 
-def _range_problem(value: float, lo: float | None, hi: float | None, inclusive: bool) -> str | None:
-    """What is wrong with a numeric value for a RANGES entry, or None."""
-    if isinstance(value, float) and not math.isfinite(value):
-        return f"got {value!r}; expected a finite number"
-    span = f" (the range is {lo} to {hi})" if lo is not None and hi is not None else ""
-    if lo is not None and (value < lo if inclusive else value <= lo):
-        return f"got {_cut(value)}; expected {'>=' if inclusive else '>'} {lo}{span}"
-    if hi is not None and value > hi:
-        return f"got {_cut(value)}; expected <= {hi}{span}"
-    return None
-
-
-def _lora_problems(lora: LoraConfig) -> list[ConfigProblem]:
-    """lora.num_layers is -1 or a count; lora.keys names linear layers of a block (LORA_KEYS)."""
+def _training_problems(train: TrainConfig) -> list[ConfigProblem]:
+    """KTO's micro-batch and learning rate (an error below 2 examples, warnings where it is unreliable), and
+    a warmup as long as the run (a warning)."""
     problems: list[ConfigProblem] = []
-    if lora.num_layers == 0:
-        problems.append(ConfigProblem("lora.num_layers", f"got 0; expected -1 (every layer) or 1 to {MAX_LAYERS} "
-                                      "(the last N layers)"))
-    if not lora.keys:
-        problems.append(ConfigProblem("lora.keys", "is empty; expected at least one layer name such as \"q_proj\""))
-    for key in lora.keys:
-        if key.rsplit(".", 1)[-1] not in LORA_KEYS:
-            problems.append(ConfigProblem("lora.keys", f"got {_cut(key)}; not a linear layer of a transformer block; "
-                                          f"expected names among {', '.join(LORA_KEYS)}"))
+    if train.method == "kto":
+        if train.batch_size < 2:
+            problems.append(ConfigProblem("train.batch_size", f"got {train.batch_size}; KTO needs a micro-batch of "
+                                          "at least 2 (the KL estimate pairs each prompt with another example's "
+                                          "completion)"))
+        elif train.batch_size < 4:
+            problems.append(ConfigProblem("train.batch_size", f"got {train.batch_size}; KTO's KL estimate is noisy "
+                                          "below 4 examples per micro-batch", severity="warning"))
+        if train.learning_rate > 1e-4:
+            problems.append(ConfigProblem("train.learning_rate", f"got {train.learning_rate:g}; KTO with LoRA usually "
+                                          f"diverges above 1e-4 (default {DEFAULT_LR['kto']:g})", severity="warning"))
+    if train.warmup_steps >= train.iters and train.epochs == 0:
+        problems.append(ConfigProblem("train.warmup_steps", f"got {train.warmup_steps}; expected fewer than "
+                                      f"train.iters ({train.iters})", severity="warning"))
     return problems
 
 
@@ -387,11 +302,8 @@ def get_value(cfg: Config, key: str) -> Any:
     return getattr(getattr(cfg, section), name)
 
 
-_TOML_POS = re.compile(r"\(at line (\d+), column (\d+)\)")
-
-
 def toml_loads(text: str) -> dict[str, Any]:
-    """tomllib.loads, dropping a leading UTF-8 BOM and marking floats that underflow to 0 (_Underflow).
+    """tomllib.loads, dropping a leading UTF-8 BOM and marking floats that underflow to 0 (Underflow).
 
     Raises TOMLDecodeError, RecursionError (nesting too deep) or ValueError (an integer longer than
     Python reads).
@@ -404,38 +316,11 @@ def parse_toml(text: str) -> tuple[dict[str, Any] | None, list[ConfigProblem]]:
     try:
         return toml_loads(text), []
     except tomllib.TOMLDecodeError as e:
-        return None, [_syntax_problem(text, str(e))]
+        return None, [ConfigProblem("", *syntax_error(text, str(e)))]
     except RecursionError:
         return None, [ConfigProblem("", "invalid TOML: arrays or inline tables nested too deeply to parse")]
     except ValueError:
-        return None, [_long_integer_problem(text)]
-
-
-def _syntax_problem(text: str, msg: str) -> ConfigProblem:
-    """A TOMLDecodeError's message as a problem at its line and column; "at end of document" (a file
-    cut short) is placed after the last line that is not blank."""
-    if m := _TOML_POS.search(msg):
-        return ConfigProblem("", f"invalid TOML: {_TOML_POS.sub('', msg).strip()}", int(m.group(1)), int(m.group(2)))
-    if "(at end of document)" not in msg:
-        return ConfigProblem("", f"invalid TOML: {msg}")
-    lines = text.removeprefix("\ufeff").splitlines() or [""]
-    line = max((i for i, s in enumerate(lines) if s.strip()), default=0)
-    reason = msg.replace("(at end of document)", "").strip()
-    return ConfigProblem("", f"invalid TOML: {reason} at the end of the file (is it cut short?)",
-                         line + 1, len(lines[line]) + 1)
-
-
-def _long_integer_problem(text: str) -> ConfigProblem:
-    """The problem of a TOML integer with more digits than Python converts (sys.get_int_max_str_digits)."""
-    limit = sys.get_int_max_str_digits()
-    for m in re.finditer(r"[0-9][0-9_]*", text):
-        digits = len(m.group().replace("_", ""))
-        if limit and digits > limit:
-            line = text.count("\n", 0, m.start()) + 1
-            col = m.start() - (text.rfind("\n", 0, m.start()) + 1) + 1
-            return ConfigProblem("", f"invalid TOML: an integer of {digits:,} digits (at most {limit:,} are read)",
-                                 line, col)
-    return ConfigProblem("", "invalid TOML: a number too long to read")
+        return None, [ConfigProblem("", *long_integer_error(text))]
 
 
 def loads(text: str) -> tuple[Config | None, list[ConfigProblem]]:
@@ -511,7 +396,7 @@ def apply_overrides(cfg: Config, items: list[str]) -> list[ConfigProblem]:
             value = [v.strip() for v in value.split(",") if v.strip()]
         elif tp is str and not isinstance(value, str):
             value = str(value).lower() if isinstance(value, bool) else str(value)
-        coerced, err = _coerce(key, value, tp)
+        coerced, err = coerce(key, value, tp)
         if err:
             problems.append(ConfigProblem(key, f"--set {err}"))
             continue
@@ -565,6 +450,10 @@ HELP: dict[str, str] = {
     "train.eval_every": "validation loss every N steps",
     "train.eval_batches": "validation batches per evaluation (0 = all)",
     "train.report_every": "write a step event every N steps",
+    "train.sample_every": "every N steps (and at the last), the adapter's greedy answers to sample_prompts held-out "
+                          "prompts, shown on the Train screen (0 = off)",
+    "train.sample_prompts": "how many held-out prompts are sampled (the first of the validation split; 1 to 16)",
+    "train.sample_tokens": "the longest sampled answer, in tokens (1 to 4096)",
     "train.seed": "seed for data order, dropout and initialisation (0 to 2**32 - 1)",
     "kto.beta": "KTO temperature: larger keeps the policy closer to the reference",
     "kto.desirable_weight": "lambda_D; with undesirable_weight keep (lD*nD)/(lU*nU) in [1, 4/3]",

@@ -1,37 +1,14 @@
 """Read and validate chat datasets (JSONL, or a .json list), compute stats, split, KTO weights.
 
-Formats (auto-detected from the first valid records of a file; `format=` forces one):
-
-- ``kto``: ``{"conversations": [{"role", "content"}, ...], "label": bool}``
-- ``messages``: ``{"messages": [{"role", "content"}, ...], "label"?: bool}``
-- ``trl_unpaired``: ``{"prompt", "completion", "label"}``; prompt and completion are strings or
-  message lists (a string prompt becomes one user message; messages before the last assistant
-  turn of a completion list join the prompt). Both plain strings: `Example.text_prompt` keeps the
-  prompt text, which training reads raw, as TRL does (`data.string_format`, core.batching.encode_raw)
-- ``prompt_completion``: the same without a label (a file may mix the two)
-- ``sharegpt``: ``{"conversations": [{"from", "value"}, ...]}``; ``from`` maps human/user ->
-  user, gpt/assistant/function_call -> assistant (a function call is the call JSON as text),
-  system -> system, tool/observation/function_response -> tool
-- ``text``: ``{"text"}`` (SFT only): prompt ``[]``, completion = the text
-
-Roles are system, user, assistant, tool, in any order; the last turn must be the assistant's and
-becomes the completion, earlier turns the prompt. Content must be a non-empty string, except on an
-assistant turn with ``tool_calls``; other keys of a message and of a record are ignored, but these.
-
-Native tool calling (OpenAI / Hugging Face form): an assistant message may carry ``tool_calls``
-(``[{"id"?, "type": "function", "function": {"name", "arguments"}}]``, or bare ``{"name",
-"arguments"}``; arguments an object or a JSON string holding one; content null or ""), normalised to
-arguments objects; a ``tool`` message may carry ``tool_call_id`` (an earlier call's id) and ``name``.
-Tool schemas (JSON-schema function definitions, bare or ``{"type": "function", "function"}``) come
-per record (``tools``), else from the file's: ``load(tools=)`` (config ``data.tools``) or a
-``tools.json`` beside the dataset; a file with any native call renders them with every example
-(`Example.tools`). Calls are checked against the schemas: unknown tool, missing required argument,
-wrong type (errors; warnings in an undesirable example's completion), and arguments that are not JSON.
-The content-embedded form (the call JSON as the assistant's text) is read as before, without tools.
-
-Labels: ``true``/``false``. ``1``/``0`` and the strings ``"true"``/``"false"`` (any case) are read
-as the boolean with a warning; anything else (including null) is an error. A missing label means
-desirable; in a file where other lines carry labels that gets a warning.
+Formats (auto-detected from the first valid records of a file; `format=` forces one), roles and labels:
+`core.data_records`; native tool calls, tool results and tool schemas: `core.data_tools`; bytes into
+lines (and why a line is unusable): `core.data_read`. Tool schemas come per record (``tools``), else from the
+file's: ``load(tools=)`` (config ``data.tools``) or a ``tools.json`` beside the dataset; a file with
+any native call renders them with every example (`Example.tools`). Calls are checked against the
+schemas: unknown tool, missing required argument, wrong type (errors; warnings in an undesirable
+example's completion), and arguments that are not JSON. The content-embedded form (the call JSON as
+the assistant's text) is read as before, without tools. A missing label means desirable; in a file
+where other lines carry labels that gets a warning.
 
 Problems are collected, never just the first: each has the path, 1-based line, field (e.g.
 ``conversations[2].role``) and a plain-English reason. Errors: invalid JSON (with column; also a
@@ -48,12 +25,9 @@ and are read).
 from __future__ import annotations
 
 import hashlib
-import json
 import math
 import os
 import random
-import re
-import sys
 from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -61,26 +35,14 @@ from pathlib import Path
 from typing import Any
 
 from . import toolcalls
-from .fsutil import NotRegularFile, open_regular
+from .data_read import MAX_LINE_BYTES, Line, ReadError, open_problem, opened, read_lines, shown
+from .data_records import COMPATIBLE, Bad, example_key, parse_record, text_prompt
+from .data_stats import percentiles, token_stats
+from .data_tools import read_tool_file
 
 FORMATS = ("kto", "messages", "trl_unpaired", "sharegpt", "prompt_completion", "text")
-ROLES = ("system", "user", "assistant", "tool")
-SHAREGPT_ROLES = {
-    "human": "user",
-    "user": "user",
-    "gpt": "assistant",
-    "assistant": "assistant",
-    "function_call": "assistant",
-    "system": "system",
-    "tool": "tool",
-    "observation": "tool",
-    "function_response": "tool",
-}
-MAX_LINE_BYTES = 1 << 20
 DETECT_RECORDS = 20
-BOM = b"\xef\xbb\xbf"
 KTO_RATIO_RANGE = (1.0, 4 / 3)
-_COMPATIBLE = {"trl_unpaired": "prompt_completion", "prompt_completion": "trl_unpaired"}
 
 
 @dataclass(frozen=True)
@@ -184,180 +146,7 @@ class DataError(Exception):
         super().__init__("\n".join(str(p) for p in problems))
 
 
-class _Bad(Exception):
-    """Internal: one line's validation problems."""
-
-    def __init__(self, *problems: tuple[str, str, str]):
-        self.items = problems  # (field, message, code)
-
-
-# ---------------------------------------------------------------- reading lines
-
-
-@dataclass(slots=True)
-class _Line:
-    line: int
-    raw: str = ""
-    obj: Any = None
-    problem: tuple[str, str] | None = None  # (message, code) when the line is unusable
-
-
-def _type_name(v: Any) -> str:
-    if v is None:
-        return "null"
-    if isinstance(v, bool):
-        return "a boolean"
-    return {dict: "an object", list: "an array", str: "a string", int: "a number",
-            float: "a number"}.get(type(v), type(v).__name__)
-
-
-class _DupDict(dict):
-    """A JSON object that repeated a key (JSON would keep only the last value); `key` is the key."""
-
-    key: str
-
-
-def _json_loads(text: str) -> tuple[Any, list[str]]:
-    """json.loads, and the keys that some object repeated (each such object is a _DupDict)."""
-    repeated: list[str] = []
-
-    def pairs_hook(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
-        obj = dict(pairs)
-        if len(obj) == len(pairs):
-            return obj
-        counts = Counter(k for k, _ in pairs)
-        dup = _DupDict(obj)
-        dup.key = next(k for k, _ in pairs if counts[k] > 1)
-        repeated.append(dup.key)
-        return dup
-
-    return json.loads(text, object_pairs_hook=pairs_hook), repeated
-
-
-def _duplicate_key(value: Any) -> str | None:
-    """A key repeated inside some object of `value` (walked without recursion), or None."""
-    stack = [value]
-    while stack:
-        v = stack.pop()
-        if isinstance(v, _DupDict):
-            return v.key
-        if isinstance(v, dict):
-            stack.extend(v.values())
-        elif isinstance(v, list):
-            stack.extend(v)
-    return None
-
-
-def _duplicate_problem(key: str) -> tuple[str, str]:
-    msg = f"invalid JSON: duplicate key \"{_shown(key)}\" in one object (only the last value would count)"
-    return msg, "duplicate_key"
-
-
-def _long_number(text: str) -> tuple[str, int]:
-    """Why json.loads raised a plain ValueError (an integer past Python's int-string digit limit), and
-    the line of `text` where that number is."""
-    limit = sys.get_int_max_str_digits()
-    m = re.search(r"\d{%d,}" % (limit + 1), text) if limit else None
-    if m is None:
-        return "invalid JSON: a number too long to read", 1
-    col = m.start() - (text.rfind("\n", 0, m.start()) + 1) + 1
-    msg = f"invalid JSON: a number of {m.end() - m.start():,} digits at column {col} (at most {limit:,} are read)"
-    return msg, text.count("\n", 0, m.start()) + 1
-
-
-def _cr_hint(data: bytes) -> str:
-    """A note for a line that holds a bare carriage return: the file's lines end with CR alone."""
-    return "; the file uses CR (carriage return) line endings: save it with LF line endings" if b"\r" in data else ""
-
-
-def _parse_text(line: int, data: bytes, offset: int) -> _Line:
-    """Decode and parse one JSONL line (terminator already removed)."""
-    if b"\x00" in data:
-        return _Line(line, problem=(f"contains a NUL byte at byte {data.index(0)} (binary data?)", "nul"))
-    try:
-        text = data.decode("utf-8")
-    except UnicodeDecodeError as e:
-        msg = f"invalid UTF-8 at byte {e.start} of the line (file offset {offset + e.start})"
-        return _Line(line, problem=(msg, "utf8"))
-    try:
-        obj, repeated = _json_loads(text)
-    except json.JSONDecodeError as e:
-        code = "cr_endings" if b"\r" in data else "json"
-        return _Line(line, text, problem=(f"invalid JSON: {e.msg} at column {e.colno}{_cr_hint(data)}", code))
-    except RecursionError:
-        return _Line(line, problem=("invalid JSON: nested too deeply to parse", "json"))
-    except ValueError:
-        return _Line(line, text, problem=(_long_number(text)[0], "json"))
-    if repeated:
-        return _Line(line, text, problem=_duplicate_problem(repeated[0]))
-    if not isinstance(obj, dict):
-        return _Line(line, text, problem=(f"expected a JSON object, got {_type_name(obj)}", "not_object"))
-    return _Line(line, text, obj)
-
-
-def _read_jsonl(f, hasher, bom_warning: list[Problem], path: str) -> Iterator[_Line]:
-    """Yield each non-blank line of a binary file, hashing every byte read.
-
-    A line over MAX_LINE_BYTES is drained in chunks and reported, never held in memory whole.
-    """
-    limit = MAX_LINE_BYTES + 2  # content plus CRLF
-    offset, line = 0, 0
-    while chunk := f.readline(limit):
-        line += 1
-        hasher.update(chunk)
-        start, size = offset, len(chunk)
-        drained = not chunk.endswith(b"\n") and len(chunk) == limit
-        while drained and (more := f.readline(1 << 16)):
-            hasher.update(more)
-            size += len(more)
-            if more.endswith(b"\n"):
-                break
-        offset += size
-        data = chunk[:-1] if chunk.endswith(b"\n") else chunk
-        data = data[:-1] if data.endswith(b"\r") else data
-        if drained or len(data) > MAX_LINE_BYTES:
-            msg = f"line is {size:,} bytes, over the 1 MB limit; not parsed{_cr_hint(data)}"
-            yield _Line(line, problem=(msg, "cr_endings" if b"\r" in data else "too_long"))
-            continue
-        if line == 1 and data.startswith(BOM):
-            data, start = data[3:], start + 3
-            bom_warning.append(_bom_problem(path))
-        if data.strip():
-            yield _parse_text(line, data, start)
-
-
-def _bom_problem(path: str) -> Problem:
-    return Problem(path, 1, "", "file starts with a UTF-8 byte-order mark (BOM); ignored", "warning", "bom")
-
-
-def _read_json_list(data: bytes, path: str, bom_warning: list[Problem]) -> Iterator[_Line]:
-    """Yield the items of a .json file holding a list (line = list index + 1)."""
-    if data.startswith(BOM):
-        data = data[3:]
-        bom_warning.append(_bom_problem(path))
-    try:
-        text = data.decode("utf-8")
-        items, repeated = _json_loads(text)
-    except UnicodeDecodeError as e:
-        line = data.count(b"\n", 0, e.start) + 1
-        raise _file_error(path, f"invalid UTF-8 at file offset {e.start}", line, "utf8") from None
-    except json.JSONDecodeError as e:
-        raise _file_error(path, f"invalid JSON: {e.msg} at column {e.colno}", e.lineno, "json") from None
-    except RecursionError:
-        raise _file_error(path, "invalid JSON: nested too deeply to parse", 0, "json") from None
-    except ValueError:
-        raise _file_error(path, *_long_number(text), "json") from None
-    for i, obj in enumerate(items):
-        raw = json.dumps(obj, ensure_ascii=False)
-        if repeated and (key := _duplicate_key(obj)) is not None:
-            yield _Line(i + 1, raw, problem=_duplicate_problem(key))
-        elif isinstance(obj, dict):
-            yield _Line(i + 1, raw, obj)
-        else:
-            yield _Line(i + 1, raw, problem=(f"expected a JSON object, got {_type_name(obj)}", "not_object"))
-
-
-# ---------------------------------------------------------------- formats and validation
+# ---------------------------------------------------------------- formats
 
 
 def detect_format(record: dict) -> str | None:
@@ -377,7 +166,7 @@ def detect_format(record: dict) -> str | None:
     return None
 
 
-def _choose_format(lines: list[_Line]) -> str | None:
+def _choose_format(lines: list[Line]) -> str | None:
     """Most common format among the first valid records (trl_unpaired wins over unlabeled)."""
     counts = Counter(f for f in (detect_format(x.obj) for x in lines if x.obj is not None) if f)
     if not counts:
@@ -385,353 +174,6 @@ def _choose_format(lines: list[_Line]) -> str | None:
     if counts["trl_unpaired"] and counts["prompt_completion"]:
         counts["trl_unpaired"] += counts.pop("prompt_completion")
     return counts.most_common(1)[0][0]
-
-
-def _messages(value: Any, fld: str, sharegpt: bool = False, tools: dict[str, toolcalls.ToolSpec] | None = None,
-              known_ids: set[str] | None = None, deferred: list | None = None) -> list[dict[str, Any]]:
-    """Validate a message list (structured tool calls checked against `tools`, where known); raise
-    _Bad listing every problem in it. The last message's schema problems (unknown tool, missing
-    argument, wrong type) go to `deferred` when given: an undesirable example may show a wrong call."""
-    if not isinstance(value, list):
-        raise _Bad((fld, f"expected a list of messages, got {_type_name(value)}", "type"))
-    if not value:
-        raise _Bad((fld, "empty conversation", "empty"))
-    rkey, ckey = ("from", "value") if sharegpt else ("role", "content")
-    out, bad, call_ids = [], [], set(known_ids or ())
-    for i, m in enumerate(value):
-        at = f"{fld}[{i}]"
-        if not isinstance(m, dict):
-            bad.append((at, f"expected an object with {rkey!r} and {ckey!r}, got {_type_name(m)}", "type"))
-            continue
-        role, content = m.get(rkey), m.get(ckey)
-        if rkey not in m:
-            bad.append((f"{at}.{rkey}", "missing", "missing"))
-        elif not isinstance(role, str):
-            bad.append((f"{at}.{rkey}", f"expected a string, got {_type_name(role)}", "type"))
-        elif (SHAREGPT_ROLES.get(role) if sharegpt else role if role in ROLES else None) is None:
-            known = ", ".join(SHAREGPT_ROLES if sharegpt else ROLES)
-            bad.append((f"{at}.{rkey}", f"unknown role {role!r} (expected one of {known})", "role"))
-        else:
-            role = SHAREGPT_ROLES[role] if sharegpt else role
-        msg: dict[str, Any] = {"role": role, "content": content}
-        calls = None if sharegpt else m.get("tool_calls")
-        if calls is not None and calls != []:
-            if role != "assistant":
-                bad.append((f"{at}.tool_calls", f"only assistant messages make tool calls, not {role!r}", "tool_calls"))
-            else:
-                last = deferred is not None and i == len(value) - 1
-                msg["tool_calls"] = _tool_calls(calls, f"{at}.tool_calls", tools, bad, deferred if last else bad)
-                call_ids.update(c["id"] for c in msg["tool_calls"] if "id" in c)
-            if content is None or content == "":
-                msg["content"] = ""
-            elif not isinstance(content, str):
-                bad.append((f"{at}.{ckey}", f"expected a string or null, got {_type_name(content)}", "type"))
-            elif text_problem := _unencodable(content):
-                bad.append((f"{at}.{ckey}", text_problem, "unicode"))
-        elif ckey not in m or content is None:
-            bad.append((f"{at}.{ckey}", "missing", "missing"))
-        elif not isinstance(content, str):
-            bad.append((f"{at}.{ckey}", f"expected a string, got {_type_name(content)}", "type"))
-        elif not content.strip():
-            bad.append((f"{at}.{ckey}", "empty", "empty"))
-        elif text_problem := _unencodable(content):
-            bad.append((f"{at}.{ckey}", text_problem, "unicode"))
-        if role == "tool" and not sharegpt:
-            _tool_result(m, at, call_ids, msg, bad)
-        out.append(msg)
-    if bad:
-        raise _Bad(*bad)
-    if out[-1]["role"] != "assistant":
-        last = f"{fld}[{len(out) - 1}].{rkey}"
-        msg = f"conversation must end with an assistant turn, not {out[-1]['role']!r}"
-        raise _Bad((last, msg, "no_assistant"))
-    return out
-
-
-def _tool_result(m: dict, at: str, call_ids: set[str], msg: dict[str, Any], bad: list) -> None:
-    """Copy a tool message's `tool_call_id` and `name` into `msg`; the id must be an earlier call's."""
-    for key in ("tool_call_id", "name"):
-        v = m.get(key)
-        if v is None:
-            continue
-        if not isinstance(v, str) or not v:
-            bad.append((f"{at}.{key}", f"expected a non-empty string, got {_type_name(v)}", "type"))
-        elif key == "tool_call_id" and v not in call_ids:
-            bad.append((f"{at}.{key}", f"{_shown(v)!r} is not the id of an earlier tool call", "tool_call_id"))
-        else:
-            msg[key] = v
-
-
-def _tool_calls(value: Any, fld: str, tools: dict[str, toolcalls.ToolSpec] | None, bad: list,
-                schema_bad: list) -> list[dict[str, Any]]:
-    """Structured tool calls (OpenAI / Hugging Face form, or bare {"name", "arguments"}), normalised to
-    ``{"type": "function", "function": {"name", "arguments": {...}}, "id"?}``; problems go to `bad`,
-    those against the tools' schemas to `schema_bad`."""
-    if not isinstance(value, list):
-        bad.append((fld, f"expected a list of tool calls, got {_type_name(value)}", "type"))
-        return []
-    out = []
-    for j, c in enumerate(value):
-        at = f"{fld}[{j}]"
-        if not isinstance(c, dict):
-            bad.append((at, f"expected an object with \"function\", got {_type_name(c)}", "type"))
-            continue
-        fn, fat = (c.get("function"), f"{at}.function") if "function" in c else (c, at)
-        if not isinstance(fn, dict):
-            bad.append((fat, f"expected an object with \"name\" and \"arguments\", got {_type_name(fn)}", "type"))
-            continue
-        if c.get("type", "function") != "function":
-            bad.append((f"{at}.type", f"expected \"function\", got {json.dumps(c.get('type'))[:40]}", "tool_calls"))
-        call: dict[str, Any] = {"type": "function", "function": {}}
-        name = fn.get("name")
-        if not isinstance(name, str) or not name.strip():
-            bad.append((f"{fat}.name", "missing" if name is None else f"expected a tool name, got {_type_name(name)}",
-                        "missing" if name is None else "type"))
-        args = _arguments(fn, f"{fat}.arguments", bad)
-        if isinstance(name, str) and name.strip() and args is not None:
-            for where, reason, code in toolcalls.call_problems(name, args, tools) if tools is not None else ():
-                schema_bad.append((f"{fat}.{where}", reason, code))
-        call["function"] = {"name": name, "arguments": args}
-        if c.get("id") is not None:
-            if isinstance(c["id"], str) and c["id"]:
-                call["id"] = c["id"]
-            else:
-                bad.append((f"{at}.id", f"expected a non-empty string, got {_type_name(c['id'])}", "type"))
-        out.append(call)
-    return out
-
-
-def _arguments(fn: dict, fld: str, bad: list) -> dict[str, Any] | None:
-    """A call's arguments as an object (given as one, or as a JSON string holding one), or None."""
-    args = fn.get("arguments")
-    if args is None:
-        bad.append((fld, "missing (use {} for a tool without arguments)", "missing"))
-        return None
-    if isinstance(args, str):
-        try:
-            args, repeated = _json_loads(args)
-        except json.JSONDecodeError as e:
-            bad.append((fld, f"not JSON: {e.msg} at column {e.colno}", "arguments_json"))
-            return None
-        except (RecursionError, ValueError):
-            bad.append((fld, "not JSON that can be read (nested too deeply, or a number too long)", "arguments_json"))
-            return None
-        if repeated:
-            bad.append((fld, f"JSON repeats the key \"{_shown(repeated[0])}\"", "duplicate_key"))
-            return None
-    if not isinstance(args, dict):
-        bad.append((fld, f"expected a JSON object of arguments, got {_type_name(args)}", "type"))
-        return None
-    return args
-
-
-def _tool_schemas(value: Any, fld: str) -> list[dict[str, Any]]:
-    """Validate a list of tool schemas (JSON-schema function definitions, bare or in the OpenAI
-    ``{"type": "function", "function": {...}}`` form), normalised to the OpenAI form with
-    name, description (default "") and parameters; raise _Bad listing every problem."""
-    if not isinstance(value, list):
-        raise _Bad((fld, f"expected a list of tool schemas, got {_type_name(value)}", "type"))
-    out, bad, names = [], [], set()
-    for i, item in enumerate(value):
-        at = f"{fld}[{i}]"
-        if not isinstance(item, dict):
-            bad.append((at, f"expected a tool schema object, got {_type_name(item)}", "type"))
-            continue
-        fn, fat = (item.get("function"), f"{at}.function") if "function" in item else (item, at)
-        if not isinstance(fn, dict):
-            bad.append((fat, f"expected an object, got {_type_name(fn)}", "type"))
-            continue
-        name, desc = fn.get("name"), fn.get("description", "")
-        params = fn.get("parameters", {"type": "object", "properties": {}})
-        if not isinstance(name, str) or not name.strip():
-            bad.append((f"{fat}.name", "missing" if name is None else f"expected a string, got {_type_name(name)}",
-                        "missing" if name is None else "type"))
-        elif name in names:
-            bad.append((f"{fat}.name", f"tool {_shown(name)!r} is defined twice", "duplicate_tool"))
-        names.add(name)
-        if not isinstance(desc, str):
-            bad.append((f"{fat}.description", f"expected a string, got {_type_name(desc)}", "type"))
-        bad += _parameters_problems(params, f"{fat}.parameters")
-        out.append({"type": "function", "function": {"name": name, "description": desc, "parameters": params}})
-    if bad:
-        raise _Bad(*bad)
-    return out
-
-
-def _parameters_problems(params: Any, fld: str) -> list[tuple[str, str, str]]:
-    if not isinstance(params, dict):
-        return [(fld, f"expected a JSON-schema object, got {_type_name(params)}", "type")]
-    out = []
-    props, required = params.get("properties", {}), params.get("required", [])
-    if not isinstance(props, dict) or not all(isinstance(v, dict) for v in props.values()):
-        out.append((f"{fld}.properties", "expected an object mapping each argument to its schema", "type"))
-    if not isinstance(required, list) or not all(isinstance(r, str) for r in required):
-        out.append((f"{fld}.required", "expected a list of argument names", "type"))
-    return out
-
-
-def load_tools(path: str | os.PathLike[str]) -> list[dict[str, Any]]:
-    """Tool schemas from a JSON file (a list, or {"tools": [...]}), normalised; DataError naming the file."""
-    path = Path(path)
-    if msg := _open_problem(path):
-        raise _file_error(str(path), msg)
-    try:
-        with os.fdopen(open_regular(os.path.realpath(path)), "rb") as f:
-            data = f.read(MAX_LINE_BYTES * 16 + 1)
-    except NotRegularFile:
-        raise _file_error(str(path), _NOT_REGULAR) from None
-    except OSError as e:
-        raise _file_error(str(path), f"cannot be read: {e.strerror or e}") from None
-    lines = list(_read_json_list(data, str(path), [])) if data.lstrip(BOM + b" \t\r\n").startswith(b"[") else None
-    if lines is None:
-        try:
-            obj, _ = _json_loads(data.removeprefix(BOM).decode("utf-8"))
-        except (UnicodeDecodeError, json.JSONDecodeError, RecursionError, ValueError) as e:
-            raise _file_error(str(path), f"invalid JSON: {getattr(e, 'msg', e)}", 0, "json") from None
-        if not isinstance(obj, dict) or not isinstance(obj.get("tools"), list):
-            raise _file_error(str(path), "expected a JSON list of tool schemas (or an object with a \"tools\" list)")
-        items = obj["tools"]
-    else:
-        bad = [ln for ln in lines if ln.problem]
-        if bad:
-            raise DataError([Problem(str(path), 0, f"[{ln.line - 1}]", ln.problem[0], code=ln.problem[1]) for ln in bad])
-        items = [ln.obj for ln in lines]
-    try:
-        return _tool_schemas(items, "")
-    except _Bad as e:
-        raise DataError([Problem(str(path), 0, fld.lstrip("."), msg, code=code) for fld, msg, code in e.items]) from None
-
-
-def _string(record: dict, key: str) -> str:
-    if key not in record or record[key] is None:
-        raise _Bad((key, "missing", "missing"))
-    v = record[key]
-    if not isinstance(v, str):
-        raise _Bad((key, f"expected a string, got {_type_name(v)}", "type"))
-    if not v.strip():
-        raise _Bad((key, "empty", "empty"))
-    if msg := _unencodable(v):
-        raise _Bad((key, msg, "unicode"))
-    return v
-
-
-def _unencodable(text: str) -> str | None:
-    """Why `text` cannot be tokenized (a lone UTF-16 surrogate from a JSON \\uD800 escape), or None."""
-    if text.isascii():
-        return None
-    try:
-        text.encode("utf-8")
-    except UnicodeEncodeError as e:
-        return f"contains an unpaired surrogate {text[e.start]!a} at character {e.start} (not valid Unicode)"
-    return None
-
-
-def _shown(key: str, limit: int = 40) -> str:
-    """A record key as printed in a message: control/bidi characters escaped, long keys cut."""
-    shown = key if key.isprintable() else repr(key)[1:-1]
-    return shown if len(shown) <= limit else shown[:limit] + "..."
-
-
-def _prompt_completion(record: dict, tools: dict[str, toolcalls.ToolSpec] | None, deferred: list) -> list[dict[str, Any]]:
-    """The messages of a prompt+completion record (the completion's last turn last)."""
-    problems, prompt, completion = [], [], []
-    try:
-        p = record.get("prompt")
-        if isinstance(p, list):
-            prompt = _prompt_list(p, tools)
-        else:
-            prompt = [{"role": "user", "content": _string(record, "prompt")}]
-    except _Bad as e:
-        problems += e.items
-    try:
-        c = record.get("completion")
-        if isinstance(c, list):
-            ids = {tc["id"] for m in prompt for tc in m.get("tool_calls", ()) if "id" in tc}
-            completion = _messages(c, "completion", tools=tools, known_ids=ids, deferred=deferred)
-        else:
-            completion = [{"role": "assistant", "content": _string(record, "completion")}]
-    except _Bad as e:
-        problems += e.items
-    if problems:
-        raise _Bad(*problems)
-    return prompt + completion
-
-
-def _prompt_list(p: list, tools: dict[str, toolcalls.ToolSpec] | None) -> list[dict[str, Any]]:
-    """Validate a prompt message list (which need not end with an assistant turn)."""
-    if not p:
-        raise _Bad(("prompt", "empty prompt", "empty"))
-    try:
-        return _messages([*p, {"role": "assistant", "content": "x"}], "prompt", tools=tools)[:-1]
-    except _Bad as e:
-        raise _Bad(*e.items) from None
-
-
-def _label(record: dict, warn: list[tuple[str, str, str]]) -> bool | None:
-    """The record's label (None if absent); coerced values add a warning to `warn`."""
-    if "label" not in record:
-        return None
-    v = record["label"]
-    if isinstance(v, bool):
-        return v
-    if isinstance(v, int) and v in (0, 1):
-        warn.append(("label", f"{v} is not a JSON boolean; read as {str(bool(v)).lower()}", "label_coerced"))
-        return bool(v)
-    if isinstance(v, str) and v.strip().lower() in ("true", "false"):
-        b = v.strip().lower() == "true"
-        warn.append(("label", f"{v!r} is a string, not a JSON boolean; read as {str(b).lower()}", "label_coerced"))
-        return b
-    raise _Bad(("label", f"expected true or false, got {json.dumps(v)[:40]}", "label"))
-
-
-@dataclass
-class _Record:
-    """One record's validated content."""
-
-    messages: list[dict[str, Any]]
-    label: bool | None
-    warnings: list[tuple[str, str, str]]
-    tools: list[dict[str, Any]] | None = None  # the record's own tool schemas
-
-
-def _parse_record(obj: dict, fmt: str, file_tools: dict[str, toolcalls.ToolSpec] | None = None) -> _Record:
-    """The messages (the completion last), label (None if absent), warnings and own tools of one record
-    in format `fmt`; tool calls are checked against the record's tools, else `file_tools`."""
-    warn: list[tuple[str, str, str]] = []
-    problems: list[tuple[str, str, str]] = []
-    deferred: list[tuple[str, str, str]] = []
-    msgs: list[dict[str, Any]] = []
-    own = None
-    if fmt != "text" and obj.get("tools") is not None:
-        try:
-            own = _tool_schemas(obj["tools"], "tools")
-        except _Bad as e:
-            problems += e.items
-    specs = toolcalls.specs(own) if own is not None else file_tools
-    try:
-        if fmt in ("kto", "messages", "sharegpt"):
-            key = "messages" if fmt == "messages" else "conversations"
-            if key not in obj:
-                raise _Bad((key, "missing", "missing"))
-            msgs = _messages(obj[key], key, sharegpt=fmt == "sharegpt", tools=specs, deferred=deferred)
-        elif fmt in ("trl_unpaired", "prompt_completion"):
-            msgs = _prompt_completion(obj, specs, deferred)
-        else:
-            msgs = [{"role": "assistant", "content": _string(obj, "text")}]
-    except _Bad as e:
-        problems += e.items
-    label = None
-    try:
-        label = _label(obj, warn)
-    except _Bad as e:
-        problems += e.items
-    if label is False:  # a wrong call is what an undesirable completion may be about
-        warn += [(f, f"{m} (in an undesirable completion)", c) for f, m, c in deferred]
-    else:
-        problems += deferred
-    if problems:
-        raise _Bad(*problems)
-    return _Record(msgs, label, warn, own)
 
 
 def completion_text(message: dict[str, Any]) -> str:
@@ -744,42 +186,24 @@ def completion_text(message: dict[str, Any]) -> str:
 # ---------------------------------------------------------------- load
 
 
-def _file_error(path: str, message: str, line: int = 0, code: str = "file") -> DataError:
-    return DataError([Problem(path, line, "", message, code=code)])
+def _file_error(path: str, message: str) -> DataError:
+    return DataError([Problem(path, 0, "", message, code="file")])
 
 
-_NOT_REGULAR = "is not a regular file (a FIFO, socket or device); expected a dataset file"
+def _bom_problem(path: str) -> Problem:
+    return Problem(path, 1, "", "file starts with a UTF-8 byte-order mark (BOM); ignored", "warning", "bom")
 
 
-def _open_problem(path: Path) -> str | None:
-    if not path.exists():
-        return "file not found"
-    if path.is_dir():
-        return "is a directory, not a dataset file"
-    if not path.is_file():
-        return _NOT_REGULAR
-    if not os.access(path, os.R_OK):
-        return "cannot be read (permission denied)"
-    return None
+def _data_error(path: str, e: ReadError) -> DataError:
+    return DataError([Problem(path, line, fld, msg, code=code) for line, fld, msg, code in e.problems])
 
 
-def _source(path: Path, f, hasher, bom: list[Problem]) -> Iterator[_Line]:
-    """The lines of an open file. Its size is not trusted: /proc files say 0 and still hold text."""
-    head = f.read(64)
-    if not head:
-        raise _file_error(str(path), "file is empty")
-    f.seek(0)
-    if path.suffix.lower() == ".json" and head.lstrip(BOM + b" \t\r\n").startswith(b"["):
-        data = f.read()
-        hasher.update(data)
-        return _read_json_list(data, str(path), bom)
-    return _read_jsonl(f, hasher, bom, str(path))
-
-
-def _text_prompt(obj: dict, fmt: str) -> str | None:
-    """The prompt string of a plain-string prompt/completion record (TRL's non-conversational form), else None."""
-    plain = fmt in _COMPATIBLE and isinstance(obj.get("prompt"), str) and isinstance(obj.get("completion"), str)
-    return obj["prompt"] if plain else None
+def load_tools(path: str | os.PathLike[str]) -> list[dict[str, Any]]:
+    """Tool schemas from a JSON file (a list, or {"tools": [...]}), normalised; DataError naming the file."""
+    try:
+        return read_tool_file(Path(path), MAX_LINE_BYTES * 16 + 1)
+    except ReadError as e:
+        raise _data_error(str(Path(path)), e) from None
 
 
 class _Loader:
@@ -800,14 +224,14 @@ class _Loader:
     def problem(self, line: int, fld: str, msg: str, code: str, severity: str = "error") -> None:
         self.problems.append(Problem(self.path, line, fld, msg, severity, code))
 
-    def add(self, ln: _Line) -> None:
+    def add(self, ln: Line) -> None:
         if ln.problem:
             self.problem(ln.line, "", *ln.problem)
             self.skipped += 1
             return
         try:
             ex, warn = self._example(ln)
-        except _Bad as e:
+        except Bad as e:
             for fld, msg, code in e.items:
                 self.problem(ln.line, fld, msg, code)
             self.skipped += 1
@@ -823,38 +247,29 @@ class _Loader:
             self.unlabeled.append(ln.line)
         self.examples.append(ex)
 
-    def _example(self, ln: _Line) -> tuple[Example, list]:
+    def _example(self, ln: Line) -> tuple[Example, list]:
         found = detect_format(ln.obj)
         self.fmt = self.fmt or found
         if found is None and not self.forced:
-            keys = ", ".join(_shown(k) for k in sorted(ln.obj)[:20]) + (", ..." if len(ln.obj) > 20 else "") or "none"
-            raise _Bad(("", "unrecognised record: expected conversations, messages, prompt+completion "
+            keys = ", ".join(shown(k) for k in sorted(ln.obj)[:20]) + (", ..." if len(ln.obj) > 20 else "") or "none"
+            raise Bad(("", "unrecognised record: expected conversations, messages, prompt+completion "
                             f"or text (found keys: {keys})", "format"))
-        if not self.forced and found not in (self.fmt, _COMPATIBLE.get(self.fmt)):
-            raise _Bad(("", f"mixed formats: this line is {found!r} but the file is {self.fmt!r}", "mixed_format"))
+        if not self.forced and found not in (self.fmt, COMPATIBLE.get(self.fmt)):
+            raise Bad(("", f"mixed formats: this line is {found!r} but the file is {self.fmt!r}", "mixed_format"))
         try:
-            rec = _parse_record(ln.obj, self.fmt, self.specs)
-        except _Bad as e:
-            if self.forced and found and found not in (self.fmt, _COMPATIBLE.get(self.fmt)):
+            rec = parse_record(ln.obj, self.fmt, self.specs)
+        except Bad as e:
+            if self.forced and found and found not in (self.fmt, COMPATIBLE.get(self.fmt)):
                 hint = f"this line looks like the {found!r} format, not {self.fmt!r}"
                 e.items = (*e.items, ("", hint, "mixed_format"))
             raise
         final = rec.messages[-1]
         ex = Example(rec.messages[:-1], completion_text(final), True if rec.label is None else rec.label,
-                     ln.line, ln.raw, final if "tool_calls" in final else None, rec.tools, _text_prompt(ln.obj, self.fmt))
+                     ln.line, ln.raw, final if "tool_calls" in final else None, rec.tools, text_prompt(ln.obj, self.fmt))
         return ex, rec.warnings
 
     def _is_duplicate(self, ex: Example) -> bool:
-        h = hashlib.blake2b(digest_size=16)
-        for m in ex.prompt:
-            h.update(m["role"].encode() + b"\x00" + m["content"].encode("utf-8", "surrogatepass") + b"\x01")
-            if len(m) > 2:  # tool calls, call ids, tool names
-                h.update(json.dumps({k: v for k, v in m.items() if k not in ("role", "content")}, sort_keys=True,
-                                    ensure_ascii=False).encode("utf-8", "surrogatepass") + b"\x01")
-        h.update(b"\x02" + ex.completion.encode("utf-8", "surrogatepass"))
-        if ex.tools is not None:
-            h.update(b"\x03" + json.dumps(ex.tools, sort_keys=True, ensure_ascii=False).encode("utf-8", "surrogatepass"))
-        key = h.digest()
+        key = example_key(ex.prompt, ex.completion, ex.tools)
         first = self.seen.get(key)
         if first is None:
             self.seen[key] = (ex.line, ex.label)
@@ -912,31 +327,17 @@ def load(path: str | os.PathLike[str], format: str | None = None, strict: bool =
     if format is not None and format not in FORMATS:
         raise DataError([Problem(str(path), 0, "format",
                                  f"unknown format {format!r} (expected one of {', '.join(FORMATS)})")])
-    if msg := _open_problem(path):
+    if msg := open_problem(path):
         raise _file_error(str(path), msg)
     file_tools = _file_tools(path, tools)
     hasher = hashlib.sha256()
     bom: list[Problem] = []
     try:
-        with os.fdopen(open_regular(os.path.realpath(path)), "rb") as f:  # a link is followed, a FIFO refused
-            lines = _source(path, f, hasher, bom)
-            buffered, loader = [], None
-            for ln in lines:
-                if loader is None:
-                    buffered.append(ln)
-                    if sum(x.obj is not None for x in buffered) < DETECT_RECORDS:
-                        continue
-                    loader = _start(str(path), format, buffered, file_tools)
-                else:
-                    loader.add(ln)
-            if loader is None:
-                if not buffered:
-                    raise _file_error(str(path), "file has no records (only blank lines)")
-                loader = _start(str(path), format, buffered, file_tools)
-    except NotRegularFile:
-        raise _file_error(str(path), _NOT_REGULAR) from None
-    except OSError as e:
-        raise _file_error(str(path), f"cannot be read: {e.strerror or e}") from None
+        with opened(path) as f:  # a link is followed, a FIFO refused
+            lines = read_lines(path, f, hasher, lambda: bom.append(_bom_problem(str(path))))
+            loader = _read(str(path), lines, format, file_tools)
+    except ReadError as e:
+        raise _data_error(str(path), e) from None
     loader.problems[:0] = bom
     loader.finish()
     fmt = loader.fmt or "unknown"
@@ -947,7 +348,25 @@ def load(path: str | os.PathLike[str], format: str | None = None, strict: bool =
     return ds
 
 
-def _start(path: str, format: str | None, buffered: list[_Line], tools: tuple) -> _Loader:
+def _read(path: str, lines: Iterator[Line], format: str | None, tools: tuple) -> _Loader:
+    """A loader fed every line; the format is chosen once DETECT_RECORDS records are in (or at the end)."""
+    buffered: list[Line] = []
+    loader = None
+    for ln in lines:
+        if loader is not None:
+            loader.add(ln)
+            continue
+        buffered.append(ln)
+        if sum(x.obj is not None for x in buffered) >= DETECT_RECORDS:
+            loader = _start(path, format, buffered, tools)
+    if loader is None:
+        if not buffered:
+            raise _file_error(path, "file has no records (only blank lines)")
+        loader = _start(path, format, buffered, tools)
+    return loader
+
+
+def _start(path: str, format: str | None, buffered: list[Line], tools: tuple) -> _Loader:
     loader = _Loader(path, format or _choose_format(buffered), format is not None, tools)
     for ln in buffered:
         loader.add(ln)
@@ -956,15 +375,6 @@ def _start(path: str, format: str | None, buffered: list[_Line], tools: tuple) -
 
 
 # ---------------------------------------------------------------- stats, split, KTO weights
-
-
-def _percentiles(values: list[int]) -> dict[str, int]:
-    """Nearest-rank p50/p90/p99 and max (all 0 for no values)."""
-    if not values:
-        return {"p50": 0, "p90": 0, "p99": 0, "max": 0}
-    s = sorted(values)
-    rank = lambda q: s[max(0, math.ceil(q * len(s)) - 1)]  # noqa: E731
-    return {"p50": rank(0.5), "p90": rank(0.9), "p99": rank(0.99), "max": s[-1]}
 
 
 def compute_stats(ds: Dataset, tokenizer=None, max_seq_len: int | None = None) -> dict[str, Any]:
@@ -987,7 +397,7 @@ def compute_stats(ds: Dataset, tokenizer=None, max_seq_len: int | None = None) -
         "desirable_ratio": d / total if total else 0.0,
         "turns": {"min": min(turns, default=0), "mean": sum(turns) / total if total else 0.0,
                   "max": max(turns, default=0)},
-        "chars": _percentiles(chars),
+        "chars": percentiles(chars),
         "tokens": None,
         "max_seq_len": max_seq_len,
         "over_max_seq_len": None,
@@ -1006,25 +416,11 @@ def compute_stats(ds: Dataset, tokenizer=None, max_seq_len: int | None = None) -
         "sha256": ds.sha256,
     }
     if tokenizer is not None:
-        stats.update(_token_stats(ds, tokenizer, max_seq_len))
+        from .template import encode_example
+
+        encodings = (encode_example(tokenizer, ex) for ex in ds.examples)
+        stats.update(token_stats(encodings, max_seq_len, getattr(tokenizer, "bos_token_id", None)))
     return stats
-
-
-def _token_stats(ds: Dataset, tokenizer, max_seq_len: int | None) -> dict[str, Any]:
-    from tunedeck.core.template import encode_example, truncate
-
-    bos = getattr(tokenizer, "bos_token_id", None)
-    lengths, over, cut, too_long = [], 0, 0, 0
-    for ex in ds.examples:
-        enc = encode_example(tokenizer, ex)
-        lengths.append(len(enc.ids))
-        if max_seq_len is not None and len(enc.ids) > max_seq_len:
-            t = truncate(enc, max_seq_len, bos)
-            over, cut, too_long = over + 1, cut + t.truncated_prompt_tokens, too_long + t.completion_too_long
-    out: dict[str, Any] = {"tokens": _percentiles(lengths)}
-    if max_seq_len is not None:
-        out.update(over_max_seq_len=over, truncated_tokens=cut, completion_too_long=too_long)
-    return out
 
 
 def split(examples: list[Example], valid_fraction: float, seed: int) -> tuple[list[Example], list[Example]]:

@@ -36,7 +36,7 @@ from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import mlx.core as mx
 import mlx.nn as nn
@@ -47,6 +47,10 @@ from .config import Config, ConfigError
 from .config import load as load_config
 from .fsutil import atomic_write_text
 from .model import ADAPTER_CONFIG, ADAPTER_FILE, ModelError, adapters_disabled, check_adapter_files, load_base
+from .rundir import RunDir
+
+if TYPE_CHECKING:
+    from .batching import Sequences
 
 EVAL_FILE = "eval.json"
 GEN_CHUNK = 16  # prompts per batch_generate call (progress is reported between chunks)
@@ -91,7 +95,7 @@ def run_config(run_dir: Path) -> Config:
     run_dir = Path(run_dir)
     if not run_dir.is_dir():
         raise EvalError(f"{run_dir} is not a directory")
-    if not (run_dir / "config.toml").is_file():
+    if not RunDir(run_dir).is_run():
         raise EvalError(f"{run_dir} is not a run directory (no config.toml)")
     try:
         cfg, _ = load_config(run_dir / "config.toml")
@@ -288,8 +292,6 @@ def evaluate(run_dir: str | Path, split: str = "valid", max_examples: int = 0, m
              write: bool = True) -> dict[str, Any]:
     """Score base vs adapter on held-out examples; returns the report (also written to RUN_DIR/eval.json)."""
     from .batching import tokenize
-    from .reference import compute
-    from .template import Encoded, encode_prompt, truncate
 
     say = progress or (lambda _m: None)
     t0 = time.perf_counter()
@@ -303,85 +305,14 @@ def evaluate(run_dir: str | Path, split: str = "valid", max_examples: int = 0, m
         f"from {'the validation split of ' if split == 'valid' else ''}{data_path}")
     say(f"eval: loading {model or cfg.model.path} + adapter {adir}")
     rm = load_run_model(run_dir, checkpoint, model)
-    net, tok = rm.model, rm.tokenizer
-    seqs = tokenize(tok, examples, cfg.data.max_seq_len, False, cfg.train.seed, string_format=cfg.data.string_format)
+    seqs = tokenize(rm.tokenizer, examples, cfg.data.max_seq_len, False, cfg.train.seed,
+                    string_format=cfg.data.string_format)
     ntoks = np.array([len(s) - max(int(st), 1) for s, st in zip(seqs.ids, seqs.starts)], dtype=np.float64)
-    bs = max(1, cfg.train.batch_size * 2)
-
-    logps: dict[str, np.ndarray] = {}
-    for which in ("base", "adapter"):
-        done = [0]
-
-        def tick(n: int, which: str = which, done: list[int] = done) -> None:
-            done[0] += n
-            say(f"eval: log-probs ({which}) {done[0]}/{len(examples)}")
-
-        if which == "base":
-            with adapters_disabled(net):
-                logps[which] = compute(net, seqs.ids, seqs.starts, bs, tick).astype(np.float64)
-        else:
-            logps[which] = compute(net, seqs.ids, seqs.starts, bs, tick).astype(np.float64)
-
-    beta = cfg.kto.beta
-    rewards = beta * (logps["adapter"] - logps["base"])
-    metrics: dict[str, dict[str, float | None]] = {}
-    for which in ("base", "adapter"):
-        loss = _loss(logps[which], ntoks, labels)
-        metrics.setdefault("loss", {})[which] = loss
-        metrics.setdefault("perplexity", {})[which] = math.exp(loss) if loss is not None and loss < 700 else None
-        metrics.setdefault("loss_undesirable", {})[which] = _loss(logps[which], ntoks, ~labels)
-    rd, ru = _mean(rewards[labels]), _mean(rewards[~labels])
-    correct = np.where(labels, rewards > 0, rewards < 0)
-    for key, value in (("reward_desirable", rd), ("reward_undesirable", ru),
-                       ("reward_margin", rd - ru if rd is not None and ru is not None else None),
-                       ("reward_accuracy", float(correct.mean()) if len(correct) else None)):
-        metrics[key] = {"base": None, "adapter": value}
-
-    # --- generation-based tool-use score
+    logps = _log_probs(rm.model, seqs, max(1, cfg.train.batch_size * 2), say)
+    metrics = _likelihood_metrics(logps, ntoks, labels, cfg.kto.beta)
+    box = _toolbox(everything, data_path)
     desirable = [e for e in examples if e.label]
-    # the format and (without tools.json) the tools come from the whole file, not just held-out rows
-    try:
-        schemas = next((e.tools for e in everything if e.tools), None)  # a native-format file's tools
-        box = toolcalls.toolbox([e.completion for e in everything if e.label], data_path, schemas)
-    except ValueError as e:
-        raise EvalError(str(e)) from None
-    tool_info: dict[str, Any] = {"format": box.format, "tools_source": box.source, "tools": box.names}
-    details: list[dict[str, Any]] = []
-    gen_state: dict[str, str] = {}
-    if box.format is None:
-        tool_info["skipped"] = "no tool calls in the dataset's desirable completions"
-    elif max_tokens <= 0:
-        tool_info["skipped"] = "--max-tokens 0"
-    elif not desirable:
-        tool_info["skipped"] = "no desirable held-out examples"
-    if "skipped" in tool_info:
-        for key in ("tool_call_valid", "tool_name_match", "tool_call_unexpected"):
-            metrics[key] = {"base": None, "adapter": None}
-    else:
-        refs = [toolcalls.parse_tool_call(e.completion, box.format) for e in desirable]
-        bos = getattr(tok, "bos_token_id", None)
-        limit = max(cfg.data.max_seq_len - max_tokens, 8)
-        prompts = []
-        for e in desirable:
-            ids = encode_prompt(tok, e.prompt, e.tools)
-            prompts.append(truncate(Encoded(ids, len(ids)), limit, bos).ids)
-        answers: dict[str, list[str]] = {}
-        for which in ("base", "adapter"):
-            def report(n: int, which: str = which) -> None:
-                say(f"eval: generating ({which}) {n}/{len(prompts)}")
-
-            if which == "base":
-                with adapters_disabled(net):
-                    answers[which] = _generate(net, tok, prompts, max_tokens, gen_state, report)
-            else:
-                answers[which] = _generate(net, tok, prompts, max_tokens, gen_state, report)
-        scores, reasons, details = score_tool_calls(answers, [e.completion for e in desirable], box,
-                                                    [e.line for e in desirable])
-        metrics.update(scores)
-        tool_info.update(prompts=len(prompts), reference_calls=sum(r is not None for r in refs),
-                         generation=gen_state.get("method"), reasons=reasons)
-        if "fallback_reason" in gen_state:
-            tool_info["batch_generate_error"] = gen_state["fallback_reason"]
+    tool_info, details = _tool_use(rm, box, desirable, max_tokens, cfg.data.max_seq_len, metrics, say)
     for key in metrics:
         b, a = metrics[key]["base"], metrics[key]["adapter"]
         metrics[key]["delta"] = a - b if a is not None and b is not None else None
@@ -396,7 +327,7 @@ def evaluate(run_dir: str | Path, split: str = "valid", max_examples: int = 0, m
         "desirable": int(labels.sum()),
         "undesirable": int((~labels).sum()),
         "completion_tokens": int(ntoks.sum()),
-        "beta": beta,
+        "beta": cfg.kto.beta,
         "max_tokens": max_tokens,
         "metrics": metrics,
         "definitions": {k: DEFINITIONS[k] for k in metrics},
@@ -409,6 +340,107 @@ def evaluate(run_dir: str | Path, split: str = "valid", max_examples: int = 0, m
         save_report(run_dir, report)
         say(f"eval: wrote {run_dir / EVAL_FILE}")
     return report
+
+
+def _log_probs(net: nn.Module, seqs: Sequences, batch_size: int, say: Progress) -> dict[str, np.ndarray]:
+    """Each sequence's completion log-prob (summed over its tokens), by the base (adapter off) and the adapter."""
+    from .reference import compute
+
+    logps: dict[str, np.ndarray] = {}
+    for which in ("base", "adapter"):
+        done = [0]
+
+        def tick(n: int, which: str = which, done: list[int] = done) -> None:
+            done[0] += n
+            say(f"eval: log-probs ({which}) {done[0]}/{len(seqs.ids)}")
+
+        if which == "base":
+            with adapters_disabled(net):
+                logps[which] = compute(net, seqs.ids, seqs.starts, batch_size, tick).astype(np.float64)
+        else:
+            logps[which] = compute(net, seqs.ids, seqs.starts, batch_size, tick).astype(np.float64)
+    return logps
+
+
+def _likelihood_metrics(logps: dict[str, np.ndarray], ntoks: np.ndarray, labels: np.ndarray,
+                        beta: float) -> dict[str, dict[str, float | None]]:
+    """Loss, perplexity and undesirable loss of each model; the adapter's KTO rewards (the base's are n/a)."""
+    rewards = beta * (logps["adapter"] - logps["base"])
+    metrics: dict[str, dict[str, float | None]] = {}
+    for which in ("base", "adapter"):
+        loss = _loss(logps[which], ntoks, labels)
+        metrics.setdefault("loss", {})[which] = loss
+        metrics.setdefault("perplexity", {})[which] = math.exp(loss) if loss is not None and loss < 700 else None
+        metrics.setdefault("loss_undesirable", {})[which] = _loss(logps[which], ntoks, ~labels)
+    rd, ru = _mean(rewards[labels]), _mean(rewards[~labels])
+    correct = np.where(labels, rewards > 0, rewards < 0)
+    for key, value in (("reward_desirable", rd), ("reward_undesirable", ru),
+                       ("reward_margin", rd - ru if rd is not None and ru is not None else None),
+                       ("reward_accuracy", float(correct.mean()) if len(correct) else None)):
+        metrics[key] = {"base": None, "adapter": value}
+    return metrics
+
+
+def _toolbox(everything: list[data.Example], data_path: Path) -> toolcalls.Toolbox:
+    """The dataset's tool-call format and tools: from the whole file, not just the held-out rows (without
+    tools.json, the tools named by the desirable completions)."""
+    try:
+        schemas = next((e.tools for e in everything if e.tools), None)  # a native-format file's tools
+        return toolcalls.toolbox([e.completion for e in everything if e.label], data_path, schemas)
+    except ValueError as e:
+        raise EvalError(str(e)) from None
+
+
+def _tool_use(rm: RunModel, box: toolcalls.Toolbox, desirable: list[data.Example], max_tokens: int, max_seq_len: int,
+              metrics: dict[str, dict[str, float | None]], say: Progress) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+    """The generation-based tool-use score (greedy answers of both models to the desirable prompts): its
+    metrics go into `metrics`; returns (the report's tool_use section, one detail record per prompt)."""
+    tool_info: dict[str, Any] = {"format": box.format, "tools_source": box.source, "tools": box.names}
+    if box.format is None:
+        tool_info["skipped"] = "no tool calls in the dataset's desirable completions"
+    elif max_tokens <= 0:
+        tool_info["skipped"] = "--max-tokens 0"
+    elif not desirable:
+        tool_info["skipped"] = "no desirable held-out examples"
+    if "skipped" in tool_info:
+        for key in ("tool_call_valid", "tool_name_match", "tool_call_unexpected"):
+            metrics[key] = {"base": None, "adapter": None}
+        return tool_info, []
+    refs = [toolcalls.parse_tool_call(e.completion, box.format) for e in desirable]
+    prompts = _generation_prompts(rm.tokenizer, desirable, max_seq_len - max_tokens)
+    gen_state: dict[str, str] = {}
+    answers: dict[str, list[str]] = {}
+    for which in ("base", "adapter"):
+        def report(n: int, which: str = which) -> None:
+            say(f"eval: generating ({which}) {n}/{len(prompts)}")
+
+        if which == "base":
+            with adapters_disabled(rm.model):
+                answers[which] = _generate(rm.model, rm.tokenizer, prompts, max_tokens, gen_state, report)
+        else:
+            answers[which] = _generate(rm.model, rm.tokenizer, prompts, max_tokens, gen_state, report)
+    scores, reasons, details = score_tool_calls(answers, [e.completion for e in desirable], box,
+                                                [e.line for e in desirable])
+    metrics.update(scores)
+    tool_info.update(prompts=len(prompts), reference_calls=sum(r is not None for r in refs),
+                     generation=gen_state.get("method"), reasons=reasons)
+    if "fallback_reason" in gen_state:
+        tool_info["batch_generate_error"] = gen_state["fallback_reason"]
+    return tool_info, details
+
+
+def _generation_prompts(tok: Any, desirable: list[data.Example], room: int) -> list[list[int]]:
+    """Each example's prompt ids, cut from the left to `room` tokens (at least 8): data.max_seq_len less the
+    answer's max_tokens."""
+    from .template import Encoded, encode_prompt, truncate
+
+    bos = getattr(tok, "bos_token_id", None)
+    limit = max(room, 8)
+    prompts = []
+    for e in desirable:
+        ids = encode_prompt(tok, e.prompt, e.tools)
+        prompts.append(truncate(Encoded(ids, len(ids)), limit, bos).ids)
+    return prompts
 
 
 def save_report(run_dir: str | Path, report: dict[str, Any]) -> Path:

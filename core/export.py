@@ -40,15 +40,17 @@ from typing import Any
 import mlx.core as mx
 import mlx.nn as nn
 import numpy as np
-from mlx.utils import tree_flatten, tree_unflatten
+from mlx.utils import tree_flatten
 
 from . import gguf_export as G
 from . import ollama as ollama_mod
 from .evaluate import EvalError, RunModel, adapter_dir, load_run_model, run_config
 from .fsutil import atomic_dir
+from .fused_model import base_config, copy_tokenizer, fuse_layers, model_logits
 from .model import (
     ADAPTER_CONFIG,
     ADAPTER_FILE,
+    QUANT_GROUP_SIZE,
     ModelError,
     adapters_disabled,
     check_adapter_files,
@@ -62,9 +64,6 @@ OLLAMA_GGUF = "model.gguf"
 VERIFY_SAMPLES = 100
 VERIFY_PROMPTS = 3
 VERIFY_PROMPT_TOKENS = 96
-TOKENIZER_FILES = ("tokenizer.json", "tokenizer.model", "tokenizer_config.json", "special_tokens_map.json",
-                   "added_tokens.json", "vocab.json", "merges.txt", "chat_template.jinja", "chat_template.json",
-                   "generation_config.json", "tiktoken.model")
 VERIFY_TEXT = "Find my notes about the garden and add a line about planting tomatoes in May."
 # default max |logit difference| between the fused model and base + adapter, relative to
 # max(1, max |logit|), by dtype; "requantized": the fused weights were quantized again
@@ -134,42 +133,11 @@ def _verify_ids(tok: Any) -> list[int]:
         raise ExportError(str(e)) from None
 
 
-def _logits(model: nn.Module, ids: list[int]) -> np.ndarray:
-    out = model(mx.array([ids]))
-    return np.array(out.astype(mx.float32))
-
-
-def _fuse_layers(model: nn.Module, dequantize: bool) -> int:
-    fused = [(n, m.fuse(dequantize=dequantize)) for n, m in model.named_modules() if hasattr(m, "fuse")]
-    if fused:
-        model.update_modules(tree_unflatten(fused))
-    return len(fused)
-
-
-def _base_config(rm: RunModel) -> dict[str, Any]:
-    from mlx_lm.utils import load_config
-
-    return load_config(rm.model_dir)
-
-
-def _copy_tokenizer(src: Path, dest: Path, tok: Any) -> list[str]:
-    copied = []
-    for name in TOKENIZER_FILES:
-        if (src / name).is_file():
-            shutil.copyfile(src / name, dest / name)
-            copied.append(name)
-    if not any(n in copied for n in ("tokenizer.json", "tokenizer.model", "vocab.json", "tiktoken.model")):
-        tok.save_pretrained(str(dest))  # no tokenizer file to copy verbatim: let the tokenizer write itself
-        copied.append("(saved by the tokenizer)")
-    return copied
-
-
 def fuse(run_dir: str | Path, out_dir: str | Path, checkpoint: str | None = None, model: str | None = None,
          requantize: bool = False, tolerance: float | None = None, force: bool = False,
          progress: Progress | None = None) -> dict[str, Any]:
     """Write base + adapter fused into `out_dir`, verified by logits. Returns a report dict."""
-    import mlx_lm
-    from mlx_lm.utils import dequantize_model, save_config, save_model
+    from mlx_lm.utils import save_config, save_model
 
     say = progress or (lambda _m: None)
     run_dir, out = Path(run_dir), Path(out_dir)
@@ -178,15 +146,40 @@ def fuse(run_dir: str | Path, out_dir: str | Path, checkpoint: str | None = None
     _prepare_out(out, run_dir, force)
     say(f"export: loading the base model and adapter of {run_dir}")
     rm = load_run_model(run_dir, checkpoint, model)
-    net = rm.model
     ids = _verify_ids(rm.tokenizer)
-    ref = _logits(net, ids)
-    with adapters_disabled(net):
-        effect = float(np.abs(_logits(net, ids) - ref).max())
-    quantized = is_quantized(net)
-    config = _base_config(rm)
+    ref = model_logits(rm.model, ids)
+    with adapters_disabled(rm.model):
+        effect = float(np.abs(model_logits(rm.model, ids) - ref).max())
+    quantized = is_quantized(rm.model)
     requantized = quantized and requantize
-    n = _fuse_layers(net, dequantize=not requantized)
+    net, config, n, notes = _fused(rm, quantized, requantized)
+    scale = float(np.abs(ref).max())
+    kind = "requantized" if requantized else rm.dtype
+    tol = TOLERANCE_REL.get(kind, 0.1) * max(1.0, scale) if tolerance is None else tolerance
+    with atomic_dir(out) as tmp:
+        say(f"export: fused {n} adapter layers; writing {out}")
+        with _writing(out):
+            save_model(tmp, net, donate_model=False)
+            save_config(config, config_path=tmp / "config.json")
+            copy_tokenizer(rm.model_dir, tmp, rm.tokenizer)
+        diff = _check_fused(tmp, out, rm.dtype, ids, ref, tol, say)
+    report = {"kind": "fuse", "out": str(out), "adapter": str(rm.adapter_dir), "base": str(rm.model_dir),
+              "layers_fused": n, "dtype": rm.dtype, "quantized": requantized, "verify_tokens": len(ids),
+              "max_abs_diff": diff, "max_abs_logit": scale, "adapter_effect": effect, "tolerance": tol,
+              "notes": notes}
+    _share(out)
+    say(f"export: verified: max |logit diff| {diff:.3g} over {len(ids)} tokens (tolerance {tol:g}; "
+        f"the adapter itself moves the logits by up to {effect:.3g})")
+    return report
+
+
+def _fused(rm: RunModel, quantized: bool, requantized: bool) -> tuple[nn.Module, dict[str, Any], int, list[str]]:
+    """The run's model with its adapter fused, the config.json to save with it, the number of layers fused
+    and notes for the report: a quantized base is de-quantized, unless it is `requantized`."""
+    from mlx_lm.utils import dequantize_model
+
+    net, config = rm.model, base_config(rm.model_dir)
+    n = fuse_layers(net, dequantize=not requantized)
     notes = []
     if quantized and not requantized:
         net = dequantize_model(net)
@@ -196,39 +189,32 @@ def fuse(run_dir: str | Path, out_dir: str | Path, checkpoint: str | None = None
                      "exactly base + adapter; --requantize keeps it quantized")
     elif requantized:
         if "quantization" not in config:  # quantized on load (model.quantize): let mlx_lm.load rebuild the layers
-            config["quantization"] = {"group_size": 64, "bits": rm.cfg.model.quantize, "mode": "affine"}
+            config["quantization"] = {"group_size": QUANT_GROUP_SIZE, "bits": rm.cfg.model.quantize, "mode": "affine"}
         notes.append("fused weights were re-quantized (as mlx_lm fuse does); the logit difference is that rounding")
-    scale = float(np.abs(ref).max())
-    kind = "requantized" if requantized else rm.dtype
-    tol = TOLERANCE_REL.get(kind, 0.1) * max(1.0, scale) if tolerance is None else tolerance
     if not requantized:
         config["torch_dtype"] = rm.dtype
-    with atomic_dir(out) as tmp:
-        say(f"export: fused {n} adapter layers; writing {out}")
-        with _writing(out):
-            save_model(tmp, net, donate_model=False)
-            save_config(config, config_path=tmp / "config.json")
-            _copy_tokenizer(rm.model_dir, tmp, rm.tokenizer)
-        say("export: verifying: loading the fused model back with mlx_lm.load")
-        try:
-            fused_model, _ = mlx_lm.load(str(tmp))
-        except Exception as e:  # noqa: BLE001 - any load failure means the export is unusable
-            raise ExportError(f"the fused model does not load with mlx_lm.load: {type(e).__name__}: {e}") from None
-        fused_model.set_dtype(getattr(mx, rm.dtype))
-        fused_model.eval()
-        got = _logits(fused_model, ids)
-        diff = float(np.abs(got - ref).max())
-        if not np.isfinite(diff) or diff > tol:
-            raise ExportError(f"verification failed: fused vs base+adapter logits differ by up to {diff:.3g} "
-                              f"(tolerance {tol:g}, logits up to {scale:.3g}); nothing written to {out}")
-    report = {"kind": "fuse", "out": str(out), "adapter": str(rm.adapter_dir), "base": str(rm.model_dir),
-              "layers_fused": n, "dtype": rm.dtype, "quantized": requantized, "verify_tokens": len(ids),
-              "max_abs_diff": diff, "max_abs_logit": scale, "adapter_effect": effect, "tolerance": tol,
-              "notes": notes}
-    _share(out)
-    say(f"export: verified: max |logit diff| {diff:.3g} over {len(ids)} tokens (tolerance {tol:g}; "
-        f"the adapter itself moves the logits by up to {effect:.3g})")
-    return report
+    return net, config, n, notes
+
+
+def _check_fused(tmp: Path, out: Path, dtype: str, ids: list[int], ref: np.ndarray, tol: float,
+                 say: Progress) -> float:
+    """Load the fused model written to `tmp` back with mlx_lm.load; the max |logit difference| from base +
+    adapter (`ref`) on `ids`, ExportError when it does not load or the difference is over `tol`."""
+    import mlx_lm
+
+    say("export: verifying: loading the fused model back with mlx_lm.load")
+    try:
+        fused_model, _ = mlx_lm.load(str(tmp))
+    except Exception as e:  # noqa: BLE001 - any load failure means the export is unusable
+        raise ExportError(f"the fused model does not load with mlx_lm.load: {type(e).__name__}: {e}") from None
+    fused_model.set_dtype(getattr(mx, dtype))
+    fused_model.eval()
+    got = model_logits(fused_model, ids)
+    diff = float(np.abs(got - ref).max())
+    if not np.isfinite(diff) or diff > tol:
+        raise ExportError(f"verification failed: fused vs base+adapter logits differ by up to {diff:.3g} "
+                          f"(tolerance {tol:g}, logits up to {float(np.abs(ref).max()):.3g}); nothing written to {out}")
+    return diff
 
 
 def _sample(rm: RunModel, n: int) -> list[list[dict[str, str]]]:
@@ -272,7 +258,7 @@ def _verify(tmp: Path, out: Path, rm: RunModel, net: nn.Module, conversations: l
     texts = _rendered(rm.tokenizer, conversations)
     want = [list(hf(t, add_special_tokens=False)["input_ids"]) for t in texts]
     prompts = [ids[:VERIFY_PROMPT_TOKENS] for ids in want[:VERIFY_PROMPTS]]
-    refs = [_logits(net, p)[0] for p in prompts]
+    refs = [model_logits(net, p)[0] for p in prompts]
     say(f"export: verifying {out.name} in llama.cpp: {len(texts)} rendered conversations, logits on "
         f"{len(prompts)} prompts")
     try:
@@ -282,7 +268,7 @@ def _verify(tmp: Path, out: Path, rm: RunModel, net: nn.Module, conversations: l
     _check_tokens(texts, want, got, out)
     diff = max(float(np.abs(g - r).max()) for g, r in zip(logits, refs))
     ref_all = np.concatenate(refs)
-    layers = int(_base_config(rm)["num_hidden_layers"])
+    layers = int(base_config(rm.model_dir)["num_hidden_layers"])
     tol = G.tolerance(gguf_type, weights, layers, ref_all) if tolerance is None else tolerance
     if not np.isfinite(diff) or diff > tol:
         raise ExportError(f"verification failed: llama.cpp's logits differ from the fused model's by up to "
@@ -310,7 +296,7 @@ def _fused_weights(rm: RunModel) -> tuple[nn.Module, dict[str, np.ndarray], int,
 
     net = rm.model
     quantized = is_quantized(net)
-    n = _fuse_layers(net, dequantize=True)
+    n = fuse_layers(net, dequantize=True)
     if quantized:
         net = dequantize_model(net)
     net.set_dtype(mx.float32)
@@ -331,6 +317,21 @@ def _write_gguf_file(tmp: Path, rm: RunModel, weights: dict[str, np.ndarray], co
         raise ExportError(f"cannot write {out}: {e}") from None
 
 
+def _check_gguf_source(run_dir: Path, checkpoint: str | None, model: str | None, gguf_type: str) -> None:
+    """Refuse, before anything loads, an unknown GGUF type, a damaged adapter, or a base whose config.json
+    the GGUF writer does not handle."""
+    if gguf_type not in G.GGUF_TYPES:
+        raise ExportError(f"unknown GGUF type {gguf_type!r}; expected one of {', '.join(G.GGUF_TYPES)}")
+    cfg = run_config(run_dir)
+    _checked_adapter(run_dir, checkpoint)
+    try:
+        base_dir = Path(resolve_path(model or cfg.model.path))
+        if (base_dir / "config.json").is_file():
+            G.check_config(json.loads((base_dir / "config.json").read_text(encoding="utf-8")))
+    except (ModelError, G.GGUFError) as e:
+        raise ExportError(str(e)) from None
+
+
 def export_gguf(run_dir: str | Path, out: str | Path, checkpoint: str | None = None, model: str | None = None,
                 gguf_type: str = "f16", ollama: bool = False, tolerance: float | None = None,
                 samples: int = VERIFY_SAMPLES, force: bool = False,
@@ -342,21 +343,12 @@ def export_gguf(run_dir: str | Path, out: str | Path, checkpoint: str | None = N
     """
     say = progress or (lambda _m: None)
     run_dir, out = Path(run_dir), Path(out)
-    if gguf_type not in G.GGUF_TYPES:
-        raise ExportError(f"unknown GGUF type {gguf_type!r}; expected one of {', '.join(G.GGUF_TYPES)}")
-    cfg = run_config(run_dir)
-    _checked_adapter(run_dir, checkpoint)
-    try:
-        base_dir = Path(resolve_path(model or cfg.model.path))
-        if (base_dir / "config.json").is_file():
-            G.check_config(json.loads((base_dir / "config.json").read_text(encoding="utf-8")))
-    except (ModelError, G.GGUFError) as e:
-        raise ExportError(str(e)) from None
+    _check_gguf_source(run_dir, checkpoint, model, gguf_type)
     _gguf_target(out, ollama)
     _prepare_out(out, run_dir, force)
     say(f"export: loading the base model and adapter of {run_dir}")
     rm = load_run_model(run_dir, checkpoint, model)
-    config = _base_config(rm)
+    config = base_config(rm.model_dir)
     net, weights, n, quantized = _fused_weights(rm)
     hf = getattr(rm.tokenizer, "_tokenizer", rm.tokenizer)
     conversations = _sample(rm, samples)

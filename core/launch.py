@@ -23,8 +23,9 @@ import sys
 from pathlib import Path
 from typing import Any, Callable
 
-from . import runs, worker
+from . import runs
 from .backend import detect, subprocess_env
+from .rundir import trainer_command
 
 
 class LaunchError(Exception):
@@ -124,7 +125,7 @@ def spawn(run_dir: Path, resume: bool, workers: int, hostfile: Path | None = Non
     env = nccl_env() if cuda else rank_env(workers, local=hostfile is None)
     if detach:
         return runs.spawn_detached(run_dir, resume=resume, extra_env=env, launcher=prefix)
-    cmd = [*prefix, *worker.command(run_dir, resume)]
+    cmd = [*prefix, *trainer_command(run_dir, resume)]
     log = runs.open_log(run_dir)
     try:
         return subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,

@@ -17,7 +17,9 @@ windows). The result equals `nn.value_and_grad` on the whole model up to floatin
 
 from __future__ import annotations
 
-from typing import Any, Callable
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
 
 import mlx.core as mx
 import mlx.nn as nn
@@ -64,25 +66,35 @@ def sequence_logps(model: nn.Module, tokens: mx.array, positions: mx.array, targ
     return hidden_logps(model, hidden, positions, targets, mask).sum(axis=-1)
 
 
-def value_and_grad(model: nn.Module, inputs: mx.array, loss_on_hidden: Callable[[mx.array], tuple[mx.array, mx.array]],
-                   caches: list[Any] | None = None,
-                   after_forward: Callable[[mx.array], Any] | None = None) -> tuple[tuple[mx.array, mx.array], dict[str, Any]]:
-    """((loss, aux), gradients) of `loss_on_hidden(model.model(inputs))` over the trainable parameters.
+@dataclass
+class Tape:
+    """A forward evaluated one layer at a time, kept for `backward`: the final hidden states (before the
+    norm) and each layer's input."""
 
-    `loss_on_hidden` takes the final (normed) hidden states [B, L, H] and returns (scalar loss, aux);
-    `caches` are per-layer cache stand-ins passed to the forward only (core.prefix_kl's recorders);
-    `after_forward(normed hidden)` runs between the forward and the loss (KTO's KL pass). Everything
-    returned is already evaluated.
-    """
+    hidden: mx.array | None  # None once `backward` has used the tape up
+    inputs: list[mx.array | None]
+
+    def normed(self, model: nn.Module) -> mx.array:
+        """The final normed hidden states, without gradient."""
+        return mx.stop_gradient(model.model.norm(self.hidden))
+
+
+def record(model: nn.Module, inputs: mx.array, caches: list[Any] | None = None) -> Tape:
+    """The forward of `value_and_grad`, for a caller that runs something between it and `backward`.
+    `caches` are per-layer cache stand-ins passed to the forward only (core.prefix_kl's recorders)."""
+    return Tape(*forward(model, inputs, caches, keep_inputs=True))
+
+
+def backward(model: nn.Module, tape: Tape,
+             loss_on_hidden: Callable[[mx.array], tuple[mx.array, Any]]) -> tuple[tuple[mx.array, Any], dict[str, Any]]:
+    """((loss, aux), gradients) of `loss_on_hidden` on the recorded forward, over the trainable parameters:
+    the loss and its cotangent at the final hidden states, then each layer from the top down. The tape is
+    used up (each layer's input is dropped once its turn is done)."""
     inner = model.model
     layers = inner.layers
-    hidden, saved = forward(model, inputs, caches, keep_inputs=True)
-    if after_forward is not None:
-        after_forward(mx.stop_gradient(inner.norm(hidden)))
-
-    (loss, aux), cotangent = mx.value_and_grad(lambda h: loss_on_hidden(inner.norm(h)))(hidden)
+    (loss, aux), cotangent = mx.value_and_grad(lambda h: loss_on_hidden(inner.norm(h)))(tape.hidden)
     mx.eval(loss, aux, cotangent)
-    del hidden
+    saved, tape.inputs, tape.hidden = tape.inputs, [], None  # freed as the backward goes down
 
     grads: list[Any] = [None] * len(layers)
     for i in reversed(range(len(layers))):
@@ -102,3 +114,13 @@ def value_and_grad(model: nn.Module, inputs: mx.array, loss_on_hidden: Callable[
     tree = model.trainable_parameters()
     tree["model"]["layers"] = grads
     return (loss, aux), tree
+
+
+def value_and_grad(model: nn.Module, inputs: mx.array, loss_on_hidden: Callable[[mx.array], tuple[mx.array, Any]],
+                   caches: list[Any] | None = None) -> tuple[tuple[mx.array, Any], dict[str, Any]]:
+    """((loss, aux), gradients) of `loss_on_hidden(model.model(inputs))` over the trainable parameters.
+
+    `loss_on_hidden` takes the final (normed) hidden states [B, L, H] and returns (scalar loss, aux).
+    Everything returned is already evaluated.
+    """
+    return backward(model, record(model, inputs, caches), loss_on_hidden)

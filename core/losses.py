@@ -107,14 +107,9 @@ def packed_sft_loss(model: nn.Module, tokens: mx.array, positions: mx.array, tar
     return nll / mx.maximum(ntoks, 1), ntoks
 
 
-def sequence_logps(model: nn.Module, tokens: mx.array, mask: mx.array) -> mx.array:
-    """Sum of log-probs of the masked (completion) tokens of each sequence. mask is over targets [B, L-1]."""
-    logits = model(tokens[:, :-1])
-    return (token_logps(logits, tokens[:, 1:]) * mask).sum(axis=-1)
-
-
 def sft_loss(model: nn.Module, tokens: mx.array, mask: mx.array) -> tuple[mx.array, mx.array]:
-    """Mean cross-entropy over the completion tokens of the batch; returns (loss, number of tokens)."""
+    """`packed_sft_loss` from the logits at every position of a padded batch (batching.pad), mask over the
+    targets [B, L-1]: (loss, number of tokens). bench/memory_probe.py's point of comparison."""
     logits = model(tokens[:, :-1])
     ntoks = mask.sum()
     nll = -(token_logps(logits, tokens[:, 1:]) * mask).sum()

@@ -22,6 +22,7 @@ from .config import DEMO_MODEL, LoraConfig, ModelConfig
 
 ADAPTER_FILE = "adapters.safetensors"
 ADAPTER_CONFIG = "adapter_config.json"
+QUANT_GROUP_SIZE = 64  # weights quantized on load (model.quantize) share a scale and bias per 64 inputs
 
 
 class ModelError(Exception):
@@ -203,12 +204,18 @@ def load_base(cfg: ModelConfig, dtype: str) -> tuple[nn.Module, Any, Path]:
     check_template(tokenizer)
     model.set_dtype(getattr(mx, dtype))
     if cfg.quantize and not is_quantized(model):
-        nn.quantize(
-            model, group_size=64, bits=cfg.quantize,
-            class_predicate=lambda _p, m: isinstance(m, nn.Linear) and m.weight.shape[-1] % 64 == 0,
-        )
+        quantize_linear(model, cfg.quantize)
     mx.eval(model.parameters())
     return model, tokenizer, model_dir
+
+
+def quantize_linear(model: nn.Module, bits: int) -> None:
+    """Quantize the model's linear layers in place (QLoRA's base: affine, `bits`, groups of QUANT_GROUP_SIZE);
+    a layer whose input width is not a multiple of the group size keeps its precision."""
+    nn.quantize(
+        model, group_size=QUANT_GROUP_SIZE, bits=bits,
+        class_predicate=lambda _p, m: isinstance(m, nn.Linear) and m.weight.shape[-1] % QUANT_GROUP_SIZE == 0,
+    )
 
 
 def is_quantized(model: nn.Module) -> bool:

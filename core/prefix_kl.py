@@ -113,6 +113,14 @@ def kl_logps(model: nn.Module, recorded: list[Any], first_hidden: mx.array, kl: 
     return mx.stop_gradient((token_logps(head(model, kl_hidden), kl_targets) * kl_mask).sum(axis=-1))
 
 
+def kl_logps_at(model: nn.Module, recorded: list[Any], hidden: mx.array, positions: mx.array,
+                kl: tuple[mx.array, ...]) -> mx.array:
+    """`kl_logps` evaluated one layer at a time (core.layerwise), after a recorded forward whose final normed
+    hidden states are `hidden` [B, L, H] at the batch's trained `positions` (batching.pack's)."""
+    first = mx.take_along_axis(hidden, positions[:, :1, None], axis=1)
+    return kl_logps(model, recorded, first, kl, stepwise=True)
+
+
 def policy_and_kl_logps(model: nn.Module, seq: tuple[mx.array, ...], kl: tuple[mx.array, ...]) -> tuple[mx.array, mx.array]:
     """Summed completion log-probs of the batch (differentiable) and of its KL pairs (no gradient).
 

@@ -15,6 +15,8 @@ import sys
 from pathlib import Path
 from typing import Any, TextIO
 
+from .text import one_line
+
 GONE = (OSError, ValueError)  # EPIPE/EIO/..., and writes to a stream that was closed under us
 
 
@@ -118,6 +120,9 @@ class ProgressPrinter:
             text = (f"{detail.get('method')} on {detail.get('train_examples')} examples, "
                     f"{detail.get('total_steps')} steps, {detail.get('trainable_params', 0):,} trainable params "
                     f"({detail.get('note')})")
+        elif kind == "sample":  # core.samples: an answer of the current adapter, on one line
+            mark = {True: "valid call", False: "invalid call"}.get(detail.get("valid"), "answer")
+            text = f"prompt {detail.get('prompt')} {mark}: {one_line(str(detail.get('text', '')))[:100]}"
         else:
             text = str(detail.get("message") or detail.get("path") or detail.get("checkpoint") or "")
         self._write(("\n" if self._open else "") + f"{kind} @ step {event.get('step')}: {text}\n")

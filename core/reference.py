@@ -141,19 +141,7 @@ def reference_pass(model: nn.Module, sets: dict[str, Sequences], batch_size: int
         for p in clean_temp(run_dir):
             warn(f"removed a half-written leftover: {p.name}")
     keys = {name: cache_key(seqs, model_id) for name, seqs in sets.items()}
-    cached = {name: read_cache(_path(run_dir, name), keys[name], seqs, warn) if rank == 0 else None
-              for name, seqs in sets.items()}
-    if size > 1:
-        hits = host_sum(np.array([cached[n] is not None for n in sets], np.float32), group) > 0
-    else:
-        hits = np.array([cached[n] is not None for n in sets])
-    out: dict[str, tuple[np.ndarray, np.ndarray]] = {}
-    for (name, seqs), hit in zip(sets.items(), hits):
-        if hit and size > 1:  # rank 0's arrays everywhere: the others add zeros
-            logps, kl = cached[name] or (np.zeros(len(seqs), np.float32), np.zeros(_n_kl(seqs), np.float32))
-            out[name] = host_sum(logps, group), host_sum(kl, group)
-        elif hit:
-            out[name] = cached[name]  # type: ignore[assignment]
+    out = _cached(sets, keys, run_dir, group, warn)
     todo = [name for name in sets if name not in out]
     if not todo:
         return out, True
@@ -181,11 +169,35 @@ def reference_pass(model: nn.Module, sets: dict[str, Sequences], batch_size: int
             if size > 1:
                 logps, kl = host_sum(logps, group), host_sum(kl, group)
             if rank == 0:
-                write_cache(_path(run_dir, name), keys[name], logps, kl)
+                try:
+                    write_cache(_path(run_dir, name), keys[name], logps, kl)
+                except OSError as e:  # only a cache: training goes on with the arrays in memory
+                    warn(f"could not save the reference log-probs to {_path(run_dir, name).name} "
+                         f"({e.strerror or e}): a resume computes them again")
             out[name] = logps, kl
     finally:
         model.train(was_training)
     return out, False
+
+
+def _cached(sets: dict[str, Sequences], keys: dict[str, str], run_dir: Path, group,
+            warn: Callable[[str], None]) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+    """The sets whose valid cache file rank 0 found, with their arrays on every worker."""
+    rank, size = (group.rank(), group.size()) if group is not None else (0, 1)
+    cached = {name: read_cache(_path(run_dir, name), keys[name], seqs, warn) if rank == 0 else None
+              for name, seqs in sets.items()}
+    if size > 1:
+        hits = host_sum(np.array([cached[n] is not None for n in sets], np.float32), group) > 0
+    else:
+        hits = np.array([cached[n] is not None for n in sets])
+    out: dict[str, tuple[np.ndarray, np.ndarray]] = {}
+    for (name, seqs), hit in zip(sets.items(), hits):
+        if hit and size > 1:  # rank 0's arrays everywhere: the others add zeros
+            logps, kl = cached[name] or (np.zeros(len(seqs), np.float32), np.zeros(_n_kl(seqs), np.float32))
+            out[name] = host_sum(logps, group), host_sum(kl, group)
+        elif hit:
+            out[name] = cached[name]  # type: ignore[assignment]
+    return out
 
 
 def _path(run_dir: Path, name: str) -> Path:

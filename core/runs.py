@@ -1,15 +1,7 @@
-"""Run directories: layout, the event log, the lock, checkpoints, and spawning/stopping/listing runs.
+"""Run directories in use: making one, the event log's writer and readers, the lock, writing and verifying
+checkpoints, a run's state and the list of runs, and the detached trainer's process (spawn, wait, stop).
 
-```
-runs/<id>/config.toml          frozen config (data.path absolute)
-runs/<id>/events.jsonl         one JSON event per line, flushed per event
-runs/<id>/train.log            the training process's own output
-runs/<id>/lock                 the live trainer's PID; it flocks this file and the run directory itself
-runs/<id>/spawn.json           the detached process's PID and start time (core.runs.spawn_detached)
-runs/<id>/adapters/            adapters.safetensors + adapter_config.json (mlx-lm layout)
-runs/<id>/checkpoints/step-NNNNNN/   adapter + optimizer + state.json + manifest.json (sha256, written last)
-runs/<id>/checkpoints/latest   name of the newest verified checkpoint
-```
+The layout is core.rundir's; the events' schema and their fold are core.events'.
 """
 
 from __future__ import annotations
@@ -29,16 +21,13 @@ from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
-from typing import Any, TextIO
+from typing import Any
 
-from .fsutil import NotRegularFile, atomic_write_text, file_kind, fsync_dir, open_regular, read_regular, sha256_file
+from . import events as ev
+from .fsutil import NotRegularFile, atomic_write_text, fsync_dir, open_regular, read_regular, sha256_file
+from .rundir import LATEST, RunDir, entries, lstat_mode, trainer_command
 
-EVENT_TYPES = ("start", "step", "eval", "checkpoint", "warning", "error", "stopped", "done")
-TERMINAL_EVENTS = {"done": "finished", "stopped": "stopped", "error": "failed"}
-MAX_EVENT_LINE = 1 << 20  # longer lines are skipped by readers, not parsed
-# the run's own entries: each, where present, must be a regular file (or a real directory), never a link
-RUN_FILES = ("config.toml", "events.jsonl", "train.log", "lock", "spawn.json", "eval.json", "checkpoints/latest")
-RUN_DIRS = ("checkpoints", "adapters")
+MAX_EVENT_LINE = ev.MAX_LINE  # readers drop a line longer than this (an endless one) and parse none
 REGULAR_ONLY = "a run directory's files must be regular files, not links, FIFOs or devices"
 
 
@@ -63,43 +52,9 @@ def new_run_dir(root: Path, method: str) -> Path:
     raise RunError(f"cannot create a run directory under {root}")
 
 
-def run_dir_problems(run_dir: Path) -> list[str]:
-    """The run's files that are links or not regular files (and its subdirectories that are not real
-    directories): writing through a link would change its target, and reading a FIFO or device blocks."""
-    problems = []
-    names = [*RUN_FILES, *(p.name for p in _entries(run_dir) if p.name.startswith("reference-"))]
-    names += [f"adapters/{p.name}" for p in _entries(run_dir / "adapters")]
-    for name in dict.fromkeys(names):
-        mode = _lstat_mode(run_dir / name)
-        if mode is not None and not stat.S_ISREG(mode):
-            problems.append(f"{name} is {file_kind(mode)}")
-    for name in RUN_DIRS:
-        mode = _lstat_mode(run_dir / name)
-        if mode is not None and not stat.S_ISDIR(mode):
-            problems.append(f"{name} is {file_kind(mode)}, not a directory")
-    return problems
-
-
-def _entries(path: Path) -> list[Path]:
-    """The entries of a real directory (none for a link, a file or a missing path)."""
-    mode = _lstat_mode(path)
-    if mode is None or not stat.S_ISDIR(mode):
-        return []
-    with contextlib.suppress(OSError):
-        return list(path.iterdir())
-    return []
-
-
-def _lstat_mode(path: Path) -> int | None:
-    try:
-        return os.stat(path, follow_symlinks=False).st_mode
-    except OSError:
-        return None
-
-
 def check_run_files(run_dir: Path) -> None:
-    """Refuse a run directory whose own files are links, FIFOs, devices or directories (run_dir_problems)."""
-    if problems := run_dir_problems(run_dir):
+    """Refuse a run directory whose own files are links, FIFOs, devices or directories (RunDir.problems)."""
+    if problems := RunDir(run_dir).problems():
         raise RunError(f"{run_dir}: {'; '.join(problems)}; {REGULAR_ONLY}: remove them, or use another run directory")
 
 
@@ -117,57 +72,52 @@ def check_writable(run_dir: Path) -> None:
 
 def holds_run(run_dir: Path) -> bool:
     """Whether a run was already prepared in `run_dir` (a frozen config or events, even as a dangling link)."""
-    return any(os.path.lexists(run_dir / name) for name in ("config.toml", "events.jsonl"))
+    rd = RunDir(run_dir)
+    return any(os.path.lexists(p) for p in (rd.config, rd.events))
 
 
 # --- events ----------------------------------------------------------------------------------
 
 
 class EventWriter:
-    """Appends events to events.jsonl, one line each, flushed (and fsynced for terminal events).
+    """Appends events (core.events.build: checked against the schema) to events.jsonl, one strict-JSON line
+    each, flushed (and fsynced for the start, checkpoint and final events).
 
     `check` (e.g. RunLock.check) runs before each event; a message it returns is written as a warning first."""
 
     def __init__(self, run_dir: Path, check: Callable[[], str | None] | None = None) -> None:
-        self.path = run_dir / "events.jsonl"
-        fd = open_regular(self.path, os.O_RDWR | os.O_APPEND | os.O_CREAT)
+        self.path = RunDir(run_dir).events
+        self._fd = open_regular(self.path, os.O_RDWR | os.O_APPEND | os.O_CREAT)
         self.check = check
-        self._f: TextIO = os.fdopen(fd, "a", encoding="utf-8")
-        if _ends_mid_line(fd):  # a writer killed mid-line: end that line so our first event parses
-            self._f.write("\n")
-            self._f.flush()
+        if _ends_mid_line(self._fd):  # a writer killed mid-line: end that line so our first event parses
+            self._append("\n")
 
-    def emit(self, type: str, step: int, **fields: Any) -> dict[str, Any]:
+    def emit(self, type: str, step: int, **fields: Any) -> ev.Event:
+        """Write the event `type` at `step` (EventError, before anything is written, if its fields do not fit);
+        returns it as built (NaN and inf as they were, for the caller's display)."""
         if self.check and (message := self.check()):
-            self._f.write(_event_line({"type": "warning", "step": step, "time": round(time.time(), 3),
-                                       "message": message}) + "\n")
-        event = {"type": type, "step": step, "time": round(time.time(), 3), **fields}
-        self._f.write(_event_line(event) + "\n")
-        self._f.flush()
-        if type in ("checkpoint", "error", "stopped", "done", "start"):
-            os.fsync(self._f.fileno())
+            self._append(ev.encode(ev.build("warning", step, message=message)) + "\n")
+        event = ev.build(type, step, **fields)
+        self._append(ev.encode(event) + "\n")
+        if type in ev.DURABLE:
+            os.fsync(self._fd)
         return event
 
+    def _append(self, text: str) -> None:
+        """`text` appended whole, or not at all: a write that fails part-way (a full disk) is cut back off, so
+        the file never ends in a torn line, and the OSError is raised."""
+        data, start = text.encode("utf-8"), os.fstat(self._fd).st_size
+        try:
+            done = 0
+            while done < len(data):
+                done += os.write(self._fd, data[done:])
+        except OSError:
+            with contextlib.suppress(OSError):
+                os.ftruncate(self._fd, start)
+            raise
+
     def close(self) -> None:
-        self._f.close()
-
-
-def _event_line(event: dict[str, Any]) -> str:
-    try:
-        return json.dumps(event, allow_nan=False, default=str)
-    except ValueError:  # NaN/inf (e.g. KTO rewards of a batch without that label): null keeps it strict JSON
-        return json.dumps(_finite(event), allow_nan=False, default=str)
-
-
-def _finite(value: Any) -> Any:
-    """`value` with every NaN/inf float (at any depth) replaced by None."""
-    if isinstance(value, float):
-        return value if math.isfinite(value) else None
-    if isinstance(value, dict):
-        return {k: _finite(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_finite(v) for v in value]
-    return value
+        os.close(self._fd)
 
 
 def _ends_mid_line(fd: int) -> bool:
@@ -175,20 +125,7 @@ def _ends_mid_line(fd: int) -> bool:
     return size > 0 and os.pread(fd, 1, size - 1) != b"\n"
 
 
-def parse_event(line: str) -> dict[str, Any] | None:
-    """One event from a line, or None for garbage (bad JSON, not an object, no type)."""
-    if len(line) > MAX_EVENT_LINE:
-        return None
-    try:
-        event = json.loads(line)
-    except (json.JSONDecodeError, RecursionError):
-        return None
-    if not isinstance(event, dict) or not isinstance(event.get("type"), str):
-        return None
-    return event
-
-
-def read_events(run_dir: Path) -> list[dict[str, Any]]:
+def read_events(run_dir: Path) -> list[ev.Event]:
     """Every complete, well-formed event (a half-written last line is ignored; an unreadable file reads as none)."""
     try:
         return list(iter_events(run_dir, follow=False))
@@ -197,14 +134,15 @@ def read_events(run_dir: Path) -> list[dict[str, Any]]:
 
 
 def iter_events(run_dir: Path, follow: bool = False, poll: float = 0.25,
-                stop: Any = None) -> Iterator[dict[str, Any]]:
-    """Yield events from the start; with follow=True keep waiting for new ones until `stop()` is true.
+                stop: Any = None) -> Iterator[ev.Event]:
+    """Yield events (core.events.parse) from the start; with follow=True keep waiting for new ones until
+    `stop()` is true.
 
     Tolerates a partial last line (kept until its newline arrives), garbage lines and huge lines. Never blocks:
     a link, FIFO or device raises NotRegularFile (an OSError); without follow, reads only the bytes the file
     held when it was opened.
     """
-    path = run_dir / "events.jsonl"
+    path = RunDir(run_dir).events
     while not os.path.lexists(path):
         if not follow or (stop and stop()):
             return
@@ -219,7 +157,7 @@ def iter_events(run_dir: Path, follow: bool = False, poll: float = 0.25,
                 pending += chunk
                 *lines, pending = pending.split(b"\n")
                 for raw in lines:
-                    event = parse_event(raw.decode("utf-8", "replace"))
+                    event = ev.parse(raw.decode("utf-8", "replace"))
                     if event is not None:
                         yield event
                 if len(pending) > MAX_EVENT_LINE:
@@ -240,7 +178,7 @@ class RunLock:
 
     def __init__(self, run_dir: Path) -> None:
         self.run_dir = run_dir
-        self.path = run_dir / "lock"
+        self.path = RunDir(run_dir).lock
         self._dir_fd: int | None = None
         self._fd: int | None = None
         self.took_over_from: int | None = None
@@ -339,7 +277,7 @@ def _same_file(fd: int, path: Path) -> bool:
 
 def read_pid(run_dir: Path) -> int | None:
     with contextlib.suppress(OSError, ValueError):
-        return int(read_regular(run_dir / "lock", 64).decode().strip())
+        return int(read_regular(RunDir(run_dir).lock, 64).decode().strip())
     return None
 
 
@@ -347,7 +285,7 @@ def is_locked(run_dir: Path) -> bool:
     """True while a live trainer holds the run's lock (probed with shared, non-blocking flocks of the run
     directory and of run_dir/lock; never blocks, whatever `lock` is)."""
     for open_fd in (lambda: os.open(run_dir, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC),
-                    lambda: open_regular(run_dir / "lock")):
+                    lambda: open_regular(RunDir(run_dir).lock)):
         try:
             fd = open_fd()
         except OSError:
@@ -391,10 +329,11 @@ def clean_leftovers(run_dir: Path) -> list[Path]:
     """Remove half-written temp dirs/files left by a killed writer; returns what was removed.
     Links are removed themselves, never followed; a linked checkpoints/ or adapters/ is not looked into."""
     removed: list[Path] = []
-    for parent in (run_dir, run_dir / "checkpoints", run_dir / "adapters"):
-        for p in _entries(parent):
+    rd = RunDir(run_dir)
+    for parent in (rd.path, rd.checkpoints_dir, rd.adapters):
+        for p in entries(parent):
             if p.name.endswith(".tmp"):
-                mode = _lstat_mode(p)
+                mode = lstat_mode(p)
                 shutil.rmtree(p, ignore_errors=True) if mode and stat.S_ISDIR(mode) else p.unlink(missing_ok=True)
                 removed.append(p)
     return removed
@@ -402,15 +341,11 @@ def clean_leftovers(run_dir: Path) -> list[Path]:
 
 def latest_checkpoint(run_dir: Path) -> Path | None:
     """The newest checkpoint whose manifest verifies (unverifiable ones are skipped)."""
-    found = (p for p in _entries(run_dir / "checkpoints") if p.name.startswith("step-") and not p.name.endswith(".tmp"))
-    for ckpt in sorted((p for p in found if stat.S_ISDIR(_lstat_mode(p) or 0)), reverse=True):
-        if verify_checkpoint(ckpt):
-            return ckpt
-    return None
+    return next((ckpt for ckpt in RunDir(run_dir).checkpoint_dirs() if verify_checkpoint(ckpt)), None)
 
 
 def mark_latest(run_dir: Path, ckpt: Path) -> None:
-    atomic_write_text(run_dir / "checkpoints" / "latest", ckpt.name + "\n")
+    atomic_write_text(run_dir / LATEST, ckpt.name + "\n")
 
 
 # --- listing ---------------------------------------------------------------------------------
@@ -447,56 +382,19 @@ class RunInfo:
         return out
 
 
-def _num(value: Any) -> float | None:
-    """A finite number from an event field written by anyone, else None (keeps `runs --json` strict JSON)."""
-    if isinstance(value, bool):
-        return None
-    if isinstance(value, int) or (isinstance(value, float) and math.isfinite(value)):
-        return value
-    return None
-
-
-def _int(value: Any, default: int = 0) -> int:
-    v = _num(value)
-    return default if v is None else int(v)
-
-
-def summarize(events: Iterable[dict[str, Any]], run_dir: Path, alive: bool, pid: int | None) -> RunInfo:
+def summarize(events: Iterable[ev.Event], run_dir: Path, alive: bool, pid: int | None) -> RunInfo:
     """Fold an event history (a list, or a stream: memory stays flat however long the run) into a RunInfo."""
-    info = RunInfo(run_dir, "new")
-    terminal = None
-    any_event = False
+    state = ev.RunState()
     for e in events:
-        any_event = True
-        kind = e.get("type")
-        step = e.get("step")
-        if isinstance(step, int) and not isinstance(step, bool):
-            info.step = max(info.step, step) if kind != "start" else step
-        if kind == "start":
-            info.method = str(e.get("method", ""))
-            info.total_steps = _int(e.get("total_steps"))
-            info.started = info.started or _num(e.get("time"))
-            info.workers = _int(e.get("workers"), 1) or 1
-            terminal = None
-        elif kind == "reference":  # the KTO reference pass comes before `start`: it counts as started
-            info.started = info.started or _num(e.get("time"))
-        elif kind == "step" and _num(e.get("loss")) is not None:
-            info.last_loss = e["loss"]
-        elif kind == "eval" and _num(e.get("val_loss")) is not None:
-            info.last_val_loss = e["val_loss"]
-            if info.best_val_loss is None or e["val_loss"] < info.best_val_loss:
-                info.best_val_loss = e["val_loss"]
-        elif kind in TERMINAL_EVENTS:
-            terminal = kind
-            if kind == "error":
-                info.error = str(e.get("message", ""))
-        if _num(e.get("time")) is not None:
-            info.updated = e["time"]
+        state.apply(e)
+    info = RunInfo(run_dir, "new", method=state.method, step=state.step, total_steps=state.total_steps,
+                   last_loss=state.last_loss, last_val_loss=state.last_val_loss, best_val_loss=state.best_val_loss,
+                   started=state.started, updated=state.updated, error=state.error, workers=state.workers)
     if alive:
         info.status, info.pid = "running", pid
-    elif terminal:
-        info.status = TERMINAL_EVENTS[terminal]
-    elif any_event:
+    elif state.outcome:
+        info.status = state.outcome
+    elif state.events:
         info.status = "stale"  # the process died without a final event (killed, crashed, machine lost)
     return info
 
@@ -508,7 +406,7 @@ def run_info(run_dir: Path) -> RunInfo:
     alive = is_locked(run_dir)
     pid = read_pid(run_dir) if alive else None
     info = summarize(_stream_events(run_dir), run_dir, alive, pid)
-    if problems := run_dir_problems(run_dir):
+    if problems := RunDir(run_dir).problems():
         info.error = f"{'; '.join(problems)} ({REGULAR_ONLY})"
         if not alive:
             info.status = "failed"
@@ -541,12 +439,12 @@ def _died_at_start(run_dir: Path, info: RunInfo) -> str | None:
 def _read_spawn(run_dir: Path) -> tuple[int, float] | None:
     """(pid, time) from spawn.json, or None if it is missing or malformed."""
     try:
-        record = json.loads(read_regular(run_dir / "spawn.json", 4096))
+        record = json.loads(read_regular(RunDir(run_dir).spawn_record, 4096))
     except (OSError, ValueError):
         return None
     if not isinstance(record, dict):
         return None
-    pid, when = record.get("pid"), _num(record.get("time"))
+    pid, when = record.get("pid"), ev.number(record.get("time"))
     return (pid, when) if isinstance(pid, int) and not isinstance(pid, bool) and pid > 0 and when else None
 
 
@@ -561,7 +459,7 @@ def _alive(pid: int, spawned: float) -> bool:
         return False
 
 
-def _stream_events(run_dir: Path) -> Iterator[dict[str, Any]]:
+def _stream_events(run_dir: Path) -> Iterator[ev.Event]:
     """iter_events without follow; an unreadable events file reads as none."""
     try:
         yield from iter_events(run_dir, follow=False)
@@ -569,11 +467,33 @@ def _stream_events(run_dir: Path) -> Iterator[dict[str, Any]]:
         return
 
 
-def list_runs(root: Path) -> list[RunInfo]:
+#: list_runs' cache: each run's (events file size, its mtime, locked) and the RunInfo read then
+RunsCache = dict[Path, tuple[tuple[int, int, bool], RunInfo]]
+
+
+def list_runs(root: Path, cache: RunsCache | None = None) -> list[RunInfo]:
+    """Every run directly under `root` (RunDir.is_run), by name. With a `cache` kept between calls (the app
+    lists every few seconds), a run whose events file and lock are unchanged is not read again."""
     if not root.is_dir():
         return []
-    dirs = [p for p in root.iterdir() if p.is_dir() and os.path.lexists(p / "config.toml")]
-    return [run_info(p) for p in sorted(dirs)]
+    dirs = sorted(p for p in root.iterdir() if RunDir(p).is_run())
+    if cache is None:
+        return [run_info(p) for p in dirs]
+    return [_cached_info(p, cache) for p in dirs]
+
+
+def _cached_info(run_dir: Path, cache: RunsCache) -> RunInfo:
+    """run_info(run_dir), from `cache` while the run's events file and lock are as they were."""
+    try:
+        st = RunDir(run_dir).events.stat()
+        key = (st.st_size, st.st_mtime_ns, is_locked(run_dir))
+    except OSError:
+        key = (0, 0, is_locked(run_dir))
+    cached = cache.get(run_dir)
+    if cached is None or cached[0] != key:
+        cached = (key, run_info(run_dir))
+    cache[run_dir] = cached
+    return cached[1]
 
 
 # --- processes -------------------------------------------------------------------------------
@@ -586,10 +506,9 @@ def spawn_detached(run_dir: Path, resume: bool = False, extra_env: dict[str, str
     `launcher` (e.g. `mlx.launch ... --`, see core.launch) goes before the command: then the launcher is
     the detached process, and its ranks run the command."""
     from .backend import subprocess_env
-    from .worker import command
 
     run_dir = Path(run_dir).resolve()  # the child runs in run_dir: a relative path would be taken from there
-    cmd = [*(launcher or []), *command(run_dir, resume)]
+    cmd = [*(launcher or []), *trainer_command(run_dir, resume)]
     log = open_log(run_dir)
     try:
         proc = subprocess.Popen(
@@ -599,13 +518,13 @@ def spawn_detached(run_dir: Path, resume: bool = False, extra_env: dict[str, str
     finally:
         os.close(log)
     with contextlib.suppress(OSError):  # without the record, a trainer that dies at start is listed `new`
-        atomic_write_text(run_dir / "spawn.json", json.dumps({"pid": proc.pid, "time": round(time.time(), 3)}) + "\n")
+        atomic_write_text(RunDir(run_dir).spawn_record, json.dumps({"pid": proc.pid, "time": round(time.time(), 3)}) + "\n")
     return proc.pid
 
 
 def open_log(run_dir: Path) -> int:
     """run_dir/train.log opened for appending, as a descriptor; NotRegularFile if it is a link, FIFO or device."""
-    return open_regular(run_dir / "train.log", os.O_WRONLY | os.O_APPEND | os.O_CREAT)
+    return open_regular(RunDir(run_dir).log, os.O_WRONLY | os.O_APPEND | os.O_CREAT)
 
 
 def wait_started(run_dir: Path, pid: int, timeout: float = 60.0) -> bool:
@@ -646,9 +565,8 @@ def stop_run(run_dir: Path, timeout: float = 120.0, sig: int = signal.SIGTERM) -
 
 def tail_log(run_dir: Path, lines: int = 20) -> list[str]:
     """The last lines of train.log (for error reports)."""
-    path = run_dir / "train.log"
     try:
-        with os.fdopen(open_regular(path), "rb") as f:
+        with os.fdopen(open_regular(RunDir(run_dir).log), "rb") as f:
             f.seek(0, os.SEEK_END)
             size = f.tell()
             f.seek(max(0, size - 64 * 1024))

@@ -1,6 +1,6 @@
 """The training process: `python -m tunedeck.core.worker RUN_DIR [--resume]`.
 
-Started by `core.runs.spawn_detached` and `core.launch` (one per rank); it runs the trainer on a prepared
+Started by `core.runs.spawn_detached` and `core.launch` (one per rank, argv from `core.rundir.trainer_command`); it runs the trainer on a prepared
 run directory and exits with its status. Not a user command: the CLI and the app start it.
 """
 
@@ -10,12 +10,7 @@ import argparse
 import sys
 from pathlib import Path
 
-MODULE = "tunedeck.core.worker"
-
-
-def command(run_dir: Path, resume: bool) -> list[str]:
-    """The argv that starts a trainer on `run_dir` (absolute, so the child's working directory is irrelevant)."""
-    return [sys.executable, "-m", MODULE, str(Path(run_dir).resolve()), *(["--resume"] if resume else [])]
+from .rundir import WORKER_MODULE as MODULE
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -93,5 +93,5 @@ def test_no_bare_top_level_packages_in_the_wheel(tmp_path: Path) -> None:
     names = zipfile.ZipFile(wheel).namelist()
     tops = {n.split("/")[0] for n in names}
     assert {t for t in tops if not t.endswith(".dist-info")} == {"tunedeck"}
-    for sub in ("tui/cli.py", "core/worker.py", "tui/app.py", "themes/__init__.py", "sample_data/notes_tool_use.jsonl"):
+    for sub in ("tui/cli/__init__.py", "core/worker.py", "tui/app.py", "themes/__init__.py", "sample_data/notes_tool_use.jsonl"):
         assert f"tunedeck/{sub}" in names

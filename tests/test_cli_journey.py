@@ -57,7 +57,7 @@ def test_detach_with_a_model_that_cannot_be_had_fails_at_once(project: Path, mon
 
 
 def test_resume_refuses_changes_to_what_the_checkpoints_were_made_with(project: Path) -> None:
-    from tunedeck.core.trainer import prepare_run
+    from tunedeck.core.run_prep import prepare_run
 
     config = small_config(project / "p", "sft", n=24)
     cfg, _ = C.load(config)

@@ -56,23 +56,56 @@ def test_mistral_v3_tokenizer_variant(tmp_path: Path) -> None:
     assert tok.vocab_size == 32768 and tok.convert_tokens_to_ids("[TOOL_CALLS]") == 5
 
 
-# --- the pre-trained demo model ------------------------------------------------------------------
+# --- what "demo" means, and the pre-trained demo model ---------------------------------------------------
 
-HELD_OUT_PROMPTS = 20
-# The random model's greedy answers are token salad over ~2,000 ids: a parseable `{"name": ..., "arguments":
-# {...}}` needs a dozen specific tokens in the right order, so by chance it gets 0 of 20 (measured: 0). A
-# model that has learned the format from the corpus (58% of the desirable final turns are such calls) should
-# produce it for most of these prompts, whose reference answer is a call; half of them is the bar.
-MIN_PRETRAINED = HELD_OUT_PROMPTS // 2
+
+def test_demo_means_the_pretrained_model_unless_the_env_says_random(monkeypatch: pytest.MonkeyPatch) -> None:
+    from tunedeck.core import demo
+
+    monkeypatch.delenv(demo.PRETRAINED_ENV)  # the suite sets it to "0" (tests/conftest.py)
+    assert not demo.random_by_default() and demo.default_size() == demo.DEMO_SIZE
+    assert demo.default_dir().name.startswith("demo-model-pretrained-")
+    monkeypatch.setenv(demo.PRETRAINED_ENV, "0")
+    assert demo.random_by_default() and demo.default_size() == demo.RANDOM_SIZE
+    assert demo.default_dir() == demo.cache_root() / "demo-model"
+
+
+@pytest.mark.parametrize(("size", "tokenizer"), [("tiny", "demo"), ("7b", "demo"), ("nano", "mistral-v3")])
+def test_only_the_nano_shape_with_the_demo_tokenizer_is_pretrained(tmp_path: Path, size: str, tokenizer: str) -> None:
+    from tunedeck.core import demo
+
+    with pytest.raises(ValueError, match="only the nano shape with the demo tokenizer is pre-trained"):
+        demo.build(tmp_path / "m", size=size, tokenizer=tokenizer, steps=2)
+    assert not (tmp_path / "m").exists()
 
 
 @pytest.mark.slow
-def test_pretrained_build_is_deterministic_for_a_seed(tmp_path: Path) -> None:
+def test_pretrained_build_is_deterministic_and_cached(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """`ensure()` with the pre-trained default, RECIPE cut to 4 steps (the real one takes ~2 minutes)."""
+    import dataclasses
+
+    import mlx_lm
+
     from tunedeck.core import demo
 
-    a = demo.build(tmp_path / "a", seed=5, steps=4)
-    b = demo.build(tmp_path / "b", seed=5, steps=4)
-    assert (a / "model.safetensors").read_bytes() == (b / "model.safetensors").read_bytes()
-    assert json.loads((a / "pretraining.json").read_text())["recipe"]["steps"] == 4
-    r = demo.build(tmp_path / "r", seed=5)  # the same initial weights, not trained
-    assert (a / "model.safetensors").read_bytes() != (r / "model.safetensors").read_bytes()
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    monkeypatch.delenv(demo.PRETRAINED_ENV)
+    full_recipe_dir = demo.default_dir()
+    monkeypatch.setattr(demo, "RECIPE", dataclasses.replace(demo.RECIPE, steps=4))
+    said: list[str] = []
+    built = demo.ensure(progress=said.append)
+    assert built == demo.default_dir() != full_recipe_dir  # the recipe is part of the cache key
+    assert any("pre-training step 4/4" in m for m in said), said
+    record = json.loads((built / "pretraining.json").read_text())
+    assert record["recipe"]["steps"] == 4 and record["conversations"] == 1000
+    assert 0 < record["trained_tokens"] < record["tokens"]  # the loss is on the assistant turns only
+    again: list[str] = []
+    assert demo.ensure(progress=again.append) == built and again == []  # cached: nothing rebuilt
+    twin = demo.build(tmp_path / "twin", seed=0, steps=4)
+    assert (twin / "model.safetensors").read_bytes() == (built / "model.safetensors").read_bytes()
+    untrained = demo.build(tmp_path / "untrained", size=demo.DEMO_SIZE, seed=0)
+    assert (untrained / "model.safetensors").read_bytes() != (built / "model.safetensors").read_bytes()
+    model, tok = mlx_lm.load(str(built))  # the real loading path
+    assert json.loads((built / "config.json").read_text())["hidden_size"] == demo.SIZES[demo.DEMO_SIZE]["hidden_size"]
+    prompt = tok.apply_chat_template([{"role": "user", "content": "Find my garden notes"}], add_generation_prompt=True)
+    assert isinstance(mlx_lm.generate(model, tok, prompt=prompt, max_tokens=4), str)

@@ -23,7 +23,8 @@ import pytest
 from tests.conftest import kl_atol, run_cli, small_config, wait_for
 from tunedeck.core import config as C
 from tunedeck.core import launch, runs
-from tunedeck.core.trainer import Trainer, prepare_run
+from tunedeck.core.run_prep import prepare_run
+from tunedeck.core.trainer import Trainer
 
 pytestmark = pytest.mark.skipif(not mx.distributed.is_available(), reason="MLX built without distributed support")
 

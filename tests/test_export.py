@@ -22,7 +22,7 @@ def make_run(root: Path, quantize: int = 0, lora_type: str = "lora", num_layers:
     """A run directory with a demo-model adapter whose B matrices are random (so it changes the logits);
     `model`: another base than the default demo model (e.g. one built with Mistral's v3 tokenizer)."""
     from tunedeck.core.model import load_for_training, write_adapters
-    from tunedeck.core.trainer import prepare_run
+    from tunedeck.core.run_prep import prepare_run
 
     cfg = preset("demo", str(SAMPLE / "notes_tool_use.jsonl"))
     if model is not None:

@@ -15,7 +15,8 @@ from tunedeck.core import config as C
 from tunedeck.core import layerwise, runs
 from tunedeck.core.batching import pack
 from tunedeck.core.losses import hidden_logps, packed_sft_loss
-from tunedeck.core.trainer import Trainer, prepare_run
+from tunedeck.core.run_prep import prepare_run
+from tunedeck.core.trainer import Trainer
 
 
 @pytest.mark.parametrize("num_layers", [-1, 2])

@@ -10,6 +10,8 @@ import pytest
 
 from tunedeck.core import config as C
 from tunedeck.core import demo, memory
+from tunedeck.core.forecast import forecast
+from tunedeck.core.memory_probe import measure_peak
 
 
 def demo_cfg(method: str = "sft", batch: int = 2, seq: int = 128, grad_checkpoint: bool = False) -> C.Config:
@@ -35,8 +37,8 @@ def mistral_cfg(quantize: int = 4, batch: int = 4, seq: int = 2048, method: str 
 def test_forecast_within_15_percent_of_measured_peak(method: str, batch: int, seq: int, gc: bool) -> None:
     cfg = demo_cfg(method, batch, seq, gc)
     mc = demo.model_config("tiny")
-    measured = memory.measure_peak(cfg, steps=2, model_config=mc)
-    fc = memory.forecast(cfg, mc, budget_gb=100.0, backend="cpu")
+    measured = measure_peak(cfg, steps=2, model_config=mc)
+    fc = forecast(cfg, mc, budget_gb=100.0, backend="cpu")
     assert abs(fc.phases["train"] - measured["step_gb"]) / measured["step_gb"] <= 0.15, (fc, measured)
     if method == "kto":
         assert abs(fc.phases["reference"] - measured["reference_gb"]) / measured["reference_gb"] <= 0.15
@@ -47,7 +49,7 @@ def test_measure_peak_leaves_no_grad_checkpoint_patch_behind() -> None:
     from mlx_lm.models import llama
 
     before = llama.TransformerBlock.__call__
-    memory.measure_peak(demo_cfg(grad_checkpoint=True, seq=32), steps=1, model_config=demo.model_config("tiny"))
+    measure_peak(demo_cfg(grad_checkpoint=True, seq=32), steps=1, model_config=demo.model_config("tiny"))
     assert llama.TransformerBlock.__call__ is before
 
 
@@ -55,27 +57,27 @@ def test_measure_peak_leaves_no_grad_checkpoint_patch_behind() -> None:
 
 def test_parts_add_up_and_grow_with_the_batch() -> None:
     mc = demo.model_config("small")
-    small = memory.forecast(demo_cfg(batch=2), mc, budget_gb=10.0, backend="cpu")
-    big = memory.forecast(demo_cfg(batch=8), mc, budget_gb=10.0, backend="cpu")
+    small = forecast(demo_cfg(batch=2), mc, budget_gb=10.0, backend="cpu")
+    big = forecast(demo_cfg(batch=8), mc, budget_gb=10.0, backend="cpu")
     for fc in (small, big):
         assert sum(fc.parts.values()) == pytest.approx(fc.total_gb, rel=1e-3)
         for name in ("weights", "adapters", "optimizer", "gradients", "activations", "logits", "kl_forward", "overhead"):
             assert name in fc.parts
     assert big.parts["activations"] > small.parts["activations"] and big.total_gb > small.total_gb
     assert big.parts["weights"] == small.parts["weights"]
-    longer = memory.forecast(demo_cfg(batch=2), mc, budget_gb=10.0, seq_len=512, backend="cpu")
-    fewer_logits = memory.forecast(demo_cfg(batch=2), mc, budget_gb=10.0, completion_len=16, backend="cpu")
+    longer = forecast(demo_cfg(batch=2), mc, budget_gb=10.0, seq_len=512, backend="cpu")
+    fewer_logits = forecast(demo_cfg(batch=2), mc, budget_gb=10.0, completion_len=16, backend="cpu")
     assert longer.total_gb > small.total_gb and longer.seq_len == 513
     assert fewer_logits.total_gb <= small.total_gb and fewer_logits.completion_len == 16
 
 
 def test_verdict_thresholds() -> None:
     cfg, mc = demo_cfg(), demo.model_config("tiny")
-    total = memory.forecast(cfg, mc, budget_gb=100.0, backend="cpu").total_gb
-    assert memory.forecast(cfg, mc, budget_gb=total / 0.85 * 1.001, backend="cpu").verdict == "fits"
-    assert memory.forecast(cfg, mc, budget_gb=total / 0.85 * 0.99, backend="cpu").verdict == "tight"
-    assert memory.forecast(cfg, mc, budget_gb=total * 1.001, backend="cpu").verdict == "tight"
-    assert memory.forecast(cfg, mc, budget_gb=total * 0.99, backend="cpu").verdict == "won't fit"
+    total = forecast(cfg, mc, budget_gb=100.0, backend="cpu").total_gb
+    assert forecast(cfg, mc, budget_gb=total / 0.85 * 1.001, backend="cpu").verdict == "fits"
+    assert forecast(cfg, mc, budget_gb=total / 0.85 * 0.99, backend="cpu").verdict == "tight"
+    assert forecast(cfg, mc, budget_gb=total * 1.001, backend="cpu").verdict == "tight"
+    assert forecast(cfg, mc, budget_gb=total * 0.99, backend="cpu").verdict == "won't fit"
 
 
 def _suggested_value(text: str) -> tuple[str, float]:
@@ -92,7 +94,7 @@ def _suggested_value(text: str) -> tuple[str, float]:
 def test_suggestions_are_lower_and_fit(quantize: int, batch: int, seq: int, gc: bool, budget: float) -> None:
     cfg = mistral_cfg(quantize=quantize, batch=batch, seq=seq, method="sft")
     cfg.train.grad_checkpoint = gc
-    fc = memory.forecast(cfg, budget_gb=budget, backend="metal", completion_len=256)
+    fc = forecast(cfg, budget_gb=budget, backend="metal", completion_len=256)
     assert fc.verdict == "won't fit"
     assert 1 <= len(fc.suggestions) <= 2
     for s in fc.suggestions:
@@ -103,19 +105,19 @@ def test_suggestions_are_lower_and_fit(quantize: int, batch: int, seq: int, gc: 
             edited = C.loads(cfg.to_toml())[0]
             assert C.apply_overrides(edited, [i.replace(" ", "") for i in items]) == []
             seq_len = min(seq, edited.data.max_seq_len)
-            again = memory.forecast(edited, budget_gb=budget, backend="metal", seq_len=seq_len, completion_len=256)
+            again = forecast(edited, budget_gb=budget, backend="metal", seq_len=seq_len, completion_len=256)
             assert again.total_gb == pytest.approx(gb, abs=0.051)
 
 
 def test_no_suggestions_when_it_fits() -> None:
-    fc = memory.forecast(demo_cfg(), demo.model_config("tiny"), budget_gb=100.0, backend="cpu")
+    fc = forecast(demo_cfg(), demo.model_config("tiny"), budget_gb=100.0, backend="cpu")
     assert fc.verdict == "fits" and fc.suggestions == []
 
 
 def test_unknown_model_says_so() -> None:
     cfg = demo_cfg()
     cfg.model.path = "nobody/no-such-model-xyz"
-    fc = memory.forecast(cfg, budget_gb=8.0, backend="cpu")
+    fc = forecast(cfg, budget_gb=8.0, backend="cpu")
     assert fc.verdict == "unknown" and fc.parts == {} and fc.notes
 
 
@@ -169,7 +171,7 @@ def test_mistral_7b_numbers_are_plausible() -> None:
     (32 x B x T x 4096 x 2 bytes = 2.1 GB) plus one layer recomputed with Metal's unfused attention
     (B x 32 heads x T^2 probabilities: 1.07 GB a copy).
     """
-    fc = memory.forecast(mistral_cfg(), budget_gb=17.2, backend="metal", completion_len=256)
+    fc = forecast(mistral_cfg(), budget_gb=17.2, backend="metal", completion_len=256)
     assert 4.1 <= fc.parts["weights"] <= 4.4
     assert fc.parts["adapters"] == pytest.approx(0.0545, rel=0.02)
     assert fc.parts["optimizer"] == pytest.approx(2 * fc.parts["adapters"], rel=0.01)
@@ -177,18 +179,18 @@ def test_mistral_7b_numbers_are_plausible() -> None:
     assert fc.phases["reference"] == pytest.approx(6.5, rel=0.05)
     assert fc.phases["load"] == pytest.approx(fc.parts["weights"] + 0.14 * 14.5, rel=0.02)  # lazy quantizing load
     assert fc.verdict == "fits"  # the default preset on a 24 GB Mac (17.2 GB for the GPU)
-    tight = memory.forecast(mistral_cfg(), budget_gb=11.0, backend="metal", completion_len=256)
+    tight = forecast(mistral_cfg(), budget_gb=11.0, backend="metal", completion_len=256)
     assert tight.verdict == "won't fit" and tight.suggestions
-    small = memory.forecast(mistral_cfg(batch=2, seq=1024), budget_gb=17.2, backend="metal", completion_len=256)
+    small = forecast(mistral_cfg(batch=2, seq=1024), budget_gb=17.2, backend="metal", completion_len=256)
     assert small.phases["train"] == pytest.approx(6.2, rel=0.05)
     assert small.total_gb == pytest.approx(max(small.phases.values()))  # the peak is the largest phase's
 
-    bf16 = memory.forecast(mistral_cfg(quantize=0, method="sft", batch=2, seq=1024), budget_gb=17.2,
+    bf16 = forecast(mistral_cfg(quantize=0, method="sft", batch=2, seq=1024), budget_gb=17.2,
                            backend="metal", completion_len=256)
     assert 14.4 <= bf16.parts["weights"] <= 14.6
     assert bf16.phases["train"] == pytest.approx(16.5, rel=0.05)
 
     # CUDA fuses attention forward and backward when T is a multiple of 128: less than Metal
-    cuda = memory.forecast(mistral_cfg(batch=2, seq=1025), budget_gb=80.0, backend="cuda")
-    metal = memory.forecast(mistral_cfg(batch=2, seq=1025), budget_gb=80.0, backend="metal")
+    cuda = forecast(mistral_cfg(batch=2, seq=1025), budget_gb=80.0, backend="cuda")
+    metal = forecast(mistral_cfg(batch=2, seq=1025), budget_gb=80.0, backend="metal")
     assert cuda.parts["activations"] < metal.parts["activations"]

@@ -126,6 +126,10 @@ def test_file_tools_from_config_path_and_bad_tools_files(tmp_path):
     assert data.load(content).examples  # a broken tools.json does not matter to a file without native calls
     with pytest.raises(data.DataError, match="file not found"):
         data.load(path, tools="missing.json")
+    (tmp_path / "tools.json").write_text('[{"name": {"a": 1}}, {"name": ["b"]}]')  # unhashable names: no TypeError
+    with pytest.raises(data.DataError) as e:
+        data.load(path)
+    assert [p.message for p in e.value.problems] == ["expected a string, got an object", "expected a string, got an array"]
 
 
 # ---------------------------------------------------------------- rendering: Mistral v3 fidelity

@@ -99,7 +99,7 @@ def test_training_with_and_without_sharing_agree(tmp_path: Path, monkeypatch, ch
             monkeypatch.setattr(prefix_kl, "supported", lambda model: False)
         config = small_config(tmp_path / str(share), "kto", iters=4, eval_every=4, save_every=4)
         from tunedeck.core import config as C
-        from tunedeck.core.trainer import prepare_run
+        from tunedeck.core.run_prep import prepare_run
 
         cfg, _ = C.load(config)
         cfg.data.max_seq_len = 160  # some prompts get cut: their batches take the separate KL forward

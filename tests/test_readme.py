@@ -54,6 +54,7 @@ def user_env(home: Path) -> dict[str, str]:
     return {"HOME": str(home), "PATH": os.environ["PATH"], "TERM": "xterm-256color", "LANG": "C.UTF-8",
             "XDG_CACHE_HOME": os.environ["XDG_CACHE_HOME"], "XDG_CONFIG_HOME": str(home / ".config"),
             "HF_HUB_OFFLINE": "1", "OPENBLAS_NUM_THREADS": "1",
+            "TUNEDECK_DEMO_PRETRAINED": "0",  # as in the whole suite: "demo" never builds the pre-trained model
             # test-only pacing (core.trainer's fault hook): steps take 0.3 s, so the detached run is still
             # training when README's `tunedeck stop` line comes, however fast this machine is
             "TUNEDECK_FAULT": "step_sleep:0.3"}

@@ -16,7 +16,8 @@ from tunedeck.core import config as C
 from tunedeck.core import runs
 from tunedeck.core.progress import ProgressPrinter
 from tunedeck.core.reference import REPORT_EVERY, Meter
-from tunedeck.core.trainer import Trainer, prepare_run
+from tunedeck.core.run_prep import prepare_run
+from tunedeck.core.trainer import Trainer
 
 REF = {"type": "reference", "step": 0, "time": 100.0, "done": 30, "total": 120, "rate": 10.0, "eta_s": 9.0,
        "rss_gb": 1.5, "mlx_active_gb": 0.5, "peak_memory_gb": 0.75, "sys_used_gb": 4.0, "sys_total_gb": 16.0}

@@ -17,7 +17,8 @@ import pytest
 from tests.conftest import run_cli, small_config, wait_for
 from tunedeck.core import config as C
 from tunedeck.core import reference, runs
-from tunedeck.core.trainer import Trainer, prepare_run
+from tunedeck.core.run_prep import prepare_run
+from tunedeck.core.trainer import Trainer
 
 
 def start(config: Path, **overrides: object) -> Path:
@@ -213,3 +214,16 @@ def test_foreground_train_with_progress(tmp_path: Path) -> None:
     bad.write_text("[train]\nbatch_size = 0\n")
     r = run_cli("train", str(bad))
     assert r.returncode == 1 and "train.batch_size" in r.stderr and "Traceback" not in r.stderr
+
+
+def test_prepare_run_leaves_the_callers_config_as_it_was(tmp_path: Path) -> None:
+    import copy
+
+    path = small_config(tmp_path, "sft")
+    cfg, _ = C.load(path)
+    cfg.data.path = os.path.relpath(cfg.data.path, tmp_path)  # relative: the frozen copy makes it absolute
+    before = copy.deepcopy(cfg)
+    run = prepare_run(cfg, path, tmp_path / "runs")
+    assert cfg == before
+    frozen, _ = C.load(run / "config.toml")
+    assert Path(frozen.data.path).is_absolute() and frozen.data.path == str((tmp_path / before.data.path).resolve())

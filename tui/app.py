@@ -15,28 +15,33 @@ from textual.app import App, ComposeResult, SystemCommand
 from textual.binding import Binding
 from textual.reactive import var
 from textual.screen import Screen
+from textual.signal import Signal
 from textual.widgets import Header
 
 from tunedeck.core import config as C
 from tunedeck.core.demo import sample_dataset
 from tunedeck.core.fsutil import atomic_write_text
 from tunedeck.core.model import ModelError, check_template
+from tunedeck.core.orchestrate import find_running
 from tunedeck.core.settings import read_settings, save_settings
 from tunedeck.themes import DEFAULT_THEME, STYLESHEET, THEMES
 
 from .commands import TunedeckCommands
+from .messages import ConfigApplied
 from .safe import display
 from .screens.chat import ChatScreen
+from .screens.compare import CompareScreen
 from .screens.config import ConfigScreen
 from .screens.data import DataScreen
 from .screens.dialogs import QuitScreen
 from .screens.help import HelpScreen
 from .screens.runs import RunsScreen
-from .screens.train import TrainScreen, find_running
+from .screens.train import TrainScreen
 from .state import CONFIG_NAME, AppState, ModelStatus
 from .widgets.screen_tabs import ScreenTabs
 
 SCREENSHOTS = "screenshots"  # under the workspace: where the palette's Screenshot saves
+HEADER_FIELDS = frozenset({"data_path", "model", "active_run", "adopted_run"})  # the AppState fields the header shows
 
 
 def _stylesheets(*screens: type) -> list[Path]:
@@ -44,7 +49,7 @@ def _stylesheets(*screens: type) -> list[Path]:
     (a screen's own CSS would otherwise restyle the whole app on its first visit)."""
     paths = [STYLESHEET]
     for cls in screens:
-        css = getattr(cls, "CSS_PATH", None) or []
+        css = cls.CSS_PATH or []
         for p in [css] if isinstance(css, (str, Path)) else css:
             paths.append(Path(inspect.getfile(cls)).parent / p)
     return paths
@@ -148,6 +153,8 @@ class TunedeckApp(App[int]):
             self.DEFAULT_MODE = "train"  # re-opened over a live run: start on it (read by App.__init__)
         super().__init__()
         self.state = state
+        self.state_changed_signal: Signal[frozenset[str]] = Signal(self, "state-changed")
+        """Published by `update_state` with the names of the AppState fields it set."""
         for theme in THEMES:
             self.register_theme(theme)
         settings, self.settings_problem = read_settings()
@@ -159,8 +166,8 @@ class TunedeckApp(App[int]):
             self.notify(display(f"{self.settings_problem}; using the default settings"), severity="warning",
                         markup=False, timeout=30)
         self.theme_changed_signal.subscribe(self, self._remember_theme)
-        self.mode_change_signal.subscribe(self, lambda _mode: self.refresh_header())
-        self.refresh_header()
+        self.mode_change_signal.subscribe(self, lambda _mode: self._refresh_header())
+        self._refresh_header()
 
     def _remember_theme(self, theme: Any) -> None:
         try:
@@ -168,7 +175,19 @@ class TunedeckApp(App[int]):
         except OSError as e:
             self.notify(display(f"Could not remember the theme: {e}"), severity="warning", markup=False)
 
-    def refresh_header(self) -> None:
+    def update_state(self, **fields: Any) -> None:
+        """Set AppState `fields` (the only writer of `state`), then follow them here (the header; a new model's
+        tokenizer) and publish their names on `state_changed_signal` for the screens and widgets."""
+        for name, value in fields.items():
+            setattr(self.state, name, value)  # AppState has slots: a name it lacks is an AttributeError
+        names = frozenset(fields)
+        if "model" in names:
+            self.forget_tokenizer()
+        if names & HEADER_FIELDS:
+            self._refresh_header()
+        self.state_changed_signal.publish(names)
+
+    def _refresh_header(self) -> None:
         """Name the screen, dataset, model and active run in the header."""
         s = self.state
         run = s.active_run.name if s.active_run else "none"
@@ -176,19 +195,12 @@ class TunedeckApp(App[int]):
             run += " (its config and data)"
         self.title = f"tunedeck · {self.current_mode.title()}"
         self.sub_title = display(f"{s.data_path.name} · model {s.model} · run {run}")
-        for screen in self.screen_stack[-1:]:  # none while the app is closing
-            for bar in screen.query(ScreenTabs):
-                bar.refresh_badge()
 
-    def on_config_screen_applied(self, message: ConfigScreen.Applied) -> None:
+    def on_config_applied(self, message: ConfigApplied) -> None:
         """A valid config in the form becomes the one every screen uses."""
-        s = self.state
-        s.config = message.config
-        s.adopted_run = None
-        s.data_path = s.resolve_data_path(message.config.data.path)
-        s.model = message.config.model.path
-        self.forget_tokenizer()
-        self.refresh_header()
+        cfg = message.config
+        self.update_state(config=cfg, adopted_run=None, data_path=self.state.resolve_data_path(cfg.data.path),
+                          model=cfg.model.path)
 
     def action_help(self) -> None:
         if isinstance(self.screen, HelpScreen):
@@ -199,8 +211,9 @@ class TunedeckApp(App[int]):
                                     tooltip="Search screens, actions and themes")]),
         ]
         for n, (mode, screen_cls) in enumerate(self.MODES.items(), 1):
-            bindings = list(Binding.make_bindings(getattr(screen_cls, "BINDINGS", [])))
+            bindings = list(Binding.make_bindings(screen_cls.BINDINGS))
             sections.append((f"{mode.title()} screen ({n})", bindings))
+        sections.append(("Compare runs (c on Runs)", list(Binding.make_bindings(CompareScreen.BINDINGS))))
         self.push_screen(HelpScreen(sections, self.get_key_display))
 
     def get_system_commands(self, screen: Screen) -> Iterable[SystemCommand]:
@@ -234,7 +247,7 @@ class TunedeckApp(App[int]):
         out = []
         for mode in sorted(self.state.dirty):
             screen = self.get_screen_stack(mode)[0] if self.get_screen_stack(mode) else None
-            if mode == "data" and screen is not None and getattr(screen, "loaded_path", None):
+            if isinstance(screen, DataScreen) and screen.loaded_path:
                 n = len(screen.edits)
                 out.append(f"{n} label edit{'s' if n != 1 else ''} to {screen.loaded_path.name}")
             elif mode == "config":
@@ -254,7 +267,7 @@ class TunedeckApp(App[int]):
         if choice == "save":
             for mode in sorted(self.state.dirty):
                 screen = self.get_screen_stack(mode)[0]
-                if not await screen.save_changes():
+                if isinstance(screen, (DataScreen, ConfigScreen)) and not await screen.save_changes():
                     return
         if choice in ("save", "discard"):
             self.exit(0)

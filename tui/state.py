@@ -1,4 +1,7 @@
-"""What the screens share: the workspace, its config, the dataset and model in use, the active run."""
+"""What the screens share: the workspace, its config, the dataset and model in use, the active run.
+
+`TunedeckApp.update_state` is its one writer: it publishes the names of the fields it set on the app's
+`state_changed_signal`, which the screens and widgets that show them subscribe to."""
 
 from __future__ import annotations
 
@@ -12,8 +15,10 @@ from tunedeck.core.data import Dataset, Example
 CONFIG_NAME = "tunedeck.toml"
 
 
-@dataclass
+@dataclass(slots=True)
 class AppState:
+    """The state the screens share (read it as `screen.state`, change it through `tapp.update_state`)."""
+
     workspace: Path
     config_path: Path  # the TOML file the Config screen edits (workspace/tunedeck.toml by default)
     config: Config  # the last valid config (saved or not)

@@ -248,40 +248,40 @@ def test_kto_one_batch_matches_trl(setup, demo_model, loss_type):
     """Micro-batch 0 with policy A1 and reference A0 (rewards and z nonzero): per-example log-probs, z, rewards,
     the loss and the LoRA gradient equal TRL's KTOTrainer (PEFT) on the same sequences and KL pairs."""
     import mlx.core as mx
+    import mlx.optimizers as optim
     from mlx.utils import tree_flatten
 
-    from tunedeck.core import trainer as T
+    from tunedeck.core import objectives
+    from tunedeck.core.batching import pack, rotation, tokenize
     from tunedeck.core.config import load
     from tunedeck.core.losses import packed_logps
     from tunedeck.core.model import load_for_training
+    from tunedeck.core.objectives import Metric
+    from tunedeck.core.run_prep import prepare_run
+    from tunedeck.core.step import TrainStep
 
     tmp = setup["tmp"]
     (a0, a0_peft), (a1, a1_peft) = setup["adapters"]["a0"], setup["adapters"]["a1"]
     cfg_path = _config(tmp, demo_model, setup["data"], "kto", loss_type, a0, 1)
-    run_dir = T.prepare_run(load(cfg_path)[0], cfg_path, tmp / "runs")
-    tr = T.Trainer(run_dir)
-    loaded = load_for_training(tr.cfg.model, tr.cfg.lora, "float32", 0)
+    cfg = load(prepare_run(load(cfg_path)[0], cfg_path, tmp / "runs") / "config.toml")[0]
+    loaded = load_for_training(cfg.model, cfg.lora, "float32", 0)
     model, tok = loaded.model, loaded.tokenizer
     order = _order(setup, tok, "kto")[:BATCH]
-    from tunedeck.core.batching import rotation, tokenize
 
     examples = [setup["examples"][i] for i in order]
     seqs = tokenize(tok, examples, 512, True, 0, pairing=lambda s: rotation([np.arange(BATCH)], BATCH, 0))
     model.eval()
     idx = np.arange(BATCH)
     zero = np.zeros(BATCH, dtype=np.float32)
-    b = tr._batch(seqs, idx, zero, zero)
-    ref = np.array(packed_logps(model, *b.arrays[0]))
-    ref_kl = np.array(packed_logps(model, *b.arrays[3])) if loss_type == "kto" else zero
+    step = TrainStep(objectives.for_config(cfg), model, optim.AdamW(learning_rate=LR), compiled=False)
+    ref = np.array(packed_logps(model, *step.batch(seqs, idx, (zero, zero)).seq))
+    kl_seq = map(mx.array, pack([seqs.kl_ids[i] for i in idx], seqs.kl_starts[idx]))
+    ref_kl = np.array(packed_logps(model, *kl_seq)) if loss_type == "kto" else zero
     model.load_weights(list(mx.load(str(a1 / "adapters.safetensors")).items()), strict=False)
-    tr._setup_step(model)
-    tr.compiled = False
-    step = tr._make_step(model, T.optim.AdamW(learning_rate=LR))
-    b = tr._batch(seqs, idx, ref, ref_kl)
-    policy = np.array(packed_logps(model, *b.arrays[0]))
-    metrics, grad = step(*b.arrays, mx.array(1.0), mx.array(b.weight), None, False)
-    mx.eval(metrics, grad)
-    ours_loss, ours_z = float(metrics[0]), float(metrics[6])
+    b = step.batch(seqs, idx, (ref, ref_kl))
+    policy = np.array(packed_logps(model, *b.seq))
+    metrics, grad = step(b, None, update=False)
+    ours_loss, ours_z = float(metrics[Metric.LOSS]), float(metrics[Metric.KL])
     ours_grad = {k: np.array(v) for k, v in tree_flatten(grad)}
 
     hf_tok = _hf_tokenizer(demo_model)

@@ -41,7 +41,7 @@ def tiny_config(workspace: Path, method: str = "sft", n: int = 32, **train: obje
 
 def make_run(workspace: Path, method: str = "sft", n: int = 32, **train: object) -> Path:
     """A prepared (not started) run directory for a tiny config."""
-    from tunedeck.core.trainer import prepare_run
+    from tunedeck.core.run_prep import prepare_run
 
     config = tiny_config(workspace, method, n, **train)
     cfg, _ = C.load(config)
@@ -192,3 +192,7 @@ class _Filler:
                     if len(chunk) == 1:
                         return
                     chunk = chunk[: len(chunk) // 2]
+
+    def free(self) -> None:
+        """Give the space `fill` took back."""
+        (self.root / ".filler").unlink()

@@ -19,7 +19,7 @@ import pytest
 from tests.conftest import run_cli, small_dataset
 from tests.reliability.conftest import cli, tiny_config, tree_bytes
 from tunedeck.core import config as C
-from tunedeck.core import runs
+from tunedeck.core import events, runs
 
 pytestmark = pytest.mark.reliability
 
@@ -347,7 +347,7 @@ def test_bad_config_or_model(tmp_path: Path, demo_model: Path, case) -> None:
 
 
 def test_remote_code_is_accepted_only_when_opted_in(tmp_path: Path, demo_model: Path) -> None:
-    from tunedeck.core.trainer import preflight
+    from tunedeck.core.run_prep import preflight
 
     config = tiny_config(tmp_path, "sft")
     cfg, _ = C.load(config)
@@ -443,4 +443,4 @@ def test_case_count() -> None:
     print(f"\nmalformed-input cases: {len(DATA_CASES)} datasets, {len(CONFIG_CASES)} configs/models, "
           f"{len(EVENT_CASES) + 1} event files = {total}")
     assert total >= 30
-    assert runs.MAX_EVENT_LINE == 1 << 20
+    assert events.MAX_LINE == 1 << 20

@@ -86,7 +86,7 @@ def test_fifo_or_device_in_a_run_never_blocks_listing_resume_or_the_app(tmp_path
     assert r.returncode == 1 and "not running" in r.stderr, r.stderr
 
     # what the app does first: look for a live run to attach to
-    probe = "import sys; from pathlib import Path; from tunedeck.tui.screens.train import find_running; " \
+    probe = "import sys; from pathlib import Path; from tunedeck.core.orchestrate import find_running; " \
             "print(find_running(Path(sys.argv[1])))"
     r = subprocess.run([sys.executable, "-c", probe, str(tmp_path / "runs")], capture_output=True, text=True,
                        timeout=120)

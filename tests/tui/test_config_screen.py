@@ -9,7 +9,7 @@ from textual.widgets import Input
 from tests.tui.conftest import make_app, make_workspace, settle
 from tunedeck.core import config as C
 from tunedeck.core.data import load, suggest_kto_weights
-from tunedeck.core.memory import Forecast
+from tunedeck.core.forecast import Forecast
 from tunedeck.tui.screens.config import ConfigScreen
 from tunedeck.tui.screens.dialogs import PathScreen
 from tunedeck.tui.widgets.forecast_panel import ForecastPanel

@@ -14,8 +14,8 @@ import pytest
 
 from tests.tui.conftest import make_app, make_workspace, settle, wait_for
 from tests.tui.test_runs_screen import fake_run
-from tunedeck.core import memory
-from tunedeck.core.memory import Forecast
+from tunedeck.core import forecast
+from tunedeck.core.forecast import Forecast
 
 FIXED = Forecast(3.2, {"weights": 1.5, "adapters": 0.1, "optimizer": 0.2, "activations": 1.4}, 24.0, "fits", [])
 RUN = "20260101-000001-kto"
@@ -48,7 +48,7 @@ def kto_events(steps: int = 40, total: int = 60) -> list[dict]:
 def fixed_app(monkeypatch: pytest.MonkeyPatch):
     """The app on a fixed 30-example workspace at a fixed path (the Runs screen names it), with one stopped KTO
     run, a fixed forecast and UTC dates."""
-    monkeypatch.setattr(memory, "forecast", lambda *args, **kwargs: FIXED)
+    monkeypatch.setattr(forecast, "forecast", lambda *args, **kwargs: FIXED)
     monkeypatch.setenv("TZ", "UTC")
     time.tzset()
     ws = Path(tempfile.gettempdir()) / "tunedeck-snapshots" / "ws"

@@ -21,7 +21,7 @@ def test_opens_the_sample_data_and_quits_with_status_0(tmp_path: Path) -> None:
     ws.mkdir()
     status = tmp_path / "status"
     env = {"XDG_CACHE_HOME": tmp_path / "cache", "XDG_CONFIG_HOME": tmp_path / "config", "TERM": "xterm-256color",
-           "COLORTERM": "truecolor", "PATH": os.environ["PATH"], "HF_HUB_OFFLINE": "1"}
+           "COLORTERM": "truecolor", "PATH": os.environ["PATH"], "HF_HUB_OFFLINE": "1", "TUNEDECK_DEMO_PRETRAINED": "0"}
     assignments = " ".join(f"{k}={shlex.quote(str(v))}" for k, v in env.items())
     command = (f"cd {shlex.quote(str(ws))} && env -i HOME={shlex.quote(str(tmp_path))} {assignments} "
                f"{shlex.quote(str(BIN))}; echo $? > {shlex.quote(str(status))}")
@@ -50,7 +50,7 @@ def test_quitting_while_the_token_view_loads_exits_cleanly(tmp_path: Path, demo_
     ws.mkdir()
     tmux = ["tmux", "-L", f"tunedeck-quit-{os.getpid()}", "-f", "/dev/null"]
     env = {"XDG_CACHE_HOME": os.environ["XDG_CACHE_HOME"], "XDG_CONFIG_HOME": tmp_path / "config",
-           "TERM": "xterm-256color", "PATH": os.environ["PATH"], "HF_HUB_OFFLINE": "1"}
+           "TERM": "xterm-256color", "PATH": os.environ["PATH"], "HF_HUB_OFFLINE": "1", "TUNEDECK_DEMO_PRETRAINED": "0"}
     assignments = " ".join(f"{k}={shlex.quote(str(v))}" for k, v in env.items())
     for attempt in range(3):
         status = tmp_path / f"status{attempt}"

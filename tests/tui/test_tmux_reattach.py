@@ -18,7 +18,7 @@ from tests.conftest import BIN, run_cli
 from tests.conftest import wait_until as wait
 from tests.tui.conftest import make_train_workspace as make_workspace
 from tunedeck.core import runs
-from tunedeck.tui.screens.train import find_running
+from tunedeck.core.orchestrate import find_running
 
 pytestmark = [pytest.mark.slow, pytest.mark.skipif(shutil.which("tmux") is None, reason="tmux is not installed")]
 ENV_KEYS = ("XDG_CACHE_HOME", "XDG_CONFIG_HOME", "HF_HUB_OFFLINE", "TOKENIZERS_PARALLELISM", "PATH")

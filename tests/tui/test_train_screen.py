@@ -11,9 +11,10 @@ import pytest
 from tests.conftest import run_cli
 from tests.tui.conftest import make_train_workspace as make_workspace
 from tests.tui.conftest import open_app, text_of, wait_for
-from tunedeck.core import memory, runs
+from tunedeck.core import forecast, runs
 from tunedeck.tui.app import TunedeckApp
-from tunedeck.tui.screens.train import KL_NOTE, TrainScreen, find_running
+from tunedeck.core.orchestrate import find_running
+from tunedeck.tui.screens.train import KL_NOTE, TrainScreen
 from tunedeck.tui.state import CONFIG_NAME
 
 pytestmark = pytest.mark.slow
@@ -59,7 +60,7 @@ async def test_ctrl_r_trains_in_a_detached_process_and_the_view_follows(tmp_path
 
 async def test_hostile_event_file_and_a_dead_trainer_are_reported(tmp_path: Path,
                                                                   monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(memory, "forecast", lambda cfg, **kw: SimpleNamespace(total_gb=3.0), raising=False)
+    monkeypatch.setattr(forecast, "forecast", lambda cfg, **kw: SimpleNamespace(total_gb=3.0), raising=False)
     ws = make_workspace(tmp_path / "ws")
     run_dir = ws / "runs" / "20260101-000000-kto"
     run_dir.mkdir(parents=True)

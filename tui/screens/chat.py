@@ -13,28 +13,25 @@ from __future__ import annotations
 import copy
 import threading
 import time
+from collections.abc import Callable
 from contextlib import closing
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 from rich.text import Text
 from textual import on, work
 from textual.app import ComposeResult
 from textual.binding import Binding
 from textual.containers import Horizontal
-from textual.message import Message
-from textual.screen import Screen
 from textual.widgets import Footer, Header, Input, Label, Select, Static
 from textual.worker import get_current_worker
 
 from tunedeck.core import chat, data, toolcalls
 from tunedeck.core.model import ADAPTER_FILE
 
+from ..messages import ChatChunk, ChatReplyDone, ChatStatus
 from ..safe import display, plain
 from ..widgets.chat_pane import ChatPane
-
-if TYPE_CHECKING:
-    from ..state import AppState
+from .base import TunedeckScreen
 
 BASE_ONLY = "<base model>"
 PANES = {"base": "#base-pane", "adapter": "#adapter-pane"}
@@ -57,27 +54,7 @@ def chat_sources(runs_root: Path) -> list[tuple[str, str]]:
     return out
 
 
-class ChatChunk(Message):
-    def __init__(self, turn: int, pane: str, text: str, tokens_per_sec: float) -> None:
-        super().__init__()
-        self.turn, self.pane, self.text, self.tokens_per_sec = turn, pane, text, tokens_per_sec
-
-
-class ReplyDone(Message):
-    def __init__(self, turn: int, pane: str) -> None:
-        super().__init__()
-        self.turn, self.pane = turn, pane
-
-
-class ChatStatus(Message):
-    """A line for the status bar; `finished`: the turn is over (`error` says why if it failed)."""
-
-    def __init__(self, turn: int, text: str, finished: bool = False, error: bool = False) -> None:
-        super().__init__()
-        self.turn, self.text, self.finished, self.error = turn, text, finished, error
-
-
-class ChatScreen(Screen):
+class ChatScreen(TunedeckScreen):
     CSS_PATH = "chat.tcss"
     BINDINGS = [
         Binding("ctrl+b", "compare", "Compare", priority=True, id="chat.compare",
@@ -98,10 +75,6 @@ class ChatScreen(Screen):
         self._turn = 0
         self._loaded: tuple[str, chat.ChatModel] | None = None
         self._generating = threading.Lock()  # one generation at a time on the shared model
-
-    @property
-    def state(self) -> AppState:
-        return self.app.state  # type: ignore[attr-defined]
 
     def compose(self) -> ComposeResult:
         yield Header()
@@ -258,7 +231,7 @@ class ChatScreen(Screen):
         return model
 
     def _stream(self, turn: int, pane: str, model: chat.ChatModel, history: list[dict],
-                sampling: dict[str, float | int], tools: list[dict] | None, cancelled) -> None:
+                sampling: dict[str, float | int], tools: list[dict] | None, cancelled: Callable[[], bool]) -> None:
         """Post the reply in chunks, at most ~20 a second."""
         pending, speed, posted = "", 0.0, time.monotonic()
         self.post_message(ChatStatus(turn, f"{pane}: generating…"))
@@ -272,7 +245,7 @@ class ChatScreen(Screen):
                     self.post_message(ChatChunk(turn, pane, pending, speed))
                     pending, posted = "", time.monotonic()
         self.post_message(ChatChunk(turn, pane, pending, speed))
-        self.post_message(ReplyDone(turn, pane))
+        self.post_message(ChatReplyDone(turn, pane))
 
     def on_chat_chunk(self, message: ChatChunk) -> None:
         if message.turn != self._turn:
@@ -284,7 +257,7 @@ class ChatScreen(Screen):
         self.query_one("#chat-status", Static).update(
             plain(f"{message.pane}: {message.tokens_per_sec:.1f} tokens/s"))
 
-    def on_reply_done(self, message: ReplyDone) -> None:
+    def on_chat_reply_done(self, message: ChatReplyDone) -> None:
         if message.turn != self._turn:
             return
         pane = self.query_one(PANES[message.pane], ChatPane)

@@ -13,25 +13,25 @@ from textual.app import ComposeResult
 from textual.binding import Binding
 from textual.containers import Horizontal, Vertical, VerticalScroll
 from textual.content import Content
-from textual.message import Message
-from textual.screen import Screen
 from textual.widgets import Footer, Header, Input, Select, Static, Switch, TextArea
 
 from tunedeck.core import config as C
-from tunedeck.core import memory
+from tunedeck.core import forecast
 from tunedeck.core.data import DataError, load, suggest_kto_weights
 
+from ..messages import ConfigApplied
 from ..safe import display, plain
 from ..widgets.config_field import ConfigField
 from ..widgets.forecast_panel import ForecastPanel, forecast_lengths
 from ..widgets.quiet_static import QuietStatic
+from .base import TunedeckScreen
 from .dialogs import PathScreen
 
 FormValues = dict[str, dict[str, Any]]
 FORM_HINT = Content.styled("tab / shift+tab move between fields · escape leaves a field · ctrl+s saves", "$text-muted")
 
 
-class ConfigScreen(Screen):
+class ConfigScreen(TunedeckScreen):
     """Edit the TOML config through a generated form; errors and warnings appear beside each field."""
 
     CSS_PATH = "config.tcss"
@@ -46,13 +46,6 @@ class ConfigScreen(Screen):
                 tooltip="Leave the field, so that single-key shortcuts (1-5, w, ?) work"),
     ]
 
-    class Applied(Message):
-        """The form holds a valid config (posted on every valid change)."""
-
-        def __init__(self, config: C.Config) -> None:
-            super().__init__()
-            self.config = config
-
     def __init__(self) -> None:
         super().__init__()
         self.baseline: FormValues | None = None  # the form as last loaded or saved (None: differs from the file)
@@ -61,7 +54,7 @@ class ConfigScreen(Screen):
         self._validate_pending = False
 
     def compose(self) -> ComposeResult:
-        cfg = self.app.state.config
+        cfg = self.state.config
         yield Header()
         yield QuietStatic(id="banner")
         with Horizontal(id="body"):
@@ -88,7 +81,7 @@ class ConfigScreen(Screen):
     def on_mount(self) -> None:
         self.query_one("#toml", TextArea).match_cursor_bracket = False
         self.baseline = self.form_values()
-        path = self.app.state.config_path
+        path = self.state.config_path
         if path.is_file():
             self.open_file(path, apply=False)
         self._validate()
@@ -126,20 +119,16 @@ class ConfigScreen(Screen):
             f.show_problems(by_key.get(key, []))
         errors = C.errors(problems)
         self.query_one("#toml", TextArea).text = cfg.to_toml() if not errors else tomli_w.dumps(values)
-        state = self.app.state
-        if values == self.baseline:
-            state.dirty.discard("config")
-        else:
-            state.dirty.add("config")
+        self.set_unsaved("config", values != self.baseline)
         self._update_banner(len(errors), len(problems) - len(errors))
         if errors:
             self.query_one(ForecastPanel).show_message("Fix the fields marked ✗ to see the forecast.")
             return
-        self.post_message(self.Applied(cfg))
+        self.post_message(ConfigApplied(cfg))
         self._forecast(cfg)
 
     def _update_banner(self, n_errors: int, n_warnings: int) -> None:
-        state = self.app.state
+        state = self.state
         path = state.config_path
         shown = path.relative_to(state.workspace) if path.is_relative_to(state.workspace) else path
         if "config" in state.dirty:
@@ -163,8 +152,8 @@ class ConfigScreen(Screen):
     async def _forecast(self, cfg: C.Config) -> None:
         panel = self.query_one(ForecastPanel)
         try:
-            fc = await asyncio.to_thread(partial(memory.forecast, cfg, budget_gb=self.app.state.memory_budget_gb,
-                                                 **forecast_lengths(self.app.state, cfg.data.max_seq_len)))
+            fc = await asyncio.to_thread(partial(forecast.forecast, cfg, budget_gb=self.state.memory_budget_gb,
+                                                 **forecast_lengths(self.state, cfg.data.max_seq_len)))
         except Exception as e:  # an unknown model, an unreadable config.json: shown, never fatal
             panel.show_message(f"No forecast: {e}")
         else:
@@ -185,12 +174,12 @@ class ConfigScreen(Screen):
     # ---------------------------------------------------------------- files
 
     def action_open(self) -> None:
-        self.app.push_screen(PathScreen("Open a config file (TOML)", str(self.app.state.config_path)), self._open_chosen)
+        self.app.push_screen(PathScreen("Open a config file (TOML)", str(self.state.config_path)), self._open_chosen)
 
     def _open_chosen(self, path: str | None) -> None:
         if path:
             p = Path(path).expanduser()
-            self.open_file(p if p.is_absolute() else self.app.state.workspace / p)
+            self.open_file(p if p.is_absolute() else self.state.workspace / p)
 
     @work(exclusive=True, group="config-file")
     async def open_file(self, path: Path, apply: bool = True) -> None:
@@ -198,7 +187,6 @@ class ConfigScreen(Screen):
 
         A missing file becomes a new one; invalid TOML is reported with its line and column.
         """
-        state = self.app.state
         if not path.exists() and not path.is_symlink():
             text = None
         else:
@@ -209,7 +197,7 @@ class ConfigScreen(Screen):
                             severity="error", markup=False)
                 return
         if apply:
-            state.config_path = path.resolve()
+            self.tapp.update_state(config_path=path.resolve())
         if text is None:
             self.file_note = plain(f"{path.name} does not exist yet: ctrl+s creates it.", "$text-warning")
             self.baseline = None
@@ -226,7 +214,6 @@ class ConfigScreen(Screen):
                     self._fill(raw)
                     self.baseline = self.form_values()
         self._validate()
-        self.app.refresh_header()
 
     def _fill(self, raw: dict[str, Any]) -> None:
         """Put a parsed file's values into the form (keys it lacks get their defaults)."""
@@ -268,7 +255,7 @@ class ConfigScreen(Screen):
         if errors := C.errors(problems):
             self.notify(f"Not saved: {len(errors)} field error(s), marked ✗.", severity="error")
             return False
-        path = self.app.state.config_path
+        path = self.state.config_path
         try:
             await asyncio.to_thread(C.save, cfg, path, True)
         except OSError as e:
@@ -285,11 +272,11 @@ class ConfigScreen(Screen):
         self.query_one("#form").focus()
 
     def action_suggest_weights(self) -> None:
-        self._suggest_weights(self.app.state.resolve_data_path(str(self.field("data.path").value)))
+        self._suggest_weights(self.state.resolve_data_path(str(self.field("data.path").value)))
 
     @work(exclusive=True, group="weights")
     async def _suggest_weights(self, path: Path) -> None:
-        ds = self.app.state.dataset
+        ds = self.state.dataset
         if ds is None or ds.path != path:
             try:
                 ds = await asyncio.to_thread(load, path, None, False)

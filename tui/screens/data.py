@@ -15,12 +15,12 @@ from textual.binding import Binding
 from textual.containers import Horizontal
 from textual.content import Content
 from textual.events import Resize, ScreenResume
-from textual.screen import Screen
 from textual.timer import Timer
 from textual.widgets import ContentSwitcher, DataTable, Footer, Header, Input, Static
 
-from tunedeck.core.data import DataError, Dataset, Example, Problem, check_kto_weights, compute_stats, load
-from tunedeck.core.labels import LabelConflict, write_labels
+from tunedeck.core.data import DataError, Dataset, Example, Problem, load
+from tunedeck.core.label_edits import LabelEdits
+from tunedeck.core.labels import LabelConflict
 from tunedeck.core.template import TemplateError, encode_example
 
 from ..safe import display, plain
@@ -30,6 +30,7 @@ from ..widgets.problems_list import ProblemsList
 from ..widgets.split_bar import SplitBar
 from ..widgets.stats_panel import StatsPanel
 from ..widgets.token_view import TokenView
+from .base import TunedeckScreen
 
 FILTERS = ("all", "desirable", "undesirable", "flagged", "over-length")
 COLUMNS = (("#", "n"), ("label", "label"), ("turns", "turns"), ("tokens", "tokens"), ("prompt", "prompt"))
@@ -61,7 +62,7 @@ def _token_counts(tokenizer: Any, examples: list[Example]) -> tuple[list[int], l
     return [len(e.ids) for e in encoded], [e.completion_len for e in encoded]
 
 
-class DataScreen(Screen):
+class DataScreen(TunedeckScreen):
     """Dataset browser: split counts, a filterable example list and one example (or tokens/stats/problems)."""
 
     CSS_PATH = "data.tcss"
@@ -97,8 +98,7 @@ class DataScreen(Screen):
         super().__init__()
         self.dataset: Dataset | None = None
         self.loaded_path: Path | None = None
-        self.edits: dict[int, bool] = {}  # file line -> new label
-        self.undo_stack: list[int] = []  # file lines, most recent last
+        self.edits = LabelEdits()  # file line -> new label, for the lines whose label the user changed
         self.filter = "all"
         self.query_text = ""
         self.current: int | None = None  # index into dataset.examples
@@ -109,7 +109,6 @@ class DataScreen(Screen):
         self.pane = "example"
         self.load_error = ""
         self._search_timer: Timer | None = None
-        self._stats_key: tuple[tuple, tuple] = ((), ())  # what the stats panel shows, to skip recomputing it
         self.columns: tuple[str, ...] = ()
 
     def compose(self) -> ComposeResult:
@@ -131,7 +130,7 @@ class DataScreen(Screen):
         self._set_columns(self.app.size.width)
         self.watch(self.app, "model_status", self._model_status_changed, init=False)
         self.app.theme_changed_signal.subscribe(self, lambda _theme: self._rebuild_rows())
-        self.load_dataset(self.app.state.data_path)
+        self.load_dataset(self.state.data_path)
 
     def on_resize(self, event: Resize) -> None:
         if self._set_columns(event.size.width):
@@ -152,7 +151,7 @@ class DataScreen(Screen):
 
     def on_screen_resume(self, _event: ScreenResume) -> None:
         """The config may point at another dataset or max_seq_len now."""
-        path = self.app.state.data_path
+        path = self.state.data_path
         if self.loaded_path is not None and path != self.loaded_path:
             if self.edits:
                 self.notify(display(f"The config now points at {path.name}; save (ctrl+s) or undo the label edits "
@@ -179,7 +178,7 @@ class DataScreen(Screen):
 
     def _load_failed(self, path: Path, error: DataError) -> None:
         self.dataset, self.loaded_path, self.current = None, path, None
-        self.app.state.dataset, self.app.state.token_lengths = None, None
+        self.tapp.update_state(dataset=None, token_lengths=None)
         self.load_error = "\n".join(f"{p.message}" for p in error.problems)
         self.query_one(SplitBar).counts = (0, 0)
         self.query_one(DataTable).clear()
@@ -188,12 +187,10 @@ class DataScreen(Screen):
         self._set_status(f"cannot open {path.name}")
 
     def _loaded(self, ds: Dataset) -> None:
-        kept_edits, dropped = self._carry_edits(ds)
+        dropped = self.edits.reload(ds)
         current_line = self.dataset.examples[self.current].line if self.dataset and self.current is not None else None
         self.dataset, self.loaded_path, self.load_error = ds, ds.path, ""
-        self.app.state.dataset, self.app.state.token_lengths = ds, None
-        self.edits = kept_edits
-        self.undo_stack = [line for line in self.undo_stack if line in kept_edits]
+        self.tapp.update_state(dataset=ds, token_lengths=None)
         self.flags = defaultdict(list)
         for p in ds.problems:
             self.flags[p.line].append(p)
@@ -207,28 +204,11 @@ class DataScreen(Screen):
         self._edits_changed()
         self._rebuild_rows()
         self.query_one(ProblemsList).show(ds.problems)
-        self.app.refresh_header()
-        status = self.app.model_status
+        status = self.tapp.model_status
         if status.state == "ready":
             self._count_tokens(status.tokenizer)
         if not ds.examples:
             self.query_one(ExampleView).show_message(f"{ds.path.name} has no usable examples; see the problems (p).")
-
-    def _carry_edits(self, ds: Dataset) -> tuple[dict[int, bool], int]:
-        """Edits whose line still holds the same prompt and completion in `ds` (and still change it)."""
-        if not self.edits or self.dataset is None:
-            return {}, 0
-        before = {ex.line: ex for ex in self.dataset.examples}
-        now = {ex.line: ex for ex in ds.examples}
-        kept: dict[int, bool] = {}
-        dropped = 0
-        for line, label in self.edits.items():
-            old, new = before.get(line), now.get(line)
-            if new is None or old is None or (new.prompt, new.completion) != (old.prompt, old.completion):
-                dropped += 1
-            elif new.label != label:
-                kept[line] = label
-        return kept, dropped
 
     @work(exclusive=True, group="tokens")
     async def _count_tokens(self, tokenizer: Any) -> None:
@@ -238,14 +218,15 @@ class DataScreen(Screen):
         counts = await asyncio.to_thread(_token_counts, tokenizer, ds.examples)
         if ds is self.dataset:
             self.token_counts = counts[0] if counts else None
-            self.app.state.token_lengths = counts
+            self.tapp.update_state(token_lengths=counts)
             self._rebuild_rows()
 
     def _model_status_changed(self, status: ModelStatus) -> None:
         if status.state == "ready" and self.dataset is not None:
             self._count_tokens(status.tokenizer)
         elif status.state == "idle":
-            self.token_counts = self.app.state.token_lengths = None
+            self.token_counts = None
+            self.tapp.update_state(token_lengths=None)
             self._rebuild_rows()
         self._show_pane()
 
@@ -253,7 +234,7 @@ class DataScreen(Screen):
 
     def label_of(self, ex: Example) -> bool:
         """The example's label with unsaved edits applied."""
-        return self.edits.get(ex.line, ex.label)
+        return self.edits.label(ex)
 
     def _matches(self, i: int) -> bool:
         ex = self.dataset.examples[i]
@@ -263,7 +244,7 @@ class DataScreen(Screen):
         if f == "flagged" and ex.line not in self.flags:
             return False
         if f == "over-length":
-            limit = self.app.state.config.data.max_seq_len
+            limit = self.state.config.data.max_seq_len
             if self.token_counts is None or self.token_counts[i] <= limit:
                 return False
         return not self.query_text or self.query_text in self.haystacks[i]
@@ -300,7 +281,7 @@ class DataScreen(Screen):
             self._select(visible[0])
         else:
             self.current = None
-            self.app.state.current_example = None
+            self.tapp.update_state(current_example=None)
         self._set_status()
         self._show_pane()
 
@@ -332,7 +313,7 @@ class DataScreen(Screen):
 
     def _select(self, i: int) -> None:
         self.current = i
-        self.app.state.current_example = self.dataset.examples[i]
+        self.tapp.update_state(current_example=self.dataset.examples[i])
         self._show_pane()
 
     # ---------------------------------------------------------------- the pane
@@ -358,51 +339,27 @@ class DataScreen(Screen):
 
     def _show_tokens(self) -> None:
         view = self.query_one(TokenView)
-        status = self.app.model_status
+        status = self.tapp.model_status
         if status.state == "failed":
             view.show_message(f"No tokenizer for {status.model}: {status.message}")
         elif status.state != "ready":
             view.show_message(f"tokenizer: {status.message or 'starting'}", busy=True)
-            self.app.request_tokenizer()
+            self.tapp.request_tokenizer()
         elif self.dataset is None or self.current is None:
             view.show_message("No example selected.")
         else:
-            cfg = self.app.state.config
+            cfg = self.state.config
             view.show(self.dataset.examples[self.current], status.tokenizer, cfg.data.max_seq_len,
                       cfg.data.train_on if cfg.train.method == "sft" else "last")
 
     def _show_stats(self) -> None:
         if self.dataset is None:
             return
-        status = self.app.model_status
+        status = self.tapp.model_status
         if status.state not in ("ready", "failed"):
-            self.app.request_tokenizer()
+            self.tapp.request_tokenizer()
         tokenizer = status.tokenizer if status.state == "ready" else None
-        cfg = self.app.state.config
-        sources = (self.dataset, tokenizer, self.token_counts)  # compared by identity
-        settings = (cfg.data.max_seq_len, cfg.train.method, cfg.kto.desirable_weight, cfg.kto.undesirable_weight)
-        old_sources, old_settings = self._stats_key
-        same_sources = len(old_sources) == len(sources) and all(
-            a is b for a, b in zip(sources, old_sources, strict=True))
-        if settings != old_settings or not same_sources:
-            self._stats_key = (sources, settings)
-            self._compute_stats(self.dataset, tokenizer)
-
-    @work(exclusive=True, group="stats")
-    async def _compute_stats(self, ds: Dataset, tokenizer: Any) -> None:
-        cfg = self.app.state.config
-        stats = await asyncio.to_thread(compute_stats, ds, tokenizer, cfg.data.max_seq_len if tokenizer else None)
-        if ds is not self.dataset:
-            return
-        if self.token_counts is not None:
-            lengths, unit = self.token_counts, "tokens"
-        else:
-            lengths = [sum(len(m["content"]) for m in ex.prompt) + len(ex.completion) for ex in ds.examples]
-            unit = "characters"
-        note = None
-        if cfg.train.method == "kto":
-            note = check_kto_weights(ds.desirable, ds.undesirable, cfg.kto.desirable_weight, cfg.kto.undesirable_weight)
-        self.query_one(StatsPanel).show(stats, lengths, unit, note)
+        self.query_one(StatsPanel).show_dataset(self.dataset, tokenizer, self.token_counts, self.state.config)
 
     def action_pane(self, name: str) -> None:
         self.pane = "example" if self.pane == name else name
@@ -442,7 +399,7 @@ class DataScreen(Screen):
             return
         self.filter = name
         if self.filter == "over-length" and self.token_counts is None:
-            self.app.request_tokenizer()
+            self.tapp.request_tokenizer()
         self._rebuild_rows()
 
     def action_search(self) -> None:
@@ -475,43 +432,31 @@ class DataScreen(Screen):
     def action_toggle_label(self) -> None:
         if self.dataset is None or self.current is None:
             return
-        if self.dataset.path.suffix.lower() == ".json":
+        if not self.edits.editable:
             self.notify("Label edits need a JSONL file (this is a .json list).", severity="warning")
             return
-        ex = self.dataset.examples[self.current]
-        self._set_label(self.current, not self.label_of(ex))
-        self.undo_stack.append(ex.line)
+        self.edits.toggle(self.dataset.examples[self.current])
+        self._label_changed(self.current)
 
     def action_undo(self) -> None:
-        if not self.undo_stack or self.dataset is None:
+        if self.dataset is None or (ex := self.edits.undo()) is None:
             self.notify("Nothing to undo.")
             return
-        line = self.undo_stack.pop()
-        i = next(i for i, ex in enumerate(self.dataset.examples) if ex.line == line)
-        self._set_label(i, not self.label_of(self.dataset.examples[i]))
+        self._label_changed(next(i for i, e in enumerate(self.dataset.examples) if e.line == ex.line))
 
-    def _set_label(self, i: int, label: bool) -> None:
-        ex = self.dataset.examples[i]
-        if label == ex.label:
-            self.edits.pop(ex.line, None)
-        else:
-            self.edits[ex.line] = label
+    def _label_changed(self, i: int) -> None:
+        """Show example `i`'s new label: its row, the split, the status line, the pane if it is shown."""
         table = self.query_one(DataTable)
         if str(i) in table.rows:
-            table.update_cell(str(i), "label", self._label_cell(ex))
+            table.update_cell(str(i), "label", self._label_cell(self.dataset.examples[i]))
         self._edits_changed()
         self._set_status()
         if i == self.current:
             self._show_pane()
 
     def _edits_changed(self) -> None:
-        ds = self.dataset
-        d = sum(self.label_of(ex) for ex in ds.examples) if ds else 0
-        self.query_one(SplitBar).counts = (d, len(ds.examples) - d) if ds else (0, 0)
-        if self.edits:
-            self.app.state.dirty.add("data")
-        else:
-            self.app.state.dirty.discard("data")
+        self.query_one(SplitBar).counts = self.edits.counts() if self.dataset else (0, 0)
+        self.set_unsaved("data", bool(self.edits))
 
     async def action_save(self) -> None:
         if not self.edits:
@@ -521,11 +466,11 @@ class DataScreen(Screen):
 
     async def save_changes(self) -> bool:
         """Write the label edits (atomically, with a backup); False if they could not be saved."""
-        if not self.edits or self.dataset is None:
+        if not self.edits or self.edits.dataset is None:
             return True
-        ds, n = self.dataset, len(self.edits)
+        path, n = self.edits.dataset.path, len(self.edits)
         try:
-            backup = await asyncio.to_thread(write_labels, ds.path, dict(self.edits), ds.sha256)
+            backup = await asyncio.to_thread(self.edits.save)
         except LabelConflict as e:
             self.notify(display(f"Not saved: {e}. Your {n} label edits are kept: press r to reload the file "
                                 "(edits to unchanged lines are re-applied), then ctrl+s."),
@@ -534,17 +479,13 @@ class DataScreen(Screen):
         except (OSError, ValueError) as e:
             self.notify(display(f"Not saved: {e}"), severity="error", timeout=15, markup=False)
             return False
-        for ex in ds.examples:
-            ex.label = self.label_of(ex)
-        self.edits.clear()
-        self.undo_stack.clear()
         self._edits_changed()
         self._rebuild_rows()
-        where = backup.name if backup.parent == ds.path.parent.resolve() else backup  # beside a symlink's target
-        self.notify(display(f"Saved {n} label edit{'s' if n != 1 else ''} to {ds.path.name} (backup {where})."),
+        where = backup.name if backup.parent == path.parent.resolve() else backup  # beside a symlink's target
+        self.notify(display(f"Saved {n} label edit{'s' if n != 1 else ''} to {path.name} (backup {where})."),
                     markup=False)
-        self.load_dataset(ds.path)
+        self.load_dataset(path)
         return True
 
     def action_reload(self) -> None:
-        self.load_dataset(self.app.state.data_path)
+        self.load_dataset(self.state.data_path)

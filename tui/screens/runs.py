@@ -1,44 +1,37 @@
-"""The Runs screen: every run in the workspace, to attach to, resume or delete."""
+"""The Runs screen: every run in the workspace, to attach to, resume, delete, or mark and compare."""
 
 from __future__ import annotations
 
 import time
 from datetime import datetime
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 from rich.text import Text
 from textual import events, on, work
 from textual.app import ComposeResult
 from textual.binding import Binding
-from textual.message import Message
-from textual.screen import Screen
 from textual.widgets import DataTable, Footer, Header, Static
 
 from tunedeck.core import runs
+from tunedeck.core.orchestrate import resume_run
 from tunedeck.core.progress import fmt_duration
 
+from ..messages import RunsListed
 from ..safe import display, plain
 from ..widgets.run_confirm import ConfirmRun
 from ..widgets.train_history import fmt_number
-from .train import RESUMABLE, resume_run
-
-if TYPE_CHECKING:
-    from ..state import AppState
+from .base import TunedeckScreen
+from .compare import MAX_RUNS, CompareScreen
+from .train import RESUMABLE
 
 COLUMNS = ("run", "status", "method", "steps", "last val", "best val", "started", "duration")
 NARROW_COLUMNS = ("run", "status", "method", "steps", "best val", "duration")  # under WIDE columns
 WIDE = 110
 DELETABLE = ("finished", "stopped", "failed", "stale", "new")
+MARK = "✓"  # the row label of a run marked for comparison
 
 
-class RunsListed(Message):
-    def __init__(self, infos: list[runs.RunInfo]) -> None:
-        super().__init__()
-        self.infos = infos
-
-
-class RunsScreen(Screen):
+class RunsScreen(TunedeckScreen):
     CSS_PATH = "runs.tcss"
     BINDINGS = [
         Binding("enter", "attach", "Attach", id="runs.attach", tooltip="Watch this run on the Train screen"),
@@ -46,17 +39,17 @@ class RunsScreen(Screen):
                 tooltip="Resume a stopped, failed or stale run from its latest verified checkpoint"),
         Binding("d", "delete", "Delete", id="runs.delete", tooltip="Delete a run that is not training (asks first)"),
         Binding("f5", "refresh", "Refresh", id="runs.refresh", tooltip="Read the runs again now"),
+        Binding("space", "mark", "Mark", id="runs.mark", tooltip="Mark or unmark this run for comparison (c)"),
+        Binding("c", "compare", "Compare", id="runs.compare",
+                tooltip="Overlay the marked runs' curves and list the config keys that differ"),
     ]
 
     def __init__(self) -> None:
         super().__init__()
         self.infos: dict[str, runs.RunInfo] = {}
         self.columns: tuple[str, ...] = ()
-        self._cache: dict[Path, tuple[tuple[int, int, bool], runs.RunInfo]] = {}
-
-    @property
-    def state(self) -> AppState:
-        return self.app.state  # type: ignore[attr-defined]
+        self.marked: list[str] = []  # the marked runs' directories, in the order they were marked
+        self._cache: runs.RunsCache = {}
 
     def compose(self) -> ComposeResult:
         yield Header()
@@ -100,30 +93,22 @@ class RunsScreen(Screen):
     @work(thread=True, exclusive=True, group="scan")
     def _scan(self, root: Path) -> None:
         """RunInfo for every run, newest first; a run's events are re-read only when they changed."""
-        found: list[runs.RunInfo] = []
-        dirs = sorted((p for p in root.iterdir() if (p / "config.toml").is_file()), reverse=True) \
-            if root.is_dir() else []
-        for run_dir in dirs:
-            try:
-                st = (run_dir / "events.jsonl").stat()
-                key = (st.st_size, st.st_mtime_ns, runs.is_locked(run_dir))
-            except OSError:
-                key = (0, 0, runs.is_locked(run_dir))
-            cached = self._cache.get(run_dir)
-            if cached is None or cached[0] != key:
-                cached = (key, runs.run_info(run_dir))
-            self._cache[run_dir] = cached
-            found.append(cached[1])
-        self.post_message(RunsListed(found))
+        self.post_message(RunsListed(runs.list_runs(root, self._cache)[::-1]))
 
     def on_runs_listed(self, message: RunsListed) -> None:
+        self._fill(message.infos)
+
+    def _fill(self, infos: list[runs.RunInfo]) -> None:
+        """The table's rows (a mark as the row label of each marked run), keeping the cursor on its run."""
         table = self.query_one(DataTable)
         selected = self.selected
-        self.infos = {str(i.run_dir): i for i in message.infos}
+        self.infos = {str(i.run_dir): i for i in infos}
+        self.marked = [k for k in self.marked if k in self.infos]
         table.clear()
-        for info in message.infos:
+        for info in infos:
             cells = dict(zip(COLUMNS, self._cells(info), strict=True))
-            table.add_row(*(cells[c] for c in self.columns), key=str(info.run_dir))
+            key = str(info.run_dir)
+            table.add_row(*(cells[c] for c in self.columns), key=key, label=Text(MARK if key in self.marked else " "))
         if selected is not None and str(selected.run_dir) in self.infos:
             table.move_cursor(row=table.get_row_index(str(selected.run_dir)), animate=False)
         self._show_detail()
@@ -173,8 +158,23 @@ class RunsScreen(Screen):
         if info is not None:
             self._open_in_train(info.run_dir)
 
+    def action_mark(self) -> None:
+        info = self.selected
+        if info is None:
+            return
+        key = str(info.run_dir)
+        self.marked = [k for k in self.marked if k != key] if key in self.marked else [*self.marked, key]
+        self._fill(list(self.infos.values()))
+
+    def action_compare(self) -> None:
+        if not 2 <= len(self.marked) <= MAX_RUNS:
+            self.notify(f"Mark 2 to {MAX_RUNS} runs with space, then press c ({len(self.marked)} marked).",
+                        severity="warning")
+            return
+        self.app.push_screen(CompareScreen([Path(k) for k in self.marked]))
+
     def _open_in_train(self, run_dir: Path) -> None:
-        self.state.active_run = run_dir
+        self.tapp.update_state(active_run=run_dir)
         self.app.switch_mode("train")
 
     def action_resume(self) -> None:
@@ -225,6 +225,6 @@ class RunsScreen(Screen):
     def _deleted(self, run_dir: Path) -> None:
         self._cache.pop(run_dir, None)
         if self.state.active_run == run_dir:
-            self.state.active_run = None
+            self.tapp.update_state(active_run=None)
         self.notify(display(f"Deleted {run_dir.name}"), markup=False)
         self.action_refresh()

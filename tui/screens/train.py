@@ -3,7 +3,8 @@
 Training never runs in this process: `ctrl+r` freezes the current config into a run directory and
 spawns `tunedeck _run` in its own session (`core.runs.spawn_detached`), so quitting the app or
 losing the terminal leaves it training. The screen follows the run's events.jsonl from a thread
-worker and redraws at most four times a second.
+worker (`EventFollower`, which posts `TrainEvents` in batches at most four times a second) and redraws
+on each change while it is shown: a batch, the trainer's liveness (checked each second), a launch.
 """
 
 from __future__ import annotations
@@ -11,34 +12,31 @@ from __future__ import annotations
 import copy
 import threading
 import time
-from collections.abc import Callable
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
 
 from rich.text import Text
 from textual import work
 from textual.app import ComposeResult
 from textual.binding import Binding
 from textual.containers import Horizontal, Vertical, VerticalScroll
-from textual.message import Message
-from textual.screen import Screen
 from textual.widgets import Footer, Header, Label, ProgressBar, RichLog, Static
 from textual.worker import get_current_worker
 
-from tunedeck.core import memory, runs
+from tunedeck.core import forecast, runs
 from tunedeck.core.config import Config
+from tunedeck.core.orchestrate import PreflightError, find_running, resume_run, start_run
 from tunedeck.core.progress import fmt_duration
 
+from ..messages import RunLaunched, RunStopped, TrainEvents
 from ..safe import display, plain
-from ..widgets.event_follower import EventFollower, TrainEvents
+from ..widgets.event_follower import EventFollower
 from ..widgets.forecast_panel import forecast_lengths
 from ..widgets.gauges import MemoryGauges
 from ..widgets.run_confirm import ConfirmRun
+from ..widgets.samples_panel import SamplesPanel
 from ..widgets.series_plot import LineStyle, PlotPanel
 from ..widgets.train_history import KL_SERIES, REWARD_SERIES, RunHistory, Series, ema, fmt_number
-
-if TYPE_CHECKING:
-    from ..state import AppState
+from .base import TunedeckScreen
 
 KL_NOTE = ("KL is clamped at 0: the policy is not yet further from the reference on mismatched pairs "
            "than it started — expected early")
@@ -59,65 +57,7 @@ LABELS = {"train loss": "train", "val loss": "val", EMA: "train (EMA)", "rewards
           "rewards_rejected": "rejected", "margin": "margin", "kl": "KL"}
 
 
-def find_running(runs_root: Path) -> Path | None:
-    """The newest run under `runs_root` whose trainer is alive (holds the run's lock), if any."""
-    if not runs_root.is_dir():
-        return None
-    live = [p for p in runs_root.iterdir() if (p / "config.toml").is_file() and runs.is_locked(p)]
-    return max(live, key=lambda p: p.name, default=None)
-
-
-class PreflightError(Exception):
-    """The run's data or model cannot be used; nothing was started (the message says why)."""
-
-
-def start_run(cfg: Config, config_path: Path | None, runs_root: Path) -> tuple[Path, bool]:
-    """Check the data and the model as the CLI does (nothing is made when they are wrong: PreflightError), then
-    freeze `cfg` into a new run directory and start its detached trainer: (run_dir, started)."""
-    from tunedeck.core.data import DataError
-    from tunedeck.core.model import ModelError
-    from tunedeck.core.trainer import InputError, preflight, prepare_run
-
-    try:
-        preflight(cfg, config_path.parent if config_path else None)
-    except DataError as e:
-        errors = [p for p in e.problems if p.severity == "error"]
-        first = f": {errors[0]}" if errors else ""
-        raise PreflightError(f"the dataset has {len(errors)} error(s){first} (the Data screen lists them)") from None
-    except (InputError, ModelError) as e:
-        raise PreflightError(str(e)) from None
-    run_dir = prepare_run(copy.deepcopy(cfg), config_path, runs_root)
-    return run_dir, runs.wait_started(run_dir, runs.spawn_detached(run_dir), timeout=120)
-
-
-def resume_run(run_dir: Path) -> bool:
-    """Start a detached trainer that resumes `run_dir` from its latest verified checkpoint."""
-    if runs.is_locked(run_dir):
-        raise runs.RunError(f"{run_dir.name} is already running")
-    runs.check_writable(run_dir)  # links, FIFOs or devices among its files: a RunError naming them
-    return runs.wait_started(run_dir, runs.spawn_detached(run_dir, resume=True), timeout=120)
-
-
-class Launched(Message):
-    """A trainer was started (or failed to start: `error`) for `run_dir`."""
-
-    def __init__(self, run_dir: Path | None, started: bool, error: str = "") -> None:
-        super().__init__()
-        self.run_dir = run_dir
-        self.started = started
-        self.error = error
-
-
-class Stopped(Message):
-    """A graceful stop finished: `text` says how, `ok` whether it worked."""
-
-    def __init__(self, text: str, ok: bool) -> None:
-        super().__init__()
-        self.text = text
-        self.ok = ok
-
-
-class TrainScreen(Screen):
+class TrainScreen(TunedeckScreen):
     CSS_PATH = "train.tcss"
     BINDINGS = [
         Binding("ctrl+r", "start", "Start", id="train.start",
@@ -127,6 +67,10 @@ class TrainScreen(Screen):
                 tooltip="Resume a stopped, failed or stale run from its latest verified checkpoint"),
         Binding("e", "toggle_ema", "Smooth", id="train.ema",
                 tooltip="Show the loss's moving average over faint raw points, or the raw points alone"),
+        Binding("right_square_bracket", "cycle_sample(1)", "Next prompt", key_display="]", id="train.sample_next",
+                tooltip="Samples panel: the answers to the next held-out prompt"),
+        Binding("left_square_bracket", "cycle_sample(-1)", "Previous prompt", key_display="[", show=False,
+                id="train.sample_previous", tooltip="Samples panel: the answers to the previous held-out prompt"),
     ]
     HORIZONTAL_BREAKPOINTS = [(0, "-narrow"), (100, "-wide")]
 
@@ -145,12 +89,9 @@ class TrainScreen(Screen):
         self._budget_gb: float | None = None
         self.smooth = True  # the loss plot shows its EMA over the raw points (e toggles)
         self._problem_for: tuple[int, str] | None = None
-        self._plotted: tuple[int, int] | None = None  # (attach, events) last drawn
-        self._dirty = True
-
-    @property
-    def state(self) -> AppState:
-        return self.app.state  # type: ignore[attr-defined]
+        self._plotted: tuple[int, int, bool] | None = None  # (attach, events, smooth) last plotted
+        self._redraw_queued = False  # a redraw is queued behind the messages waiting: changes until then join it
+        self.sample_prompt = 0  # the Samples panel's prompt, an index into SamplesPanel.prompts
 
     def compose(self) -> ComposeResult:
         yield Header()
@@ -166,6 +107,7 @@ class TrainScreen(Screen):
                 yield PlotPanel("KTO rewards", plot_id="kto-plot", id="kto-panel")
                 yield PlotPanel("KL (policy vs reference)", plot_id="kl-plot", id="kl-panel")
                 yield Static(KL_NOTE, id="kl-note", markup=False)
+            yield SamplesPanel(id="samples")
         with Horizontal(id="train-bottom"):
             yield MemoryGauges(id="gauges")
             # min_width: lines wrap at the log's own width (RichLog's default, 78, cut them when narrower)
@@ -173,14 +115,23 @@ class TrainScreen(Screen):
         yield Footer()
 
     def on_mount(self) -> None:
-        self.set_interval(0.25, self._redraw)
-        self.set_interval(1.0, self._check_alive)
+        self.set_interval(1.0, self._check_alive)  # the trainer's process says nothing when it dies or pauses
+        self.tapp.state_changed_signal.subscribe(self, self._state_changed)
 
     def on_screen_resume(self) -> None:
-        """Attach to the run the app points at, else (first time) to a run still training."""
+        """Attach to the run the app points at, else (first time) to a run still training; show what
+        happened while another screen was shown."""
         run = self.state.active_run
         if run is None and self.run_dir is None:
             run = find_running(self.state.runs_root)
+        self._show_run(run)
+        self._changed()
+
+    def _state_changed(self, fields: frozenset[str]) -> None:
+        if "active_run" in fields:  # the Runs screen attached another run, or deleted this one
+            self._show_run(self.state.active_run)
+
+    def _show_run(self, run: Path | None) -> None:
         if run is not None and run != self.run_dir:
             self.attach(run)
         elif run is None and self.run_dir is not None:
@@ -192,7 +143,7 @@ class TrainScreen(Screen):
         """Show `run_dir`: replay its whole event history, then follow it live."""
         self._attach_id += 1
         self.run_dir = run_dir
-        self.state.active_run = run_dir
+        self.tapp.update_state(active_run=run_dir)
         self.history = RunHistory()
         self.alive = runs.is_locked(run_dir)
         self._caught_up = False
@@ -203,7 +154,6 @@ class TrainScreen(Screen):
         self.query_one(RichLog).clear()
         self._follow(run_dir, self._attach_id)
         self._forecast(run_dir, self._attach_id)
-        self.app.refresh_header()  # type: ignore[attr-defined]
         self._changed()
 
     def detach(self) -> None:
@@ -213,7 +163,6 @@ class TrainScreen(Screen):
         self.history = RunHistory()
         self.alive = False
         self.query_one(RichLog).clear()
-        self.app.refresh_header()  # type: ignore[attr-defined]
         self._changed()
 
     @work(thread=True, exclusive=True, group="follow")
@@ -224,9 +173,6 @@ class TrainScreen(Screen):
     @work(thread=True, exclusive=True, group="forecast")
     def _forecast(self, run_dir: Path, attach: int) -> None:
         """The run's forecast peak and the machine's budget, as the Config screen computes them."""
-        forecast: Callable[..., Any] | None = getattr(memory, "forecast", None)
-        if forecast is None:
-            return
         from tunedeck.core.config import load
 
         budget = self.state.memory_budget_gb
@@ -235,7 +181,7 @@ class TrainScreen(Screen):
             same_data = self.state.dataset is not None and self.state.dataset.path == self.state.resolve_data_path(
                 cfg.data.path)
             lengths = forecast_lengths(self.state, cfg.data.max_seq_len) if same_data else {}
-            fc = forecast(cfg, budget_gb=budget, **lengths)
+            fc = forecast.forecast(cfg, budget_gb=budget, **lengths)
             total = float(fc.total_gb)
             budget = float(getattr(fc, "budget_gb", budget) or 0) or None
         except Exception:  # noqa: BLE001 - the forecast is advisory: without it the bars scale to the machine
@@ -285,12 +231,16 @@ class TrainScreen(Screen):
     # --- drawing -----------------------------------------------------------------------------
 
     def _changed(self) -> None:
-        self._dirty = True
+        """Something shown changed: redraw once the messages already waiting are handled (a burst of event
+        batches draws once). A screen not shown is redrawn when it is shown again."""
+        if self.is_current and not self._redraw_queued:
+            self._redraw_queued = True
+            self.call_later(self._redraw)
 
     def _redraw(self) -> None:
-        if not self._dirty or not self.is_current:
+        self._redraw_queued = False
+        if not self.is_current:
             return
-        self._dirty = False
         h, status = self.history, self.status
         self.query_one("#step", Label).update(f"step {h.step}/{h.total or '?'}")
         busy = self.launching or status == "starting"  # an indeterminate (pulsing) bar only while starting
@@ -309,6 +259,7 @@ class TrainScreen(Screen):
             self._draw_plots(kto)
         self.query_one("#kl-note").display = kto and h.last.get("kl") == 0.0
         self.query_one(MemoryGauges).show(h.last, self._forecast_gb, self._budget_gb)
+        self.query_one(SamplesPanel).show(h, self.sample_prompt)
         log = self.query_one(RichLog)
         while h.log:
             log.write(Text(display(h.log.popleft())))
@@ -428,11 +379,17 @@ class TrainScreen(Screen):
             return True if status in RESUMABLE and not self.launching and self._resume_checkpoint() else None
         if action == "start":
             return True if not self.alive and not self.launching else None
+        if action == "cycle_sample":
+            return len(SamplesPanel.prompts(self.history)) > 1
         return True
 
     def action_toggle_ema(self) -> None:
         self.smooth = not self.smooth
         self.notify("Loss: moving average over faint raw points." if self.smooth else "Loss: raw points.")
+        self._changed()
+
+    def action_cycle_sample(self, by: int) -> None:
+        self.sample_prompt = (self.sample_prompt + by) % max(len(SamplesPanel.prompts(self.history)), 1)
         self._changed()
 
     def action_start(self) -> None:
@@ -459,13 +416,13 @@ class TrainScreen(Screen):
         s = self.state
         try:
             if resume is not None:
-                self.post_message(Launched(resume, resume_run(resume)))
+                self.post_message(RunLaunched(resume, resume_run(resume)))
             elif cfg is not None:
-                self.post_message(Launched(*start_run(cfg, s.config_path, s.runs_root)))
+                self.post_message(RunLaunched(*start_run(cfg, s.config_path, s.runs_root)))
         except (runs.RunError, PreflightError, OSError, ValueError) as e:
-            self.post_message(Launched(None, False, str(e)))
+            self.post_message(RunLaunched(None, False, str(e)))
 
-    def on_launched(self, message: Launched) -> None:
+    def on_run_launched(self, message: RunLaunched) -> None:
         self.launching = False
         if message.run_dir is None:
             self.notify(display(f"Could not start training: {message.error}"), severity="error", markup=False)
@@ -495,9 +452,9 @@ class TrainScreen(Screen):
         try:
             info = runs.stop_run(run_dir, timeout=600)
         except runs.RunError as e:
-            self.post_message(Stopped(str(e), False))
+            self.post_message(RunStopped(str(e), False))
             return
-        self.post_message(Stopped(f"{run_dir.name}: {info.status} at step {info.step}", True))
+        self.post_message(RunStopped(f"{run_dir.name}: {info.status} at step {info.step}", True))
 
-    def on_stopped(self, message: Stopped) -> None:
+    def on_run_stopped(self, message: RunStopped) -> None:
         self.notify(display(message.text), severity="information" if message.ok else "error", markup=False)

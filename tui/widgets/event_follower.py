@@ -5,24 +5,12 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
 
-from textual.message import Message
 from textual.message_pump import MessagePump
 
-from tunedeck.core import runs
+from tunedeck.core import events, runs
 
-
-class TrainEvents(Message):
-    """A batch of events from `run_dir` (in file order). `caught_up`: the reader reached the end of
-    the file (the whole history so far has been posted). `attach` tells batches of one attach apart."""
-
-    def __init__(self, run_dir: Path, events: list[dict[str, Any]], caught_up: bool, attach: int) -> None:
-        super().__init__()
-        self.run_dir = run_dir
-        self.events = events
-        self.caught_up = caught_up
-        self.attach = attach
+from ..messages import TrainEvents
 
 
 class EventFollower:
@@ -37,7 +25,7 @@ class EventFollower:
         self.attach = attach
         self.interval = interval
         self.batch = batch
-        self._pending: list[dict[str, Any]] = []
+        self._pending: list[events.Event] = []
         self._posted = time.monotonic()
 
     def _flush(self, caught_up: bool) -> None:
@@ -65,6 +53,5 @@ class EventFollower:
                         return
                     self._flush(False)
         except OSError as e:  # events.jsonl is a link, a FIFO or a device (refused, never waited on), or unreadable
-            self._pending.append({"type": "error", "kind": "run-dir", "step": 0, "time": time.time(),
-                                  "message": f"cannot follow this run: {e}"})
+            self._pending.append(events.build("error", 0, kind="run-dir", message=f"cannot follow this run: {e}"))
             self._flush(True)

@@ -6,7 +6,7 @@ from typing import TYPE_CHECKING
 
 from textual.content import Content
 
-from tunedeck.core.memory import Forecast
+from tunedeck.core.forecast import Forecast
 
 from ..safe import display, plain
 from .quiet_static import QuietStatic
@@ -14,7 +14,7 @@ from .quiet_static import QuietStatic
 if TYPE_CHECKING:
     from ..state import AppState
 
-#: core.memory's note when no completion length was given, and what the panel says instead.
+#: core.forecast's note when no completion length was given, and what the panel says instead.
 UPPER_BOUND_NOTE = "logits assumed at every position"
 UPPER_BOUND_TEXT = ("logits assumed at every position of max_seq_len (an upper bound); the dataset's own lengths "
                     "are used once the Data screen has counted its tokens")
@@ -22,7 +22,7 @@ BUDGET_TEXT = "budget: the memory training may use on this machine"
 
 
 def forecast_lengths(state: AppState, max_seq_len: int) -> dict[str, int]:
-    """`seq_len` and `completion_len` for `core.memory.forecast` from the loaded dataset's token counts (its
+    """`seq_len` and `completion_len` for `core.forecast.forecast` from the loaded dataset's token counts (its
     longest sequence and completion, each at most `max_seq_len`), or {} before they are counted."""
     if not state.token_lengths or not state.token_lengths[0]:
         return {}
@@ -39,7 +39,7 @@ VERDICT_STYLE = {"fits": "bold $background on $success", "tight": "bold $backgro
 
 
 class ForecastPanel(QuietStatic):
-    """Renders a `core.memory.Forecast` (or a message while there is none)."""
+    """Renders a `core.forecast.Forecast` (or a message while there is none)."""
 
     DEFAULT_CSS = """
     ForecastPanel { height: auto; padding: 0 1; }

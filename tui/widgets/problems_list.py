@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 from textual.message import Message
 from textual.widgets import OptionList
 from textual.widgets.option_list import Option
@@ -14,12 +16,13 @@ from ..safe import plain
 class ProblemsList(OptionList):
     """One option per problem: line, severity and reason (all escaped)."""
 
+    @dataclass
     class Jump(Message):
-        """The user chose a problem: show the example on `line` if there is one."""
+        """The user chose a problem: show the example on `line` if there is one. Nested, as Textual nests a
+        widget's own messages (`OptionList.OptionSelected`): it is this list's API, handled as
+        `on_problems_list_jump` or `@on(ProblemsList.Jump)`."""
 
-        def __init__(self, line: int) -> None:
-            super().__init__()
-            self.line = line
+        line: int
 
     def __init__(self, *, id: str | None = None) -> None:
         super().__init__(id=id)

@@ -10,7 +10,7 @@ from textual.screen import ModalScreen
 from textual.widgets import Button, Static
 
 from ..safe import plain
-from ..screens.dialogs import DIALOG_CSS
+from .dialog_css import DIALOG_CSS
 
 
 class ConfirmRun(ModalScreen[bool]):

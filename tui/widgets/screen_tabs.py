@@ -3,10 +3,15 @@ highlighted, and a badge that stays while the dataset has lines set aside."""
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING, cast
+
 from textual.content import Content
 from textual.events import Click
 
 from .quiet_static import QuietStatic
+
+if TYPE_CHECKING:
+    from ..app import TunedeckApp
 
 SCREENS = ("data", "config", "train", "chat", "runs")
 
@@ -24,11 +29,15 @@ class ScreenTabs(QuietStatic):
         self.spans: list[tuple[int, int, str]] = []  # (first cell, end cell, mode) of each tab
 
     def on_mount(self) -> None:
-        self.app.mode_change_signal.subscribe(self, lambda _mode: self.refresh_badge())
-        self.refresh_badge()
+        cast("TunedeckApp", self.app).state_changed_signal.subscribe(self, self._state_changed)
+        self._draw()
 
-    def refresh_badge(self) -> None:
-        """Redraw the tabs and the set-aside badge (from the app's last loaded dataset)."""
+    def _state_changed(self, fields: frozenset[str]) -> None:
+        if "dataset" in fields:
+            self._draw()
+
+    def _draw(self) -> None:
+        """Draw the tabs and the set-aside badge (from the app's last loaded dataset)."""
         parts: list[Content | tuple[str, str] | str] = []
         self.spans = []
         cell = 0
@@ -38,7 +47,7 @@ class ScreenTabs(QuietStatic):
             parts += [(label, style), " "]
             self.spans.append((cell, cell + len(label), mode))
             cell += len(label) + 1
-        dataset = getattr(getattr(self.app, "state", None), "dataset", None)
+        dataset = cast("TunedeckApp", self.app).state.dataset
         if dataset is not None and dataset.skipped:
             lines = "line" if dataset.skipped == 1 else "lines"
             parts += [" ", (f" ⚠ {dataset.skipped} {lines} set aside (Data: p lists them) ", "bold $text-warning")]

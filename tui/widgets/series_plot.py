@@ -106,6 +106,10 @@ class SeriesPlot(PlotextPlot):
         self.shown = {name: xy for name, xy in shown.items() if xy[0]}
         plt = self.plt
         plt.clear_data()
+        # plotext gives a series without a colour (NO_COLOR) the next of its theme's colours as it is plotted, and
+        # PlotextPlot sets that theme only as it renders: set it now, so that a plot drawn before its first
+        # render (a panel just shown) takes the colours of one drawn after it.
+        plt.theme(self._get_plotext_theme_name(self.app.theme))
         plt.title("")
         plt.xlabel("")
         no_color = self.app.no_color

@@ -2,13 +2,18 @@
 
 from __future__ import annotations
 
+import asyncio
 from typing import Any
 
+from textual import work
 from textual.app import ComposeResult
 from textual.containers import VerticalScroll
 from textual.content import Content
 from textual.widgets import Static
 from textual_plotext import PlotextPlot
+
+from tunedeck.core.config import Config
+from tunedeck.core.data import Dataset, check_kto_weights, compute_stats
 
 from ..safe import plain
 
@@ -21,9 +26,40 @@ class StatsPanel(VerticalScroll):
     StatsPanel > #stats-plot { height: 14; min-height: 8; }
     """
 
+    def __init__(self, *, id: str | None = None) -> None:
+        super().__init__(id=id)
+        self._key: tuple[tuple, tuple] = ((), ())  # what the panel shows (or is computing), to skip recomputing it
+
     def compose(self) -> ComposeResult:
         yield Static(id="stats-text")
         yield PlotextPlot(id="stats-plot")
+
+    def show_dataset(self, ds: Dataset, tokenizer: Any, token_counts: list[int] | None, cfg: Config) -> None:
+        """Show `ds`'s statistics (in tokens with a tokenizer, per example when `token_counts` are known) and the
+        advice on `cfg`'s KTO weights; computed in a worker, and again only when one of them changed."""
+        sources = (ds, tokenizer, token_counts)  # compared by identity
+        settings = (cfg.data.max_seq_len, cfg.train.method, cfg.kto.desirable_weight, cfg.kto.undesirable_weight)
+        old_sources, old_settings = self._key
+        same_sources = len(old_sources) == len(sources) and all(
+            a is b for a, b in zip(sources, old_sources, strict=True))
+        if settings != old_settings or not same_sources:
+            self._key = (sources, settings)
+            self._compute(ds, tokenizer, token_counts, cfg)
+
+    @work(exclusive=True, group="stats")
+    async def _compute(self, ds: Dataset, tokenizer: Any, token_counts: list[int] | None, cfg: Config) -> None:
+        stats = await asyncio.to_thread(compute_stats, ds, tokenizer, cfg.data.max_seq_len if tokenizer else None)
+        if ds is not self._key[0][0]:  # another dataset was asked for meanwhile
+            return
+        if token_counts is not None:
+            lengths, unit = token_counts, "tokens"
+        else:
+            lengths = [sum(len(m["content"]) for m in ex.prompt) + len(ex.completion) for ex in ds.examples]
+            unit = "characters"
+        note = None
+        if cfg.train.method == "kto":
+            note = check_kto_weights(ds.desirable, ds.undesirable, cfg.kto.desirable_weight, cfg.kto.undesirable_weight)
+        self.show(stats, lengths, unit, note)
 
     def show(self, stats: dict[str, Any], lengths: list[int], unit: str, weights_note: str | None) -> None:
         """`lengths` per example in `unit` ("tokens" or "characters", for the histogram); the percentiles are
