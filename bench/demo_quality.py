@@ -47,6 +47,8 @@ LABELS = {
     "loss": "completion loss, desirable (/token)",
     "loss_undesirable": "completion loss, undesirable (/token)",
 }
+MODELS = ("base", "sft", "kto")
+PAIRS = (("sft", "base"), ("kto", "base"), ("kto", "sft"))  # paired differences, per seed
 PERCENT = {"well_formed", "tool_name_match", "schema_valid", "reward_accuracy"}
 
 
@@ -131,18 +133,44 @@ def spread(values: list[float | None]) -> dict[str, float | None]:
             "min": min(xs), "max": max(xs)}
 
 
-def cell(key: str, s: dict[str, float | None]) -> str:
+def cell(key: str, s: dict[str, float | None], signed: bool = False) -> str:
     if s["mean"] is None:
         return "n/a"
+    sign = "+" if signed else ""
     if key in PERCENT:
-        return f"{100 * s['mean']:.1f}% ± {100 * s['sd']:.1f}"
-    return f"{s['mean']:.3f} ± {s['sd']:.3f}"
+        return f"{100 * s['mean']:{sign}.1f}{' pp' if signed else '%'} ± {100 * s['sd']:.1f}"
+    return f"{s['mean']:{sign}.3f} ± {s['sd']:.3f}"
+
+
+def by_seed(runs: list[dict[str, Any]]) -> dict[int, dict[str, dict[str, float | None]]]:
+    """Per seed, the scores of the base (from the KTO run's eval) and of both adapters."""
+    out: dict[int, dict[str, dict[str, float | None]]] = {}
+    for r in runs:
+        out.setdefault(r["seed"], {})[r["method"]] = r["adapter"]
+        if r["method"] == "kto":
+            out[r["seed"]]["base"] = r["base"]
+    return out
+
+
+def summarize(runs: list[dict[str, Any]]) -> dict[str, dict[str, dict[str, float | None]]]:
+    """Mean ± seed-to-seed sd of each model's scores, and of the paired differences ("kto-base": per seed,
+    on that seed's split, KTO adapter minus base), which leave out the spread that the splits cause."""
+    seeds = list(by_seed(runs).values())
+    out = {m: {k: spread([s[m][k] for s in seeds]) for k in METRICS} for m in MODELS}
+    for a, b in PAIRS:
+        out[f"{a}-{b}"] = {k: spread([s[a][k] - s[b][k] if s[a][k] is not None and s[b][k] is not None else None
+                                      for s in seeds]) for k in METRICS}
+    return out
 
 
 def table(summary: dict[str, dict[str, dict[str, float | None]]]) -> str:
-    rows = ["| metric | base | SFT adapter | KTO adapter |", "|---|---|---|---|"]
+    names = {"base": "base", "sft": "SFT adapter", "kto": "KTO adapter"}
+    head = [names[m] for m in MODELS] + [f"{names[a].split()[0]} − {names[b].split()[0]}" for a, b in PAIRS]
+    rows = ["| metric | " + " | ".join(head) + " |", "|---" * (len(head) + 1) + "|"]
     for key in METRICS:
-        rows.append(f"| {LABELS[key]} | " + " | ".join(cell(key, summary[m][key]) for m in ("base", "sft", "kto")) + " |")
+        cells = [cell(key, summary[m][key]) for m in MODELS]
+        cells += [cell(key, summary[f"{a}-{b}"][key], signed=True) for a, b in PAIRS]
+        rows.append(f"| {LABELS[key]} | " + " | ".join(cells) + " |")
     return "\n".join(rows)
 
 
@@ -166,12 +194,7 @@ def main() -> int:
         ws = Path(args.keep or tmp)
         ws.mkdir(parents=True, exist_ok=True)
         runs = [train_and_eval(ws, model, method, seed, args) for seed in seeds for method in ("sft", "kto")]
-    per_model: dict[str, list[dict[str, float | None]]] = {"base": [], "sft": [], "kto": []}
-    for r in runs:
-        per_model[r["method"]].append(r["adapter"])
-        if r["method"] == "kto":
-            per_model["base"].append(r["base"])
-    summary = {m: {k: spread([s[k] for s in rows]) for k in METRICS} for m, rows in per_model.items()}
+    summary = summarize(runs)
     held_out = [r["held_out"] for r in runs if r["method"] == "kto"]
     print(table(summary), file=sys.stderr)
     result = {"model": model, "steps": args.steps, "seeds": seeds, "max_tokens": args.max_tokens,

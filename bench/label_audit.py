@@ -7,12 +7,15 @@ demo preset (model: the demo model `core.demo.ensure()` gives, or `--model rando
 `tunedeck config init --data` suggests for the flipped file) for each `--iters` value. Reported per run:
 
 - recall_at_2n: the share of the N flipped examples among the 2N highest scores; random_recall = 2N/total is
-  what a random ranking gets on average
-- auc: the chance that a flipped example scores above an unflipped one (0.5 = no separation; ties count half)
+  what a random ranking gets on average; labels_only_recall what a ranking gets that puts every
+  undesirable-labelled example first (most flips are desirable examples now labelled undesirable, the minority
+  label), knowing nothing else
+- auc: the chance that a flipped example scores above an unflipped one (0.5 = no separation; ties count half);
+  auc_given_desirable / auc_given_undesirable: the same among the examples that carry that label
 - recall_desirable / recall_undesirable: recall_at_2n of the flips by the label they were given
 - clean_agreement: the share of unflipped examples whose held-out reward has their label's sign (score < 0)
 
-Raw results (settings, timings, every flipped line's rank and score) go to --out; the last line printed is one
+Raw results (settings, timings, each flipped line's rank and score, the whole ranking) go to --out; the last line printed is one
 JSON object.
 
     nice -n 10 python bench/label_audit.py                          # the demo model, 60 steps per fold
@@ -31,6 +34,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from bisect import bisect_left, bisect_right
 from pathlib import Path
 from typing import Any
 
@@ -92,25 +96,52 @@ def write_config(ws: Path, data_path: Path, model: str, lr: float | None, dtype:
     return path
 
 
+def auc(pos: list[float], neg: list[float]) -> float | None:
+    """The chance that a score of `pos` is above one of `neg` (ties count half); None if either is empty."""
+    if not pos or not neg:
+        return None
+    neg = sorted(neg)
+    wins = sum(bisect_left(neg, p) + 0.5 * (bisect_right(neg, p) - bisect_left(neg, p)) for p in pos)
+    return round(wins / (len(pos) * len(neg)), 4)
+
+
+def prior_recall(suspects: list[dict[str, Any]], flips: set[int]) -> float:
+    """The expected recall in the top 2N of a ranking that knows only the labels: every undesirable-labelled
+    example first (in random order), then the desirable-labelled ones."""
+    n = len(flips)
+    undesirable = [s["line"] for s in suspects if not s["label"]]
+    f_u = sum(ln in flips for ln in undesirable)
+    if 2 * n <= len(undesirable):
+        return round(2 * n / len(undesirable) * f_u / n, 4)
+    rest = len(suspects) - len(undesirable)
+    return round((f_u + (2 * n - len(undesirable)) / rest * (n - f_u)) / n, 4)
+
+
 def measure(suspects: list[dict[str, Any]], flipped: list[int]) -> dict[str, Any]:
-    """Recall of the flipped lines in the top 2N, AUC, recall by given label, and the clean examples' agreement."""
+    """Recall of the flipped lines in the top 2N against a random and a labels-only ranking, AUC (overall and
+    within each given label), recall by given label, and the clean examples' agreement with their labels."""
     n, total = len(flipped), len(suspects)
     flips = set(flipped)
     top = {s["line"] for s in suspects[: 2 * n]}
     bad = [s for s in suspects if s["line"] in flips]
-    clean = [s["score"] for s in suspects if s["line"] not in flips]
-    above = sum(sum(1.0 if b["score"] > c else 0.5 if b["score"] == c else 0.0 for c in clean) for b in bad)
+    clean = [s for s in suspects if s["line"] not in flips]
 
     def recall(label: bool) -> float | None:
         given = [s["line"] for s in bad if s["label"] is label]
         return round(sum(ln in top for ln in given) / len(given), 4) if given else None
 
+    def within(label: bool) -> float | None:
+        return auc([s["score"] for s in bad if s["label"] is label], [s["score"] for s in clean if s["label"] is label])
+
     return {"flips": n, "total": total, "recall_at_2n": round(len(top & flips) / n, 4),
-            "random_recall": round(2 * n / total, 4), "auc": round(above / (len(bad) * len(clean)), 4),
+            "random_recall": round(2 * n / total, 4), "labels_only_recall": prior_recall(suspects, flips),
+            "auc": auc([s["score"] for s in bad], [s["score"] for s in clean]),
+            "auc_given_desirable": within(True), "auc_given_undesirable": within(False),
             "recall_desirable": recall(True), "recall_undesirable": recall(False),
             "flipped_given_desirable": sum(s["label"] for s in bad),
-            "clean_agreement": round(sum(c < 0 for c in clean) / len(clean), 4),
-            "flipped": [{"line": s["line"], "rank": s["rank"], "label": s["label"], "score": s["score"]} for s in bad]}
+            "clean_agreement": round(sum(s["score"] < 0 for s in clean) / len(clean), 4),
+            "flipped": [{"line": s["line"], "rank": s["rank"], "label": s["label"], "score": s["score"]} for s in bad],
+            "ranking": [[s["line"], s["label"], s["score"]] for s in suspects]}
 
 
 def run(args: argparse.Namespace, iters: int, model: str, ws: Path, flipped: list[int], config: Path) -> dict[str, Any]:
@@ -121,10 +152,13 @@ def run(args: argparse.Namespace, iters: int, model: str, ws: Path, flipped: lis
               "--audit-dir", str(audit_dir), timeout=args.timeout)
     result = json.loads(out.stdout)
     m = measure(result["suspects"], flipped)
+    first = json.loads((audit_dir / "fold-1" / "events.jsonl").read_text().splitlines()[0])["time"]
     m.update(iters=iters, folds=args.folds, seconds=None if reused else round(time.perf_counter() - t0, 1),
+             audit_seconds=round(result["time"] - first, 1),  # fold 1's first event to the results (known when reused)
              load=round(os.getloadavg()[0], 2), beta=result["beta"], model_dir=result["model_dir"])
-    print(f"iters {iters}: recall@2N {m['recall_at_2n']} (random {m['random_recall']}), AUC {m['auc']}, "
-          f"clean agreement {m['clean_agreement']}, {m['seconds']} s, load {m['load']}", file=sys.stderr, flush=True)
+    print(f"iters {iters}: recall@2N {m['recall_at_2n']} (random {m['random_recall']}, labels only "
+          f"{m['labels_only_recall']}), AUC {m['auc']} ({m['auc_given_desirable']} / {m['auc_given_undesirable']}), "
+          f"clean agreement {m['clean_agreement']}, {m['audit_seconds']} s, load {m['load']}", file=sys.stderr, flush=True)
     return m
 
 
@@ -161,12 +195,14 @@ def main() -> None:
                "work": str(ws), "runs": runs}
     if args.out:
         Path(args.out).write_text(json.dumps(summary, indent=1) + "\n", encoding="utf-8")
-    print("| steps per fold | recall of flips in top 2N | random ranking | AUC | clean agreement | seconds |")
-    print("|---|---|---|---|---|---|")
+    print("| steps per fold | recall of flips in top 2N | random ranking | labels only | AUC | AUC given desirable "
+          "| AUC given undesirable | audit seconds |")
+    print("|---|---|---|---|---|---|---|---|")
     for r in runs:
-        print(f"| {r['iters']} | {r['recall_at_2n']:.2f} | {r['random_recall']:.2f} | {r['auc']:.2f} | "
-              f"{r['clean_agreement']:.2f} | {r['seconds'] if r['seconds'] is not None else 'earlier run'} |")
-    print(json.dumps({**summary, "runs": [{k: v for k, v in r.items() if k != "flipped"} for r in runs]}))
+        print(f"| {r['iters']} | {r['recall_at_2n']:.2f} | {r['random_recall']:.2f} | {r['labels_only_recall']:.2f} | "
+              f"{r['auc']:.2f} | {r['auc_given_desirable']} | {r['auc_given_undesirable']} | "
+              f"{r['audit_seconds']:.0f} |")
+    print(json.dumps({**summary, "runs": [{k: v for k, v in r.items() if k not in ("flipped", "ranking")} for r in runs]}))
 
 
 if __name__ == "__main__":

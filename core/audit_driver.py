@@ -1,7 +1,7 @@
 """A label audit's own process: `python -m tunedeck.core.audit_driver AUDIT_DIR`.
 
 Started detached by core.audit.start_audit (in its own session, so it outlives the terminal, as a detached
-trainer does). It holds the audit directory's lock (core.runs.RunLock: a second driver is refused), trains the
+trainer does). It holds the audit directory's lock (core.runlock.RunLock: a second driver is refused), trains the
 folds one after another, each by the normal detached trainer on its own run directory (a finished fold is
 kept, a stopped, failed or interrupted one resumed from its newest checkpoint), then scores every fold and
 writes audit.json (core.audit_score). Its phase goes to AUDIT_DIR/state.json, its output to AUDIT_DIR/audit.log.
@@ -22,7 +22,7 @@ import traceback
 from pathlib import Path
 from typing import Any
 
-from . import runs
+from . import runlock, runs
 from .audit_plan import Plan, fold_dir, read_plan
 from .fsutil import atomic_write_text, open_regular, read_regular
 
@@ -74,7 +74,7 @@ class Driver:
 
     def run(self) -> int:
         """The whole audit; the exit status (0 also when stopped by a signal)."""
-        lock = runs.RunLock(self.audit_dir)
+        lock = runlock.RunLock(self.audit_dir)
         try:
             lock.acquire(retries=1)
         except runs.RunError:

@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from . import data
-from .config import Config, ConfigError
+from .config import MAX_STEPS, Config, ConfigError
 from .config import load as load_config
 from .fsutil import atomic_write_text
 from .rundir import RunDir
@@ -58,6 +58,7 @@ class Plan:
     iters: int
     beta: float
     model: str  # the config's model.path
+    config: dict[str, Any]  # the folds' run config (fold_config), but for data.path (each fold's own file)
     examples: list[list[Any]]
     version: int = VERSION
 
@@ -157,29 +158,30 @@ def make_plan(source: Path, cfg: Config, ds: data.Dataset, folds: int, iters: in
                          "train on it")
     if folds > n:
         raise AuditError(f"folds = {folds} is more than the dataset's {n} examples ({cfg.data.path})")
-    if iters is not None and iters < 1:
-        raise AuditError(f"iters must be at least 1 (got {iters})")
+    if iters is not None and not 1 <= iters <= MAX_STEPS:
+        raise AuditError(f"iters must be 1 to {MAX_STEPS:,} (got {iters})")
     steps = iters or (min(cfg.train.iters, DEFAULT_ITERS) if cfg.train.epochs == 0 else DEFAULT_ITERS)
     labels = [e.label for e in ds.examples]
     assigned = assign_folds(labels, folds, cfg.train.seed)
     tools = str(Path(ds.tools_source).resolve()) if ds.tools_source else ""
+    runs_config = fold_config(cfg, steps, ds.format, tools).to_dict()
     return Plan(str(source), str(Path(cfg.data.path).resolve()), ds.sha256, ds.format, tools, folds, cfg.train.seed,
-                steps, cfg.kto.beta, cfg.model.path,
+                steps, cfg.kto.beta, cfg.model.path, runs_config,
                 [[e.line, e.label, f] for e, f in zip(ds.examples, assigned)])
 
 
-def fold_config(cfg: Config, plan: Plan, train_file: Path) -> Config:
-    """A fold's run config: the user's, training KTO for `plan.iters` steps on `train_file` with every example
-    in training (no validation split: the held-out fold is scored afterwards), from a fresh adapter, so that
-    the reference π_ref is the base model."""
+def fold_config(cfg: Config, iters: int, fmt: str, tools: str, train_file: Path | None = None) -> Config:
+    """A fold's run config: the user's, training KTO for `iters` steps on `train_file` (data.path "" without
+    it), read as format `fmt` with the file-level `tools`, every example in training (no validation split: the
+    held-out fold is scored afterwards), from a fresh adapter, so that the reference π_ref is the base model."""
     c = copy.deepcopy(cfg)
     c.model.adapter = ""
-    c.data.path, c.data.format, c.data.tools = str(train_file), plan.format, plan.tools
+    c.data.path, c.data.format, c.data.tools = str(train_file) if train_file else "", fmt, tools
     c.data.valid_fraction, c.data.strict = 0.0, True
-    c.train.method, c.train.iters, c.train.epochs = "kto", plan.iters, 0.0
-    c.train.warmup_steps = min(c.train.warmup_steps, plan.iters // 10)
+    c.train.method, c.train.iters, c.train.epochs = "kto", iters, 0.0
+    c.train.warmup_steps = min(c.train.warmup_steps, iters // 10)
     # a killed fold resumes from a checkpoint at most a quarter of its steps back
-    c.train.save_every = min(c.train.save_every, max(1, plan.iters // 4))
+    c.train.save_every = min(c.train.save_every, max(1, iters // 4))
     return c
 
 
@@ -211,7 +213,8 @@ def write_plan(audit_dir: Path, plan: Plan, ds: data.Dataset, cfg: Config) -> No
             path = fold_file(audit_dir, fold, part)
             path.parent.mkdir(exist_ok=True)
             atomic_write_text(path, "".join(raw[ln] + "\n" for ln in lines))
-        _prepare_fold(audit_dir, fold, fold_config(cfg, plan, fold_file(audit_dir, fold, "train")))
+        train_file = fold_file(audit_dir, fold, "train")
+        _prepare_fold(audit_dir, fold, fold_config(cfg, plan.iters, plan.format, plan.tools, train_file))
 
 
 def _prepare_fold(audit_dir: Path, fold: int, cfg: Config) -> None:

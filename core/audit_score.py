@@ -113,7 +113,7 @@ def previews(audit_dir: Path, plan: Plan) -> dict[int, str]:
 
 def write_results(audit_dir: Path, plan: Plan, scored: list[dict[str, Any]]) -> dict[str, Any]:
     """audit.json (atomically): the settings, what the score means, and every example ranked."""
-    settings = {k: v for k, v in asdict(plan).items() if k != "examples"}
+    settings = {k: v for k, v in asdict(plan).items() if k not in ("examples", "config")}
     results = {"plan_key": plan.key, **settings, "model_dir": scored[0]["model_dir"],
                "examples": len(plan.examples), "score_meaning": SCORE_MEANING, "time": round(time.time(), 3),
                "suspects": ranked(plan, scored, previews(audit_dir, plan))}

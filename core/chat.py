@@ -68,7 +68,7 @@ def resolve_target(path: Path, model: str | None = None) -> tuple[str, Path | No
 
     `model` overrides the base (default: the run's `model.path`, else the adapter's `base_model`).
     """
-    from .runs import latest_checkpoint
+    from .checkpoint_files import latest_checkpoint
 
     if not path.is_dir():
         raise ChatError(f"{path} is not a directory")

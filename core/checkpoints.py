@@ -27,7 +27,7 @@ import mlx.nn as nn
 import mlx.optimizers as optim
 from mlx.utils import tree_flatten, tree_unflatten
 
-from . import runs
+from . import checkpoint_files
 from .faults import ckpt_pause
 from .fsutil import atomic_dir, atomic_write_bytes, atomic_write_text, fsync_dir, read_regular, sha256_file
 from .model import ADAPTER_CONFIG, ADAPTER_FILE, write_adapters
@@ -220,7 +220,7 @@ def save(run_dir: Path, step: int, state: dict[str, Any], model: nn.Module, opti
          adapter_cfg: dict[str, Any]) -> Path:
     """Write checkpoints/step-N (adapter, optimizer state, state.json with `step` and `state`, manifest),
     point `latest` at it and publish its adapter to adapters/. Its path; WriteError names a failed file."""
-    final = run_dir / "checkpoints" / runs.checkpoint_name(step)
+    final = run_dir / "checkpoints" / checkpoint_files.checkpoint_name(step)
     where = f"checkpoints/{final.name}"
     with writing(run_dir, where), atomic_dir(final) as tmp:
         with writing(run_dir, f"{where}/{ADAPTER_FILE}"):
@@ -233,11 +233,11 @@ def save(run_dir: Path, step: int, state: dict[str, Any], model: nn.Module, opti
             (tmp / STATE).write_text(json.dumps({"step": step, **state}, indent=2) + "\n", encoding="utf-8")
         ckpt_pause(STATE)
         with writing(run_dir, f"{where}/{MANIFEST}"):
-            runs.write_manifest(tmp)
+            checkpoint_files.write_manifest(tmp)
         ckpt_pause(MANIFEST)
     ckpt_pause(f"renamed {final.name}")  # renamed into place, `latest` not yet updated
     with writing(run_dir, "checkpoints/latest"):
-        runs.mark_latest(run_dir, final)
+        checkpoint_files.mark_latest(run_dir, final)
     ckpt_pause("latest")
     publish_adapters(run_dir, final)
     return final
@@ -274,7 +274,7 @@ def prune_verified(run_dir: Path, ckpt: Path, keep: int) -> tuple[list[str], str
 def resume_from(run_dir: Path) -> tuple[Path | None, list[str]]:
     """The newest resumable checkpoint, after removing half-written leftovers and moving damaged newer ones
     aside (so that the run can write their steps again), and a warning for each thing removed or moved."""
-    warnings = [f"removed a half-written leftover: {p.name}" for p in runs.clean_leftovers(run_dir)]
+    warnings = [f"removed a half-written leftover: {p.name}" for p in checkpoint_files.clean_leftovers(run_dir)]
     with writing(run_dir, "checkpoints"):
         ckpt, aside = resume_point(run_dir)
     then = f"resuming from checkpoints/{ckpt.name}" if ckpt else "no verified checkpoint is left: training starts at step 0"

@@ -42,7 +42,7 @@ import mlx.core as mx
 import mlx.nn as nn
 import numpy as np
 
-from . import backend, data, runs, toolcalls
+from . import backend, checkpoint_files, data, toolcalls
 from .config import Config, ConfigError
 from .config import load as load_config
 from .fsutil import atomic_write_text
@@ -117,7 +117,7 @@ def adapter_dir(run_dir: Path, checkpoint: str | None = None) -> Path:
                             "been saved; wait for train.save_every steps, or stop the run to save one")
         return path
     if checkpoint == "latest":
-        path = runs.latest_checkpoint(run_dir)
+        path = checkpoint_files.latest_checkpoint(run_dir)
         if path is None:
             raise EvalError(f"{run_dir} has no verified checkpoint yet")
         return path
@@ -126,7 +126,7 @@ def adapter_dir(run_dir: Path, checkpoint: str | None = None) -> Path:
         raise EvalError(f"no checkpoint {checkpoint!r} in {ckroot} (have: {', '.join(names) or 'none'})")
     if not (path / ADAPTER_FILE).is_file() or not (path / ADAPTER_CONFIG).is_file():
         raise EvalError(f"{path} holds no adapter ({ADAPTER_FILE} + {ADAPTER_CONFIG})")
-    if (path / "manifest.json").exists() and not runs.verify_checkpoint(path):
+    if (path / "manifest.json").exists() and not checkpoint_files.verify_checkpoint(path):
         raise EvalError(f"checkpoint {path} fails its manifest check (incomplete or corrupted)")
     return path
 

@@ -270,7 +270,7 @@ class KTO(Objective):
 
     kto = True
     uses_reference = True
-    EVAL_SUMS = 6  # Σ loss, examples, Σ chosen rewards, #chosen, Σ rejected rewards, #rejected
+    EVAL_SUMS = 7  # Σ loss, examples, Σ chosen rewards, #chosen, Σ rejected rewards, #rejected, #agreeing
 
     def __init__(self, cfg: Config, group: mx.distributed.Group | None = None) -> None:
         super().__init__(cfg, group)
@@ -335,12 +335,14 @@ class KTO(Objective):
                                             k.undesirable_weight, k.loss_type)
         mx.eval(losses, rewards)
         rw, d = np.array(rewards, dtype=np.float64), np.array(batch.desirable, dtype=bool)
-        return np.array([losses.sum().item(), len(d), rw[d].sum(), d.sum(), rw[~d].sum(), (~d).sum()])
+        agree = (rw[d] > 0).sum() + (rw[~d] < 0).sum()  # the sign says the label (a reward of 0 says neither)
+        return np.array([losses.sum().item(), len(d), rw[d].sum(), d.sum(), rw[~d].sum(), (~d).sum(), agree])
 
     def eval_fields(self, sums: np.ndarray) -> dict[str, float]:
         rc = float(sums[2] / sums[3]) if sums[3] else math.nan
         rr = float(sums[4] / sums[5]) if sums[5] else math.nan
-        return {**super().eval_fields(sums), "val_rewards_chosen": rc, "val_rewards_rejected": rr, "val_margin": rc - rr}
+        return {**super().eval_fields(sums), "val_rewards_chosen": rc, "val_rewards_rejected": rr, "val_margin": rc - rr,
+                "val_reward_accuracy": float(sums[6] / sums[1]) if sums[1] else math.nan}
 
 
 def for_config(cfg: Config, group: mx.distributed.Group | None = None) -> Objective:

@@ -8,7 +8,7 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-from . import data, runs
+from . import data, runlock, runs
 from .config import DEMO_MODEL, Config, save
 from .model import ModelError, check_remote_code, resolve_path
 from .objectives import for_config
@@ -43,7 +43,7 @@ def prepare_run(cfg: Config, config_path: Path | None, runs_root: Path, run_dir:
     else:
         run_dir.mkdir(parents=True, exist_ok=True)
     runs.check_writable(run_dir)
-    lock = runs.RunLock(run_dir)
+    lock = runlock.RunLock(run_dir)
     lock.acquire()  # a concurrent `train --run-dir` on the same directory waits here, then finds our config
     try:
         if runs.holds_run(run_dir):

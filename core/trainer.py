@@ -27,7 +27,7 @@ from typing import Any, TextIO
 import mlx.core as mx
 import numpy as np
 
-from . import backend, checkpoints, collective, data, faults, memory, objectives, run_prep, runs, samples
+from . import backend, checkpoints, collective, data, faults, memory, objectives, run_prep, runlock, runs, samples
 from .batching import BatchPlan, Sequences, eval_batches, tokenize
 from .config import Config
 from .config import load as load_config
@@ -137,7 +137,7 @@ class Trainer:
 
     def run(self) -> int:
         """Train to completion, stop, or failure. Returns the process exit status."""
-        lock = runs.RunLock(self.run_dir) if self.rank == 0 else None
+        lock = runlock.RunLock(self.run_dir) if self.rank == 0 else None
         try:
             if lock:
                 runs.check_writable(self.run_dir)

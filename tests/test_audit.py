@@ -55,7 +55,8 @@ def audited(tmp_path_factory: pytest.TempPathFactory, demo_model: Path) -> dict:
     r = run_cli("data", "audit", str(config), "--json", cwd=root, timeout=TIMEOUT, env=ENV)
     assert r.returncode == 0, r.stderr[-3000:]
     out = json.loads(r.stdout)  # ONE object: json.loads refuses anything after it
-    audit_dir = root / out["audit_dir"] if not Path(out["audit_dir"]).is_absolute() else Path(out["audit_dir"])
+    audit_dir = Path(out["audit_dir"])
+    assert audit_dir.is_absolute() and audit_dir.parent == (root / "audits").resolve()
     return {"root": root, "config": config, "data": data, "before": before, "out": out, "stderr": r.stderr,
             "audit_dir": audit_dir}
 
@@ -216,6 +217,10 @@ def test_bad_input_is_one_line(tmp_path: Path) -> None:
     _one_line_error(cli("data", "audit", str(config), "--folds", "1"), "folds must be at least 2")
     _one_line_error(cli("data", "audit", str(config), "--folds", "25"), "folds = 25", "24 examples")
     _one_line_error(cli("data", "audit", str(config), "--top", "0"), "--top must be at least 1")
+    _one_line_error(cli("data", "audit", str(config), "--iters", "0"), "iters must be 1 to")
+    bad = tmp_path / "bad.toml"
+    bad.write_text('[train]\niters = "many"\n', encoding="utf-8")
+    _one_line_error(cli("data", "audit", str(bad)), "bad.toml", "train.iters")
     assert not (tmp_path / "audits").exists()
 
 
@@ -244,3 +249,39 @@ def test_a_run_directory_is_audited_through_its_frozen_config(tmp_path: Path) ->
     cfg, _ = C.load(config)
     run_dir = prepare_run(cfg, config, tmp_path / "runs")
     _one_line_error(cli("data", "audit", str(run_dir), "--folds", "30"), "folds = 30", str(tmp_path / "data.jsonl"))
+
+
+def test_other_settings_are_another_audit(tmp_path: Path) -> None:
+    """The default directory follows the data and every setting of the folds' runs, so a changed config never
+    reuses stale folds; an explicit directory that holds another audit is refused by name, unchanged."""
+    from tunedeck.core.audit_plan import check_plan, load_dataset, make_plan, source_config, write_plan
+
+    config = tiny_config(tmp_path, "kto", n=24)
+    cfg, path = source_config(config)
+    ds = load_dataset(cfg)
+    plan = make_plan(config, cfg, ds, 2, None)
+    cfg.lora.rank = 2
+    other = make_plan(config, cfg, ds, 2, None)
+    assert audit.default_dir(path, plan) != audit.default_dir(path, other)
+    assert audit.default_dir(path, plan) == audit.default_dir(path, make_plan(config, source_config(config)[0], ds, 2, None))
+    write_plan(tmp_path / "held", plan, ds, source_config(config)[0])  # prepared, nothing started
+    assert check_plan(tmp_path / "held", plan)
+    before = (tmp_path / "held" / "plan.json").read_bytes()
+    C.save(cfg, config)
+    _one_line_error(cli("data", "audit", str(config), "--audit-dir", str(tmp_path / "held")),
+                    "holds an audit of other data or settings")
+    assert (tmp_path / "held" / "plan.json").read_bytes() == before
+
+
+def test_folds_are_stratified_and_balanced() -> None:
+    from tunedeck.core.audit_plan import assign_folds
+
+    labels = [True] * 17 + [False] * 6
+    for k in (2, 3, 5):
+        folds = assign_folds(labels, k, seed=0)
+        sizes = [folds.count(f) for f in range(1, k + 1)]
+        assert max(sizes) - min(sizes) <= 1 and sum(sizes) == len(labels)
+        for label in (True, False):
+            per = [sum(1 for f, lab in zip(folds, labels) if f == fold and lab is label) for fold in range(1, k + 1)]
+            assert max(per) - min(per) <= 1  # each label dealt out evenly
+        assert assign_folds(labels, k, seed=0) == folds and assign_folds(labels, k, seed=1) != folds

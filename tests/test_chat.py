@@ -21,8 +21,8 @@ def make_adapter_run(root: Path, name: str = "20260101-000000-sft") -> Path:
     import mlx.core as mx
     from mlx_lm.tuner.lora import LoRALinear
 
+    from tunedeck.core.checkpoint_files import mark_latest, write_manifest
     from tunedeck.core.model import load_for_training, write_adapters
-    from tunedeck.core.runs import mark_latest, write_manifest
 
     cfg = preset("demo", str(sample_dataset()))
     run_dir = root / "runs" / name

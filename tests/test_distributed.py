@@ -21,8 +21,8 @@ import psutil
 import pytest
 
 from tests.conftest import kl_atol, run_cli, small_config, wait_for
+from tunedeck.core import checkpoint_files, launch, runs
 from tunedeck.core import config as C
-from tunedeck.core import launch, runs
 from tunedeck.core.run_prep import prepare_run
 from tunedeck.core.trainer import Trainer
 
@@ -117,7 +117,7 @@ def test_kto_two_workers_stop_resume_match_one_process(tmp_path: Path, demo_mode
     stopped = runs.read_events(run_dir)[-1]
     assert stopped["type"] == "stopped" and stopped["signal"] == "SIGTERM"
     k = stopped["step"]
-    assert 2 <= k < 6 and runs.latest_checkpoint(run_dir).name == f"step-{k:06d}"
+    assert 2 <= k < 6 and checkpoint_files.latest_checkpoint(run_dir).name == f"step-{k:06d}"
     (start,) = events(run_dir, "start")
     assert start["workers"] == 2 and start["reference_cached"] is False
     assert (run_dir / "reference-train.npz").is_file() and not list(run_dir.glob("*.tmp*"))
@@ -146,7 +146,7 @@ def test_sft_signal_to_rank1_stops_all_at_one_step_then_resume(tmp_path: Path, d
     last = runs.read_events(run_dir)[-1]
     assert last["type"] == "stopped", runs.tail_log(run_dir, 40)
     k = last["step"]
-    assert k < 6 and runs.latest_checkpoint(run_dir).name == f"step-{k:06d}"
+    assert k < 6 and checkpoint_files.latest_checkpoint(run_dir).name == f"step-{k:06d}"
     assert runs.run_info(run_dir).status == "stopped"
 
     r = run_cli("train", "--resume", str(run_dir), "--workers", "2")

@@ -57,6 +57,8 @@ def test_eval_cli_reports_every_metric_and_writes_eval_json(trained_run: Path) -
     atol = report["beta"] * kl_atol()
     assert m["reward_desirable"]["adapter"] == pytest.approx(last_eval["val_rewards_chosen"], rel=1e-3, abs=atol)
     assert m["reward_undesirable"]["adapter"] == pytest.approx(last_eval["val_rewards_rejected"], rel=1e-3, abs=atol)
+    # the same sign test, counted by each; a reward within rounding of 0 may count on one side only
+    assert abs(m["reward_accuracy"]["adapter"] - last_eval["val_reward_accuracy"]) <= 1 / report["examples"] + 1e-9
     tu = report["tool_use"]
     assert tu["format"] == "json" and tu["tools_source"].endswith("tools.json") and len(tu["tools"]) == 7
     assert tu["generation"] in ("batch_generate", "generate") and tu["prompts"] == report["desirable"]

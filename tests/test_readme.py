@@ -166,6 +166,7 @@ def config_reference_rows() -> list[str]:
     import dataclasses
 
     from tunedeck.core import config as C
+    from tunedeck.core.config_help import HELP
 
     rows = []
     for section in dataclasses.fields(C.Config):
@@ -173,7 +174,7 @@ def config_reference_rows() -> list[str]:
             key = f"{section.name}.{f.name}"
             default = getattr(getattr(C.Config(), section.name), f.name)
             shown = ", ".join(default) if isinstance(default, list) else repr(default)
-            meaning = C.HELP[key]
+            meaning = HELP[key]
             if key in C.CHOICES:
                 meaning += f" (one of {', '.join(str(c) for c in C.CHOICES[key])})"
             rows.append(f"| `{key}` | `{shown}` | {meaning} |")

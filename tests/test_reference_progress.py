@@ -13,7 +13,7 @@ import pytest
 
 from tests.reliability.conftest import tiny_config
 from tunedeck.core import config as C
-from tunedeck.core import runs
+from tunedeck.core import runlock, runs
 from tunedeck.core.progress import ProgressPrinter
 from tunedeck.core.reference import REPORT_EVERY, Meter
 from tunedeck.core.run_prep import prepare_run
@@ -140,7 +140,7 @@ async def test_train_screen_shows_the_reference_pass(tmp_path: Path, monkeypatch
     (run_dir / "config.toml").write_text((ws / "tunedeck.toml").read_text())
     first = {**REF, "done": 0, "rate": 0.0, "eta_s": None, "time": 50.0}
     (run_dir / "events.jsonl").write_text(json.dumps(first) + "\n" + json.dumps(REF) + "\n")
-    lock = runs.RunLock(run_dir)  # a live trainer, as far as the screen can tell
+    lock = runlock.RunLock(run_dir)  # a live trainer, as far as the screen can tell
     lock.acquire()
     try:
         app = open_app(ws)

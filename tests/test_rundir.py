@@ -10,8 +10,8 @@ from pathlib import Path
 import pytest
 
 from tests.reliability.conftest import tiny_config
+from tunedeck.core import checkpoint_files, orchestrate, runlock, runs
 from tunedeck.core import config as C
-from tunedeck.core import orchestrate, runs
 from tunedeck.core.rundir import RunDir
 
 
@@ -20,7 +20,7 @@ def _checkpoint(run_dir: Path, name: str) -> Path:
     ckpt = run_dir / "checkpoints" / name
     ckpt.mkdir(parents=True)
     (ckpt / "adapters.safetensors").write_bytes(name.encode())
-    runs.write_manifest(ckpt)
+    checkpoint_files.write_manifest(ckpt)
     return ckpt
 
 
@@ -54,9 +54,9 @@ def test_checkpoints_newest_first_by_step_number(tmp_path: Path) -> None:
     assert [p.name for p in rd.checkpoints()] == ["step-1000000", "step-999999", "step-000013", "step-000010",
                                                   "step-000009"]
     assert [p.name for p in rd.checkpoint_dirs()] == ["step-1000000", "step-999999", "step-000010", "step-000009"]
-    assert runs.latest_checkpoint(run_dir).name == "step-1000000"  # by number: a name sort put step-999999 first
+    assert checkpoint_files.latest_checkpoint(run_dir).name == "step-1000000"  # by number: a name sort put step-999999 first
     (run_dir / "checkpoints" / "step-1000000" / "adapters.safetensors").write_bytes(b"damaged")
-    assert runs.latest_checkpoint(run_dir).name == "step-999999"
+    assert checkpoint_files.latest_checkpoint(run_dir).name == "step-999999"
 
 
 def test_a_linked_checkpoints_directory_is_not_looked_into(tmp_path: Path) -> None:
@@ -65,7 +65,7 @@ def test_a_linked_checkpoints_directory_is_not_looked_into(tmp_path: Path) -> No
     (tmp_path / "run").mkdir()
     (tmp_path / "run" / "checkpoints").symlink_to(elsewhere / "checkpoints")
     rd = RunDir(tmp_path / "run")
-    assert rd.checkpoints() == [] and runs.latest_checkpoint(rd.path) is None
+    assert rd.checkpoints() == [] and checkpoint_files.latest_checkpoint(rd.path) is None
     assert rd.problems() == ["checkpoints is a symbolic link, not a directory"]
 
 
@@ -92,7 +92,7 @@ def test_find_running_needs_a_live_trainer(tmp_path: Path) -> None:
         (tmp_path / name).mkdir()
         (tmp_path / name / "config.toml").write_text(C.Config().to_toml())
     assert orchestrate.find_running(tmp_path) is None
-    lock = runs.RunLock(tmp_path / "a")
+    lock = runlock.RunLock(tmp_path / "a")
     lock.acquire()
     try:
         assert orchestrate.find_running(tmp_path) == tmp_path / "a"

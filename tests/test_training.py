@@ -15,8 +15,8 @@ import numpy as np
 import pytest
 
 from tests.conftest import run_cli, small_config, wait_for
+from tunedeck.core import checkpoint_files, reference, runlock, runs
 from tunedeck.core import config as C
-from tunedeck.core import reference, runs
 from tunedeck.core.run_prep import prepare_run
 from tunedeck.core.trainer import Trainer
 
@@ -108,7 +108,7 @@ def test_reference_logps_computed_once(tmp_path: Path, monkeypatch, demo_model: 
 
 def test_lock_refuses_a_second_trainer(tmp_path: Path, capsys) -> None:
     run_dir = start(small_config(tmp_path))
-    held = runs.RunLock(run_dir)
+    held = runlock.RunLock(run_dir)
     held.acquire()
     try:
         assert runs.is_locked(run_dir)
@@ -129,7 +129,7 @@ def test_nan_stops_with_last_good_checkpoint(tmp_path: Path, monkeypatch, fault:
     error = runs.read_events(run_dir)[-1]
     assert error["type"] == "error" and error["kind"] == "nan"
     assert "step 3" in error["message"] and "learning rate" in error["message"] and "step-000002" in error["message"]
-    assert runs.latest_checkpoint(run_dir).name == "step-000002"
+    assert checkpoint_files.latest_checkpoint(run_dir).name == "step-000002"
     assert not (run_dir / "checkpoints" / "step-000003").exists()
     weights = mx.load(str(run_dir / "adapters" / "adapters.safetensors"))
     assert all(bool(mx.all(mx.isfinite(v))) for v in weights.values())
@@ -151,7 +151,7 @@ def test_resume_after_signal_is_bit_exact(tmp_path: Path, method: str) -> None:
     stopped = runs.read_events(run_dir)[-1]
     assert stopped["type"] == "stopped" and stopped["signal"] == "SIGTERM"
     k = stopped["step"]
-    assert 2 <= k < 8 and runs.latest_checkpoint(run_dir).name == f"step-{k:06d}"
+    assert 2 <= k < 8 and checkpoint_files.latest_checkpoint(run_dir).name == f"step-{k:06d}"
     assert runs.run_info(run_dir).status == "stopped"
     r = run_cli("train", "--resume", str(run_dir), "--quiet")
     assert r.returncode == 0, r.stderr

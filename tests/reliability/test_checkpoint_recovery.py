@@ -18,7 +18,7 @@ import numpy as np
 import pytest
 
 from tests.reliability.conftest import cli, tiny_config, tmp_leftovers
-from tunedeck.core import runs
+from tunedeck.core import checkpoint_files, runs
 
 pytestmark = [pytest.mark.reliability, pytest.mark.slow]
 
@@ -83,7 +83,7 @@ def _assert_finished(run_dir: Path) -> None:
     events = runs.read_events(run_dir)
     assert events[-1]["type"] == "done" and events[-1]["step"] == ITERS, events[-3:]
     newest = run_dir / "checkpoints" / f"step-{ITERS:06d}"
-    assert runs.verify_checkpoint(newest)
+    assert checkpoint_files.verify_checkpoint(newest)
     assert (run_dir / "checkpoints" / "latest").read_text().strip() == newest.name
     assert not tmp_leftovers(run_dir)
 
@@ -124,8 +124,8 @@ def test_hand_made_state_json_with_a_string_step_falls_back(finished_run: Path, 
     ckpt = run_dir / "checkpoints" / "step-000004"
     state = json.loads((ckpt / "state.json").read_text(encoding="utf-8"))
     (ckpt / "state.json").write_text(json.dumps({**state, "step": "4"}), encoding="utf-8")
-    runs.write_manifest(ckpt)
-    assert runs.verify_checkpoint(ckpt)
+    checkpoint_files.write_manifest(ckpt)
+    assert checkpoint_files.verify_checkpoint(ckpt)
 
     r = cli("train", "--resume", str(run_dir), "--quiet")
     assert r.code == 0, r.err
@@ -158,7 +158,7 @@ def test_unloadable_checkpoint_file_fails_naming_it(finished_run: Path, tmp_path
     run_dir = _copy(finished_run, tmp_path)
     ckpt = run_dir / "checkpoints" / "step-000004"
     (ckpt / "optimizer.safetensors").write_bytes(b"\x08\x00\x00\x00\x00\x00\x00\x00{garbage")
-    runs.write_manifest(ckpt)
+    checkpoint_files.write_manifest(ckpt)
     before = _content(ckpt)
 
     r = cli("train", "--resume", str(run_dir), "--quiet")
@@ -203,7 +203,7 @@ def test_keep_checkpoints_prunes_the_oldest(tmp_path: Path, demo_model: Path, ke
     every = [f"step-{s:06d}" for s in (2, 4, 6, 8)]
     kept = every[-keep:] if keep else every
     assert [p.name for p in _steps(run_dir)] == kept
-    assert all(runs.verify_checkpoint(p) for p in _steps(run_dir))
+    assert all(checkpoint_files.verify_checkpoint(p) for p in _steps(run_dir))
     pruned = [n for e in runs.read_events(run_dir) if e["type"] == "checkpoint" for n in e.get("pruned", [])]
     assert sorted(pruned) == sorted(set(every) - set(kept))
     assert not tmp_leftovers(run_dir)

@@ -12,7 +12,7 @@ import pytest
 
 from tests.conftest import run_cli
 from tests.reliability.conftest import make_run, spawn, tmp_leftovers, wait_event, wait_for
-from tunedeck.core import runs
+from tunedeck.core import runlock, runs
 from tunedeck.core.trainer import Trainer
 
 pytestmark = pytest.mark.reliability
@@ -108,7 +108,7 @@ def test_stale_lock_of_a_dead_pid_is_taken_over(tmp_path: Path) -> None:
 def test_detached_second_trainer_exits_1_with_message(tmp_path: Path) -> None:
     """The detached entry point itself (not only the CLI's check) refuses a locked run directory."""
     run_dir = make_run(tmp_path, "sft", iters=2)
-    held = runs.RunLock(run_dir)
+    held = runlock.RunLock(run_dir)
     held.acquire()
     try:
         proc = spawn(run_dir, resume=True)

@@ -21,7 +21,7 @@ import pytest
 
 from tests.conftest import BIN
 from tests.reliability.conftest import ENV, make_run, spawn, tiny_config, wait_event, wait_for
-from tunedeck.core import runs
+from tunedeck.core import checkpoint_files, runs
 
 pytestmark = [pytest.mark.reliability, pytest.mark.slow]
 
@@ -84,7 +84,7 @@ def test_sighup_keeps_a_foreground_run_training_to_done(tmp_path: Path, demo_mod
     events = runs.read_events(run_dir)
     assert events[-1]["type"] == "done" and events[-1]["step"] == ITERS, events[-3:]
     assert not any(e["type"] in ("stopped", "error") for e in events)
-    assert runs.verify_checkpoint(run_dir / "checkpoints" / f"step-{ITERS:06d}")
+    assert checkpoint_files.verify_checkpoint(run_dir / "checkpoints" / f"step-{ITERS:06d}")
     assert (run_dir / "adapters" / "adapters.safetensors").is_file()
     log = (run_dir / "train.log").read_text(encoding="utf-8", errors="replace")
     assert log.strip().splitlines()[-1] == str(run_dir)  # the CLI's last line went to train.log
@@ -109,4 +109,4 @@ def test_sighup_to_a_detached_run_does_not_stop_it_but_sigterm_still_does(tmp_pa
     assert code == 0, runs.tail_log(run_dir)
     stopped = runs.read_events(run_dir)[-1]
     assert stopped["type"] == "stopped" and stopped["signal"] == "SIGTERM"
-    assert runs.latest_checkpoint(run_dir).name == f"step-{stopped['step']:06d}"
+    assert checkpoint_files.latest_checkpoint(run_dir).name == f"step-{stopped['step']:06d}"

@@ -19,7 +19,7 @@ import pytest
 
 from tests.conftest import run_cli
 from tests.reliability.conftest import ENV, make_run, spawn, tmp_leftovers, wait_unlocked
-from tunedeck.core import runs
+from tunedeck.core import checkpoint_files, runs
 
 pytestmark = [pytest.mark.reliability, pytest.mark.slow]
 
@@ -103,7 +103,7 @@ def test_kill9_at_every_checkpoint_step_then_resume(tmp_path: Path, demo_model: 
             assert any("dead trainer" in w for w in warnings), warnings
             assert pending_warning == any("half-written leftover" in w for w in warnings), (pending_warning, warnings)
         # the state the kill left behind
-        newest = runs.latest_checkpoint(run_dir)
+        newest = checkpoint_files.latest_checkpoint(run_dir)
         leftovers = tmp_leftovers(run_dir)
         _adapters_consistent(run_dir)
         if on_time:
@@ -128,7 +128,7 @@ def test_kill9_at_every_checkpoint_step_then_resume(tmp_path: Path, demo_model: 
     assert last_start["resumed_from"] == committed
     assert events[-1]["type"] == "done" and events[-1]["step"] == iters
     assert not tmp_leftovers(run_dir)
-    assert runs.verify_checkpoint(run_dir / "checkpoints" / f"step-{iters:06d}")
+    assert checkpoint_files.verify_checkpoint(run_dir / "checkpoints" / f"step-{iters:06d}")
     assert (run_dir / "checkpoints" / "latest").read_text().strip() == f"step-{iters:06d}"
     model, tok = mlx_lm.load(str(demo_model), adapter_path=str(run_dir / "adapters"))
     assert isinstance(mlx_lm.generate(model, tok, prompt="hi", max_tokens=2), str)

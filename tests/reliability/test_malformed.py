@@ -19,7 +19,7 @@ import pytest
 from tests.conftest import run_cli, small_dataset
 from tests.reliability.conftest import cli, tiny_config, tree_bytes
 from tunedeck.core import config as C
-from tunedeck.core import events, runs
+from tunedeck.core import events
 
 pytestmark = pytest.mark.reliability
 

@@ -11,7 +11,7 @@ import mlx.core as mx
 import pytest
 
 from tests.reliability.conftest import cli, make_run, tiny_config, tmp_leftovers
-from tunedeck.core import runs
+from tunedeck.core import checkpoint_files, runs
 from tunedeck.core.trainer import Trainer
 
 pytestmark = [pytest.mark.reliability, pytest.mark.slow]
@@ -30,7 +30,7 @@ def test_non_finite_step_stops_the_run(tmp_path: Path, monkeypatch, method: str,
     assert "Last good checkpoint: step-000001" in msg
     if fault.startswith("inf"):
         assert "(inf)" in msg or "(-inf)" in msg or "(nan)" in msg
-    assert runs.latest_checkpoint(run_dir).name == "step-000001"
+    assert checkpoint_files.latest_checkpoint(run_dir).name == "step-000001"
     assert not (run_dir / "checkpoints" / "step-000002").exists() and not tmp_leftovers(run_dir)
     weights = mx.load(str(run_dir / "adapters" / "adapters.safetensors"))
     assert weights and all(bool(mx.all(mx.isfinite(v))) for v in weights.values())

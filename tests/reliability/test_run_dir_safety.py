@@ -14,8 +14,8 @@ import pytest
 
 from tests.conftest import BIN, run_cli
 from tests.reliability.conftest import ENV, make_run, spawn, tiny_config, tree_bytes, wait_event, wait_for
+from tunedeck.core import checkpoint_files, runs
 from tunedeck.core import config as C
-from tunedeck.core import runs
 
 pytestmark = pytest.mark.reliability
 
@@ -122,7 +122,7 @@ def test_removed_lock_lets_no_second_trainer_in(tmp_path: Path) -> None:
     events = runs.read_events(run_dir)
     assert events[-1]["type"] == "stopped" and not any(e["type"] == "error" for e in events)
     assert [e["type"] for e in events].count("start") == 1
-    latest = runs.latest_checkpoint(run_dir)
+    latest = checkpoint_files.latest_checkpoint(run_dir)
     assert latest is not None and latest.name == events[-1]["checkpoint"].split("/")[-1]
 
 

@@ -16,7 +16,7 @@ import pytest
 
 from tests.conftest import BIN
 from tests.reliability.conftest import ENV, make_run, spawn, tiny_config, wait_event, wait_for, wait_unlocked
-from tunedeck.core import runs
+from tunedeck.core import checkpoint_files, runs
 
 pytestmark = [pytest.mark.reliability, pytest.mark.slow]
 
@@ -40,7 +40,7 @@ def _assert_stopped(run_dir: Path, sig: signal.Signals) -> None:
     k = stopped["step"]
     assert 1 <= k < 40
     assert stopped["checkpoint"] == f"checkpoints/step-{k:06d}"
-    assert runs.latest_checkpoint(run_dir).name == f"step-{k:06d}"
+    assert checkpoint_files.latest_checkpoint(run_dir).name == f"step-{k:06d}"
     assert runs.run_info(run_dir).status == "stopped"
     assert not runs.is_locked(run_dir)
 

@@ -19,8 +19,8 @@ import pytest
 
 from tests.conftest import BIN, small_dataset
 from tests.reliability.conftest import ENV, cli, make_run, tiny_config, tmp_leftovers, tree_bytes
+from tunedeck.core import checkpoint_files, data, labels, runs
 from tunedeck.core import config as C
-from tunedeck.core import data, labels, runs
 from tunedeck.core.trainer import Trainer
 
 pytestmark = pytest.mark.reliability
@@ -108,7 +108,7 @@ def test_checkpoint_write_failure_leaves_the_run_failed_not_corrupt(tmp_path: Pa
     assert "Earlier checkpoints are intact" in last["message"] and "MB free" in last["message"]
     assert {k: (run_dir / k).read_bytes() for k in saved} == saved  # nothing saved before was touched
     assert not tmp_leftovers(run_dir)
-    assert runs.latest_checkpoint(run_dir).name == newest
+    assert checkpoint_files.latest_checkpoint(run_dir).name == newest
     info = runs.run_info(run_dir)
     assert info.status == "failed" and file in info.error
     if name == "optimizer-ENOSPC":  # space is back: the run resumes from its last good checkpoint and finishes

@@ -10,7 +10,7 @@ from textual.widgets import DataTable
 
 from tests.tui.conftest import make_train_workspace as make_workspace
 from tests.tui.conftest import open_app, text_of, wait_for
-from tunedeck.core import runs
+from tunedeck.core import checkpoint_files, runlock, runs
 from tunedeck.tui.screens.runs import RunsScreen
 from tunedeck.tui.screens.train import TrainScreen
 from tunedeck.tui.state import CONFIG_NAME
@@ -84,7 +84,7 @@ async def test_delete_asks_first_and_refuses_a_training_run(tmp_path: Path) -> N
     ws = make_workspace(tmp_path / "ws")
     done = fake_run(ws, "20260101-000001-kto", history("kto", 6, "done", 6))
     live = fake_run(ws, "20260101-000002-kto", history("kto", 6, None, 1))
-    lock = runs.RunLock(live)
+    lock = runlock.RunLock(live)
     lock.acquire()  # as a live trainer does
     try:
         app = open_app(ws)
@@ -125,4 +125,4 @@ async def test_resume_a_stale_run_for_real(tmp_path: Path, demo_model: Path) -> 
         await wait_for(pilot, lambda: train.status == "finished", 60, "the resumed run to finish")
     events = runs.read_events(stale)
     assert [e["type"] for e in events].count("start") == 2 and events[-1]["type"] == "done"
-    assert runs.latest_checkpoint(stale) is not None
+    assert checkpoint_files.latest_checkpoint(stale) is not None

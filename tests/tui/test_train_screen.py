@@ -11,9 +11,9 @@ import pytest
 from tests.conftest import run_cli
 from tests.tui.conftest import make_train_workspace as make_workspace
 from tests.tui.conftest import open_app, text_of, wait_for
-from tunedeck.core import forecast, runs
-from tunedeck.tui.app import TunedeckApp
+from tunedeck.core import checkpoint_files, forecast, runs
 from tunedeck.core.orchestrate import find_running
+from tunedeck.tui.app import TunedeckApp
 from tunedeck.tui.screens.train import KL_NOTE, TrainScreen
 from tunedeck.tui.state import CONFIG_NAME
 
@@ -129,7 +129,7 @@ async def test_attach_to_a_cli_detached_run_and_stop_it_from_the_ui(tmp_path: Pa
             await wait_for(pilot, lambda: screen.status == "stopped", 60, "the run to stop")
         events = runs.read_events(run_dir)
         assert events[-2]["type"] == "checkpoint" and events[-1]["type"] == "stopped"
-        assert runs.latest_checkpoint(run_dir) is not None
+        assert checkpoint_files.latest_checkpoint(run_dir) is not None
         assert not runs.is_locked(run_dir)
     finally:
         if runs.is_locked(run_dir):

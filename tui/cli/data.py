@@ -267,7 +267,7 @@ def cmd_audit(args: argparse.Namespace) -> int:
     top = args.top or (len(suspects) if args.json else AUDIT_TOP)
     if args.json:
         settings = {k: v for k, v in results.items() if k != "suspects"}
-        print(json.dumps({"audit_dir": str(audit_dir), **settings,
+        print(json.dumps({"audit_dir": str(audit_dir.resolve()), **settings,
                           "suspects": [{**s.to_json(), "preview": one_line(s.preview)} for s in suspects[:top]]},
                          ensure_ascii=False))
         return 0

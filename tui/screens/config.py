@@ -17,6 +17,7 @@ from textual.widgets import Footer, Header, Input, Select, Static, Switch, TextA
 
 from tunedeck.core import config as C
 from tunedeck.core import forecast
+from tunedeck.core.config_help import HELP
 from tunedeck.core.data import DataError, load, suggest_kto_weights
 
 from ..messages import ConfigApplied
@@ -63,7 +64,7 @@ class ConfigScreen(TunedeckScreen):
                     yield Static(f"[{section}]", classes="section-title", markup=False)
                     for key, type_ in C.FIELD_TYPES.items():
                         if key.startswith(section + "."):
-                            f = ConfigField(key, type_, C.CHOICES.get(key), C.HELP.get(key, ""), C.get_value(cfg, key))
+                            f = ConfigField(key, type_, C.CHOICES.get(key), HELP.get(key, ""), C.get_value(cfg, key))
                             self.fields[key] = f
                             yield f
             with Vertical(id="side"):

@@ -22,7 +22,7 @@ from textual.containers import Horizontal, Vertical, VerticalScroll
 from textual.widgets import Footer, Header, Label, ProgressBar, RichLog, Static
 from textual.worker import get_current_worker
 
-from tunedeck.core import forecast, runs
+from tunedeck.core import checkpoint_files, forecast, runs
 from tunedeck.core.config import Config
 from tunedeck.core.orchestrate import PreflightError, find_running, resume_run, start_run
 from tunedeck.core.progress import fmt_duration
@@ -107,7 +107,7 @@ class TrainScreen(TunedeckScreen):
                 yield PlotPanel("KTO rewards", plot_id="kto-plot", id="kto-panel")
                 yield PlotPanel("KL (policy vs reference)", plot_id="kl-plot", id="kl-panel")
                 yield Static(KL_NOTE, id="kl-note", markup=False)
-            yield SamplesPanel(id="samples")
+        yield SamplesPanel(id="samples")
         with Horizontal(id="train-bottom"):
             yield MemoryGauges(id="gauges")
             # min_width: lines wrap at the log's own width (RichLog's default, 78, cut them when narrower)
@@ -260,6 +260,7 @@ class TrainScreen(TunedeckScreen):
         self.query_one("#kl-note").display = kto and h.last.get("kl") == 0.0
         self.query_one(MemoryGauges).show(h.last, self._forecast_gb, self._budget_gb)
         self.query_one(SamplesPanel).show(h, self.sample_prompt)
+        self.set_class(bool(SamplesPanel.prompts(h)), "-samples")
         log = self.query_one(RichLog)
         while h.log:
             log.write(Text(display(h.log.popleft())))
@@ -321,7 +322,7 @@ class TrainScreen(TunedeckScreen):
         """The newest verified checkpoint of the attached run (verified once per run, status and checkpoint)."""
         key = (self._attach_id, self.status, self.history.checkpoint)
         if self._resume_point is None or self._resume_point[0] != key:
-            self._resume_point = (key, runs.latest_checkpoint(self.run_dir) if self.run_dir else None)
+            self._resume_point = (key, checkpoint_files.latest_checkpoint(self.run_dir) if self.run_dir else None)
         return self._resume_point[1]
 
     def _reference(self, status: str) -> dict[str, float | None] | None:

@@ -15,12 +15,13 @@ MARKS = {True: ("✓ call", "$success"), False: ("✗ call", "$error"), None: ("
 
 
 class SamplesPanel(VerticalScroll, can_focus=False):
-    """The selected prompt's question and its answers, oldest first; shown once a run has `sample` events.
-    Model output and questions are shown literally (never markup, control characters made visible)."""
+    """The selected prompt's question and its answers, oldest first; shown once a run has `sample` events (the
+    screen then has the class `-samples`). Model output and questions are shown literally (never markup, control characters made visible)."""
 
+    SCOPED_CSS = False  # the narrow rules follow the Train screen's classes
     DEFAULT_CSS = """
     SamplesPanel {
-        width: 1fr;
+        height: 10;
         border: round $panel;
         border-title-color: $text-muted;
         padding: 0 1;
@@ -29,8 +30,15 @@ class SamplesPanel(VerticalScroll, can_focus=False):
     SamplesPanel > Static {
         height: auto;
     }
-    .-narrow SamplesPanel {
-        height: 12;
+    /* Narrow (under 100 columns): the panel takes the event log's place once the run has samples */
+    TrainScreen.-narrow SamplesPanel {
+        height: 6;
+        border: none;
+        border-top: solid $panel;
+        border-title-align: left;
+    }
+    TrainScreen.-narrow.-samples #log {
+        display: none;
     }
     """
 
@@ -59,11 +67,11 @@ class SamplesPanel(VerticalScroll, can_focus=False):
             return
         self._shown = key
         self.border_title = f"Samples · prompt {selected % len(prompts) + 1}/{len(prompts)} · [ ] cycle"
-        parts: list[str | tuple[str, str]] = [(f"Q: {display(history.questions.get(prompt, ''))}\n", "$text-muted")]
+        parts: list[str | tuple[str, str]] = [(f"Q: {display(history.questions.get(prompt, ''))}", "$text-muted")]
         for a in answers:
             mark, style = MARKS[a.valid]
             tokens = f", {a.tokens} tokens" if a.tokens is not None else ""
-            parts += ["\n", (f"step {a.step}", "bold"), " ", (mark, style), (f"{tokens}\n", "$text-muted"),
-                      display(a.text) + "\n"]
+            parts += ["\n\n", (f"step {a.step}", "bold"), " ", (mark, style), (tokens, "$text-muted"), "\n",
+                      display(a.text)]
         self.query_one("#samples-text", Static).update(Content.assemble(*parts))
         self.scroll_end(animate=False)
