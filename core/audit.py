@@ -33,7 +33,7 @@ from pathlib import Path
 from typing import Any
 
 from . import events as ev
-from . import runs
+from . import runlock, runs
 from .audit_driver import START_TIMEOUT, STOP_TIMEOUT, read_state, spawn
 from .audit_plan import (
     DEFAULT_FOLDS,
@@ -205,7 +205,7 @@ def load_results(audit_dir: str | os.PathLike[str]) -> list[Suspect]:
 def stop_audit(audit_dir: str | os.PathLike[str], timeout: float = STOP_TIMEOUT) -> AuditStatus:
     """Ask the driver to stop (the fold being trained checkpoints first) and wait for it; start_audit resumes."""
     audit_dir = Path(audit_dir)
-    pid = runs.read_pid(audit_dir) if runs.is_locked(audit_dir) else None
+    pid = runlock.read_pid(audit_dir) if runs.is_locked(audit_dir) else None
     if pid is not None:
         try:
             os.kill(pid, signal.SIGTERM)

@@ -77,8 +77,8 @@ class Driver:
         lock = runlock.RunLock(self.audit_dir)
         try:
             lock.acquire(retries=1)
-        except runs.RunError:
-            print(f"audit: {self.audit_dir} already has a driver (pid {runs.read_pid(self.audit_dir)})", flush=True)
+        except runlock.RunError:
+            print(f"audit: {self.audit_dir} already has a driver (pid {runlock.read_pid(self.audit_dir)})", flush=True)
             return 1
         for sig in (signal.SIGTERM, signal.SIGINT):
             signal.signal(sig, self._on_signal)
@@ -131,7 +131,7 @@ class Driver:
                 return "failed", f"fold {fold}'s trainer exited at start" + (f": {tail[-1]}" if tail else "")
         while runs.is_locked(run_dir):
             if self.stop:
-                with contextlib.suppress(runs.RunError):
+                with contextlib.suppress(runlock.RunError):
                     runs.stop_run(run_dir, timeout=STOP_TIMEOUT)
             time.sleep(POLL)
         if pid is not None:

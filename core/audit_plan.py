@@ -220,7 +220,7 @@ def write_plan(audit_dir: Path, plan: Plan, ds: data.Dataset, cfg: Config) -> No
 def _prepare_fold(audit_dir: Path, fold: int, cfg: Config) -> None:
     """Fold `fold`'s run directory with its frozen config, unless an earlier start of this plan made it."""
     from .run_prep import prepare_run  # the model loader (MLX), only once an audit is really being made
-    from .runs import RunError
+    from .runlock import RunError
 
     run_dir = fold_dir(audit_dir, fold)
     if RunDir(run_dir).holds_run():

@@ -2,7 +2,7 @@
 
 `mlx_lm.load(dir)` loads it like any Hugging Face checkpoint (`model_type: "mistral"` maps to
 mlx-lm's llama implementation). "demo" (`model.path = "demo"`, the app, `tunedeck demo-model`) means
-the pre-trained one: the `nano` shape (0.9M parameters) trained from scratch for about two minutes of CPU
+the pre-trained one: the `nano` shape (0.9M parameters) trained from scratch for about two minutes on a 2-core CPU
 as a causal LM on every bundled conversation, desirable and undesirable alike, so that the base model
 already writes the data's tool calls most of the time and also imitates its mistakes. With
 TUNEDECK_DEMO_PRETRAINED=0 (the test suite) "demo" means the random-weight `tiny` shape, built in seconds.
@@ -29,7 +29,7 @@ from .progress import fmt_duration, write_soft
 
 Progress = Callable[[str], None]
 PRETRAINED_ENV = "TUNEDECK_DEMO_PRETRAINED"  # "0": "demo" means the random-weight model (seconds, for tests)
-DEMO_SIZE = "nano"  # the pre-trained demo model's shape (the only one RECIPE is tuned and timed for)
+DEMO_SIZE = "nano"  # the pre-trained shape: RECIPE is tuned and timed for it (tiny is ~2.6x slower a token)
 RANDOM_SIZE = "tiny"  # the random-weight model's default shape
 BAR_WIDTH = 24
 

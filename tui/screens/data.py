@@ -25,6 +25,7 @@ from tunedeck.core.template import TemplateError, encode_example
 
 from ..safe import display, plain
 from ..state import ModelStatus
+from ..widgets.audit_marks import AUDIT_BINDINGS, AUDIT_COLUMN, AuditMarks
 from ..widgets.example_view import ExampleView
 from ..widgets.problems_list import ProblemsList
 from ..widgets.split_bar import SplitBar
@@ -33,8 +34,8 @@ from ..widgets.token_view import TokenView
 from .base import TunedeckScreen
 
 FILTERS = ("all", "desirable", "undesirable", "flagged", "over-length")
-COLUMNS = (("#", "n"), ("label", "label"), ("turns", "turns"), ("tokens", "tokens"), ("prompt", "prompt"))
-NARROW_COLUMNS = ("n", "label", "tokens", "prompt")  # under WIDE cells: the prompt keeps the room
+COLUMNS = (("#", "n"), ("label", "label"), AUDIT_COLUMN, ("turns", "turns"), ("tokens", "tokens"), ("prompt", "prompt"))
+NARROW_COLUMNS = ("n", "label", "audit", "tokens", "prompt")  # under WIDE cells: the prompt keeps the room
 WIDE = 110
 MOVE = Binding.Group("move", compact=True)
 PROMPT_WORDS = 48
@@ -62,7 +63,7 @@ def _token_counts(tokenizer: Any, examples: list[Example]) -> tuple[list[int], l
     return [len(e.ids) for e in encoded], [e.completion_len for e in encoded]
 
 
-class DataScreen(TunedeckScreen):
+class DataScreen(AuditMarks, TunedeckScreen):
     """Dataset browser: split counts, a filterable example list and one example (or tokens/stats/problems)."""
 
     CSS_PATH = "data.tcss"
@@ -92,6 +93,7 @@ class DataScreen(TunedeckScreen):
                 tooltip="Validation problems (enter jumps to the example)"),
         Binding("escape", "back", "Back", show=False, id="data.back",
                 tooltip="Close the search or go back to the example"),
+        *AUDIT_BINDINGS,
     ]
 
     def __init__(self) -> None:
@@ -138,7 +140,7 @@ class DataScreen(TunedeckScreen):
 
     def _set_columns(self, width: int) -> bool:
         """Every column from WIDE cells on, else all but turns; whether they changed."""
-        columns = tuple(k for _, k in COLUMNS) if width >= WIDE else NARROW_COLUMNS
+        columns = self.audit_columns(tuple(k for _, k in COLUMNS) if width >= WIDE else NARROW_COLUMNS)
         if columns == self.columns:
             return False
         self.columns = columns
@@ -203,6 +205,7 @@ class DataScreen(TunedeckScreen):
             self.notify(f"{dropped} label edits were dropped: their lines changed on disk.", severity="warning")
         self._edits_changed()
         self._rebuild_rows()
+        self.look_up_audit(ds)
         self.query_one(ProblemsList).show(ds.problems)
         status = self.tapp.model_status
         if status.state == "ready":
@@ -264,7 +267,7 @@ class DataScreen(TunedeckScreen):
         number, turns, prompt = self.cells[i]
         tokens = Text("-" if self.token_counts is None else str(self.token_counts[i]), justify="right")
         cells = {"n": number, "label": self._label_cell(self.dataset.examples[i]), "turns": turns, "tokens": tokens,
-                 "prompt": prompt}
+                 "prompt": prompt, "audit": self.audit_cell(self.dataset.examples[i].line)}
         return tuple(cells[c] for c in self.columns)
 
     def _rebuild_rows(self) -> None:
@@ -272,7 +275,7 @@ class DataScreen(TunedeckScreen):
         table.clear()
         if self.dataset is None:
             return
-        visible = [i for i in range(len(self.dataset.examples)) if self._matches(i)]
+        visible = self.audit_order([i for i in range(len(self.dataset.examples)) if self._matches(i)])
         for i in visible:
             table.add_row(*self._row(i), key=str(i))
         if self.current in visible:
@@ -299,6 +302,7 @@ class DataScreen(TunedeckScreen):
                     parts += [" ", Content.from_markup(f"[underline @click=screen.set_filter('{name}')]{name}[/]")]
             if self.filter == "over-length" and self.token_counts is None:
                 parts.append(" (needs the tokenizer: loading…)")
+            parts += self.audit_parts()
             parts.append(plain(f" · search “{self.query_text}” (/)") if self.query_text else " · search (/)")
             if self.dataset is not None and self.dataset.skipped:
                 parts.append((f" · {self.dataset.skipped} set aside (p)", "bold $text-warning"))
