@@ -56,11 +56,17 @@ def load() -> list[float]:
     return [round(x, 2) for x in os.getloadavg()]
 
 
-def pretrained_demo() -> Path:
-    """The pre-trained demo model in the user cache, built here (with its progress on stderr) if needed."""
-    from tunedeck.core import demo
+def pretrained_demo(timeout: float) -> Path:
+    """The pre-trained demo model in the user cache, built if needed (its progress on stderr) in a child
+    process with OpenBLAS preloaded on a Linux CPU, as `tunedeck` itself runs (MLX is ~5x slower without)."""
+    from tunedeck.core import backend
 
-    return demo.ensure(random=False)
+    code = "from tunedeck.core import demo; print(demo.ensure(random=False))"
+    r = subprocess.run([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True, timeout=timeout,
+                       env=backend.subprocess_env())
+    if r.returncode != 0:
+        raise SystemExit(f"building the pre-trained demo model failed ({r.returncode})")
+    return Path(r.stdout.strip().splitlines()[-1])
 
 
 def cli(*args: str, timeout: float) -> subprocess.CompletedProcess[str]:
@@ -187,7 +193,7 @@ def main() -> int:
     seeds = [int(s) for s in args.seeds.split(",")]
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     t0, load_start = time.perf_counter(), load()
-    model = args.model or str(pretrained_demo())
+    model = args.model or str(pretrained_demo(args.timeout))
     build_s = round(time.perf_counter() - t0, 1)
     pretraining = Path(model) / "pretraining.json"
     with tempfile.TemporaryDirectory(prefix="tunedeck-demo-quality-") as tmp:

@@ -81,7 +81,7 @@ class Recipe:
     learning_rate: float = 3e-3
     warmup_steps: int = 20
     min_lr_ratio: float = 0.1
-    beta2: float = 0.95  # AdamW with bias correction; 0.999 learned the format in ~2x the steps
+    beta2: float = 0.95  # bias-corrected AdamW; MLX's default (0.999, uncorrected): 15 of 30 calls, not 24
     max_grad_norm: float = 1.0
 
 
