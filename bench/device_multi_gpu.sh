@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Data-parallel tunedeck on the GPUs of one NVIDIA host (NCCL through mlx.launch), against 1 GPU.
 # Prerequisite: the MLX CUDA wheels and tunedeck installed (../shared/device/README.md). Results go to $OUT.
-# The 7B-shape model is built once into $WS (bench: `tunedeck demo-model $WS/model-7b --size 7b`).
+# The 7B-shape model is built once into $WS (bench: `tunedeck demo-model $WS/model-7b --size 7b --random`).
 set -uo pipefail
 OUT=${OUT:-/tmp/bench-out}
 WS=${WS:-/tmp/tunedeck-multi}

@@ -1,6 +1,6 @@
 """Data-parallel scale-out: `tunedeck train --workers N` against one process at the same global batch.
 
-Builds the demo "small" model (~47M params; `tunedeck demo-model DIR --size small`), trains SFT on the
+Builds the demo "small" model (~47M params; `tunedeck demo-model DIR --size small --random`), trains SFT on the
 bundled sample data with the same config and global batch for each worker count, and reports trained
 tokens/s (median over the steps after --warmup, from the step events), wall time, the speedup over one
 worker, whether the per-step losses agree, and the machine's load average before and after each run
@@ -46,7 +46,7 @@ def load() -> list[float]:
 
 def build_model(size: str, dest: Path) -> Path:
     if not (dest / "config.json").is_file():
-        subprocess.run([str(BIN), "demo-model", str(dest), "--size", size], check=True, capture_output=True)
+        subprocess.run([str(BIN), "demo-model", str(dest), "--size", size, "--random"], check=True, capture_output=True)
     return dest
 
 

@@ -68,7 +68,7 @@ KNOWN_CONFIGS: dict[str, dict[str, Any]] = {
 def model_config_for(model_path: str) -> dict[str, Any] | None:
     """The config.json of a model without loading it: "demo", a local directory, or a known / cached HF id.
 
-    "demo" gives `core.demo.model_config("tiny")` (read from the built demo model when it exists, for
+    "demo" gives `core.demo.model_config` of its shape (read from the built demo model when it exists, for
     its exact vocabulary; never built here). A local directory gives its config.json, plus
     `_checkpoint_bytes` (its *.safetensors sizes). A Hugging Face id gives the config of KNOWN_CONFIGS
     or, if the model was downloaded, the cached config.json. Anything else: None.
@@ -84,7 +84,7 @@ def model_config_for(model_path: str) -> dict[str, Any] | None:
             if with_bytes:
                 with_bytes.setdefault("torch_dtype", "float32")
                 return with_bytes
-        return {**demo.model_config("tiny"), "torch_dtype": "float32"}
+        return {**demo.model_config(demo.default_size()), "torch_dtype": "float32"}
     p = Path(model_path).expanduser()
     if p.is_dir():
         return _read_dir_config(p)

@@ -102,8 +102,9 @@ def load_tokenizer(model: str, progress: Callable[[str], None]) -> Any:
     if model == C.DEMO_MODEL:
         from tunedeck.core import demo
 
-        progress("preparing the demo model (built once into the user cache)")
-        path = demo.ensure(progress=progress)
+        # the tokenizer only: the random-weight build has the same one, in seconds (no 2-minute pre-training)
+        progress("preparing the demo tokenizer (built once into the user cache)")
+        path = demo.ensure(progress=progress, random=True)
     else:
         from tunedeck.core.model import resolve_path
 
