@@ -2,7 +2,9 @@
 
 The template reproduces `core.template.MISTRAL_V3_CHAT_TEMPLATE` (Mistral-style chats with tool results):
 the system prompt (Ollama's ``.System``: every system message, joined by a blank line) goes before the
-last user message inside its ``[INST]``; an assistant turn is ``" " + content + EOS``; a tool result is
+last user message inside its ``[INST]``; an assistant turn is ``" " + content + EOS`` with the content's trailing
+spaces cut, as the Hugging Face template's ``rstrip(' ')`` (Go templates have no trim: the loop over the content's
+bytes keeps it up to its last non-space byte; ranging over an integer needs Go ≥ 1.22); a tool result is
 ``[TOOL_RESULTS] {"content": …}[/TOOL_RESULTS]``, its content embedded as-is when it is JSON text and as a
 JSON string otherwise. Two things Ollama does before a template runs make it differ from the Hugging
 Face rendering: it merges consecutive messages of one role with a blank line, and its ``json`` escapes
@@ -28,7 +30,10 @@ TEMPLATE = (
     '{{- if and (eq $i $last) $.System }}[INST] {{ $.System }}\n\n{{ $m.Content }}[/INST]'
     '{{- else }}[INST] {{ $m.Content }}[/INST]'
     '{{- end }}'
-    '{{- else if eq $m.Role "assistant" }} {{ $m.Content }}{EOS}'
+    '{{- else if eq $m.Role "assistant" }}{{ $text := "" }}{{ $kept := false }}'
+    '{{- range $j := len $m.Content }}{{ if $kept }}{{ $text = slice $m.Content 0 $j }}{{ end }}'
+    '{{- $kept = ne (index $m.Content $j) 32 }}{{ end }}'
+    '{{- if $kept }}{{ $text = $m.Content }}{{ end }} {{ $text }}{EOS}'
     '{{- else if eq $m.Role "tool" }}[TOOL_RESULTS] {"content": '
     '{{ if and $m.Content (or (eq (slice $m.Content 0 1) "{") (eq (slice $m.Content 0 1) "[")) }}'
     '{{ $m.Content }}{{ else }}{{ json $m.Content }}{{ end }}}[/TOOL_RESULTS]'

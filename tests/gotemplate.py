@@ -1,9 +1,11 @@
 """A small renderer for the subset of Go's text/template that tunedeck's Ollama TEMPLATE uses.
 
 Supported: text; actions with `{{-`/`-}}` whitespace trimming; `$x := pipeline`, `$x = pipeline`
-(assignment to an outer variable, as Go ≥ 1.11 allows); `range $i, $m := pipeline`; `if` / `else if` /
-`else` / `end`; field access (`.Messages`, `$.System`, `$m.Role`); string and integer literals;
-parenthesised calls of `eq`, `and`, `or`, `not`, `len`, `slice` and Ollama's `json`. Anything else raises.
+(assignment to an outer variable, as Go ≥ 1.11 allows); `range $i, $m := pipeline` and `range $i := N` over
+an integer (Go ≥ 1.22); `if` / `else if` / `else` / `end`; field access (`.Messages`, `$.System`, `$m.Role`);
+string, integer, `true` and `false` literals; parenthesised calls of `eq`, `ne`, `and`, `or`, `not`, `len`,
+`slice`, `index` and Ollama's `json`. Strings are Go's: `len`, `slice` and `index` count UTF-8 bytes (`index`
+gives a byte). Anything else raises.
 """
 
 from __future__ import annotations
@@ -59,7 +61,7 @@ def _block(pieces: list[tuple[str, str]], i: int) -> tuple[list[Any], int]:
             node, i = _if(pieces, i, text[3:])
             out.append(node)
         elif text.startswith("range "):
-            m = re.fullmatch(r"range\s+(\$\w+)\s*,\s*(\$\w+)\s*:=\s*(.+)", text, re.S)
+            m = re.fullmatch(r"range\s+(\$\w+)\s*(?:,\s*(\$\w+)\s*)?:=\s*(.+)", text, re.S)
             if not m:
                 raise ValueError(f"unsupported range: {text!r}")
             body, i = _block(pieces, i + 1)
@@ -141,11 +143,23 @@ def go_json(v: Any) -> str:
     return s.replace("<", "\\u003c").replace(">", "\\u003e").replace("&", "\\u0026")
 
 
+def _bytes(v: Any) -> Any:
+    return v.encode("utf-8", "surrogateescape") if isinstance(v, str) else v
+
+
+def _slice(v: Any, *ix: int) -> Any:
+    """Go's slice: of a string by byte offsets (a cut inside a character stays a cut, as in Go)."""
+    part = _bytes(v)[ix[0]:ix[1]] if len(ix) == 2 else _bytes(v)[ix[0]:]
+    return part.decode("utf-8", "surrogateescape") if isinstance(v, str) else part
+
+
 _FUNCS = {
     "eq": lambda a, *bs: any(a == b for b in bs),
+    "ne": lambda a, b: a != b,
     "not": lambda a: not _truth(a),
-    "len": len,
-    "slice": lambda s, *ix: s[ix[0]:ix[1]] if len(ix) == 2 else s[ix[0]:],
+    "len": lambda v: len(_bytes(v)),
+    "slice": _slice,
+    "index": lambda v, i: _bytes(v)[i],
     "json": go_json,
 }
 
@@ -186,6 +200,8 @@ def _eval(node: Any, scope: _Scope, dot: Any) -> Any:
             return _field(scope.lookup(var), rest.split(".") if rest else [])
         if name.startswith("."):
             return _field(dot, name[1:].split("."))
+        if name in ("true", "false"):
+            return name == "true"
         raise ValueError(f"unsupported name {name!r}")
     fn, args = node[1], node[2]
     if fn == "and":
@@ -232,8 +248,10 @@ def _run(nodes: list[Any], scope: _Scope, dot: Any, out: list[str]) -> None:
                 scope.vars.pop()
         elif kind == "range":
             (ivar, vvar), items = node[1], _eval(node[2], scope, dot)
+            if isinstance(items, int) and not isinstance(items, bool):
+                items = range(items)
             for i, item in enumerate(items or []):
-                scope.vars.append({ivar: i, vvar: item})
+                scope.vars.append({ivar: i, vvar: item} if vvar else {ivar: item})
                 _run(node[3], scope, item, out)
                 scope.vars.pop()
 

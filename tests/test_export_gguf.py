@@ -180,8 +180,6 @@ def _modelfile(path: Path) -> tuple[str, dict[str, list[str]]]:
     return m.group(1), params
 
 
-@pytest.mark.xfail(strict=True, reason="known gap: the HF template trims an assistant answer's trailing space "
-                   "('sprouted, </s>' vs 'sprouted,</s>'); the Modelfile's Go template does not yet")
 @pytest.mark.parametrize("tokenizer", ["demo", "mistral-v3"])
 def test_ollama_modelfile_renders_like_the_hf_template(runs: dict[str, Path], demo_model: Path, v3_model: Path,
                                                        tokenizer: str, tmp_path: Path) -> None:
@@ -197,3 +195,15 @@ def test_ollama_modelfile_renders_like_the_hf_template(runs: dict[str, Path], de
     for ex in load(SAMPLE).examples:
         assert bos + _ollama_render(template, ex.messages) == render_chat(hf, ex.messages, False)
         assert bos + _ollama_render(template, ex.prompt) == render_chat(hf, ex.prompt, True)
+
+
+@pytest.mark.parametrize("answer", ["sprouted, ", "café  ", "   ", "", "a b", "ends in é", "tab\\t "])
+def test_ollama_template_cuts_trailing_spaces_as_the_hf_template(demo_model: Path, answer: str) -> None:
+    """The Go template cuts an answer's trailing spaces (only spaces, byte-wise, never inside a character) as the
+    HF template's rstrip(' ') does."""
+    from tunedeck.core import ollama
+
+    hf = _hf(demo_model)
+    template = ollama.template_for(hf, add_bos=False)
+    messages = [{"role": "user", "content": "hi"}, {"role": "assistant", "content": answer.replace("\\t", "\t")}]
+    assert _ollama_render(template, messages) == render_chat(hf, messages, False)
