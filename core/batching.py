@@ -205,7 +205,9 @@ class BatchPlan:
             n_u = int(np.clip(round(batch_size * (~labels).mean()), 1, batch_size - 1))
             self.groups = [(np.flatnonzero(labels), batch_size - n_u), (np.flatnonzero(~labels), n_u)]
         else:
+            n_u = 0
             self.groups = [(np.arange(n), batch_size)]
+        self.undesirable_per_batch = n_u  # KTO: undesirable examples in every micro-batch (0: one class)
         self.batches_per_epoch = min(len(idx) // k for idx, k in self.groups)
         self._epoch = lru_cache(maxsize=2)(self._plan)
 
@@ -241,10 +243,25 @@ class BatchPlan:
         return self._epoch(epoch)[i]
 
 
-def eval_batches(lengths: np.ndarray, batch_size: int, limit: int = 0) -> list[np.ndarray]:
-    """Fixed validation batches, sorted by length (the last one may be smaller); `limit` > 0 caps them."""
+def eval_batches(lengths: np.ndarray, batch_size: int, limit: int = 0,
+                 labels: np.ndarray | None = None) -> list[np.ndarray]:
+    """Fixed validation batches, sorted by length (the last one may be smaller); `limit` > 0 caps them.
+
+    With `labels` (KTO) every batch holds both classes in the split's proportion, as training batches do:
+    each class sorted by length is cut into as many near-equal runs as there are batches and the i-th runs
+    of the two classes make batch i (long with long). So any subset of batches, as `limit` picks, has the
+    split's mix, and validation numbers compare with training's.
+    """
     order = np.argsort(lengths, kind="stable")
-    batches = [order[i : i + batch_size] for i in range(0, len(order), batch_size)]
+    if labels is None or labels.all() or not labels.any():
+        batches = [order[i : i + batch_size] for i in range(0, len(order), batch_size)]
+    else:
+        by_class = [order[labels[order]], order[~labels[order]]]
+        n = -(-len(order) // batch_size)
+        while sum(-(-len(c) // n) for c in by_class) > batch_size:  # the largest batch fits batch_size
+            n += 1
+        runs = [np.array_split(c, n) for c in by_class]
+        batches = [np.concatenate([d, u]) for d, u in zip(*runs)]
     if limit > 0 and len(batches) > limit:
         pick = np.linspace(0, len(batches) - 1, limit).round().astype(int)
         batches = [batches[i] for i in pick]

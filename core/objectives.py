@@ -132,6 +132,11 @@ class Objective(ABC):
         """How core.batching.tokenize pairs the `split`'s KL partners (None: its default)."""
         return None
 
+    def eval_batches(self, seqs: Sequences) -> list[np.ndarray]:
+        """The validation batches (train.eval_batches of them when > 0)."""
+        t = self.cfg.train
+        return eval_batches(seqs.lengths, t.batch_size, t.eval_batches)
+
     @property
     def dropout(self) -> bool:
         """Whether lora.dropout applies while training."""
@@ -270,11 +275,13 @@ class KTO(Objective):
 
     kto = True
     uses_reference = True
-    EVAL_SUMS = 7  # Σ loss, examples, Σ chosen rewards, #chosen, Σ rejected rewards, #rejected, #agreeing
+    # Σ loss, examples, Σ chosen rewards, #chosen, Σ rejected rewards, #rejected, #agreeing, Σ loss of each class
+    EVAL_SUMS = 9
 
     def __init__(self, cfg: Config, group: mx.distributed.Group | None = None) -> None:
         super().__init__(cfg, group)
         self.kl_pairs = cfg.kto.loss_type == "kto"
+        self.undesirable_share = 0.0  # of a training micro-batch (set by `plan`): weights val_loss as training's
 
     def select(self, train: list[Example], valid: list[Example]) -> tuple[list[Example], list[Example], list[str]]:
         nd, k = sum(e.label for e in train), self.cfg.kto
@@ -285,7 +292,14 @@ class KTO(Objective):
         """Both classes in every micro-batch; with kto.kl_pairs = "batch" the same micro-batches every epoch
         (their KL pairs are fixed, so the reference log-probs are computed once), in a new order each epoch."""
         c = self.cfg
-        return BatchPlan(seqs.lengths, seqs.labels, c.train.batch_size, c.train.seed, fixed=c.kto.kl_pairs == "batch")
+        plan = BatchPlan(seqs.lengths, seqs.labels, c.train.batch_size, c.train.seed, fixed=c.kto.kl_pairs == "batch")
+        self.undesirable_share = plan.undesirable_per_batch / c.train.batch_size
+        return plan
+
+    def eval_batches(self, seqs: Sequences) -> list[np.ndarray]:
+        """Stratified: every batch holds both classes in the validation split's proportion."""
+        t = self.cfg.train
+        return eval_batches(seqs.lengths, t.batch_size, t.eval_batches, labels=seqs.labels)
 
     def pairing(self, split: str) -> Callable[[Sequences], np.ndarray] | None:
         """kto.kl_pairs = "batch": TRL's rotation inside each micro-batch of the plan (training) or of the
@@ -295,8 +309,7 @@ class KTO(Objective):
             return None
         if split == "train":
             return lambda seqs: rotation(self.plan(seqs).batches(), len(seqs), c.train.seed)
-        return lambda seqs: rotation(eval_batches(seqs.lengths, c.train.batch_size, c.train.eval_batches), len(seqs),
-                                     c.train.seed + 1)
+        return lambda seqs: rotation(self.eval_batches(seqs), len(seqs), c.train.seed + 1)
 
     @property
     def dropout(self) -> bool:
@@ -336,12 +349,21 @@ class KTO(Objective):
         mx.eval(losses, rewards)
         rw, d = np.array(rewards, dtype=np.float64), np.array(batch.desirable, dtype=bool)
         agree = (rw[d] > 0).sum() + (rw[~d] < 0).sum()  # the sign says the label (a reward of 0 says neither)
-        return np.array([losses.sum().item(), len(d), rw[d].sum(), d.sum(), rw[~d].sum(), (~d).sum(), agree])
+        ls = np.array(losses, dtype=np.float64)
+        return np.array([ls.sum(), len(d), rw[d].sum(), d.sum(), rw[~d].sum(), (~d).sum(), agree, ls[d].sum(),
+                         ls[~d].sum()])
 
     def eval_fields(self, sums: np.ndarray) -> dict[str, float]:
+        """val_loss weights the two classes' mean losses as a training micro-batch holds them (so it compares
+        with the training loss whatever the validation split's mix); the per-class losses beside it."""
         rc = float(sums[2] / sums[3]) if sums[3] else math.nan
         rr = float(sums[4] / sums[5]) if sums[5] else math.nan
-        return {**super().eval_fields(sums), "val_rewards_chosen": rc, "val_rewards_rejected": rr, "val_margin": rc - rr,
+        ld = float(sums[7] / sums[3]) if sums[3] else math.nan
+        lu = float(sums[8] / sums[5]) if sums[5] else math.nan
+        w = self.undesirable_share
+        loss = (1 - w) * ld + w * lu if sums[3] and sums[5] and w else float(sums[0] / max(sums[1], 1))
+        return {"val_loss": loss, "val_loss_desirable": ld, "val_loss_undesirable": lu, "val_rewards_chosen": rc,
+                "val_rewards_rejected": rr, "val_margin": rc - rr,
                 "val_reward_accuracy": float(sums[6] / sums[1]) if sums[1] else math.nan}
 
 

@@ -28,7 +28,7 @@ import mlx.core as mx
 import numpy as np
 
 from . import backend, checkpoints, collective, data, faults, memory, objectives, run_prep, runlock, runs, samples
-from .batching import BatchPlan, Sequences, eval_batches, tokenize
+from .batching import BatchPlan, Sequences, tokenize
 from .config import Config
 from .config import load as load_config
 from .model import Loaded, ModelError, load_for_training
@@ -245,7 +245,8 @@ class Trainer:
         try:
             done, hit = reference_pass(loaded.model, {"train": train, "valid": valid}, c.train.batch_size * 2,
                                        self.run_dir, ident, group=self.world, report=self._report_reference,
-                                       between=self._reference_between, warn=self._warn)
+                                       between=self._reference_between, warn=self._warn,
+                                       stepwise=c.train.grad_checkpoint)
         except ReferenceStopped:
             return None
         return done, {"reference_cached": hit, "reference_seconds": round(time.perf_counter() - t0, 2)}
@@ -378,9 +379,10 @@ class Trainer:
         model, was_training = step.model, step.model.training
         model.eval()
         sums = np.zeros(self.objective.EVAL_SUMS)
-        batches = eval_batches(seqs.lengths, self.cfg.train.batch_size, self.cfg.train.eval_batches)
-        for idx in batches[self.rank :: self.size]:
-            sums += self.objective.eval_sums(model, step.batch(seqs, idx, ref, shard=False))
+        batches = self.objective.eval_batches(seqs)
+        with step.evaluating():
+            for idx in batches[self.rank :: self.size]:
+                sums += self.objective.eval_sums(model, step.batch(seqs, idx, ref, shard=False))
         model.train(was_training)
         return self.objective.eval_fields(self._sum(sums))
 

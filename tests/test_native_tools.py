@@ -3,6 +3,7 @@ assistant turn trained in SFT (issue 19)."""
 
 from __future__ import annotations
 
+import functools
 import json
 from pathlib import Path
 
@@ -143,12 +144,19 @@ def mistral(tmp_path_factory):
     return AutoTokenizer.from_pretrained(str(template.write_mistral_v3_tokenizer(tmp_path_factory.mktemp("m"))))
 
 
+@functools.cache
+def _mistral_common_tokenizer():
+    """mistral-common's v3 tokenizer, loaded once (loading it is most of an encoding's cost)."""
+    from mistral_common.tokens.tokenizers.mistral import MistralTokenizer
+
+    return MistralTokenizer.from_file(str(template.mistral_v3_model_path()))
+
+
 def mistral_common_ids(messages: list[dict], tools: list[dict] | None) -> list[int]:
     """mistral-common's own encoding (InstructRequest with available_tools, ToolCalls, ToolMessages)."""
     from mistral_common.protocol.instruct.messages import AssistantMessage, ToolMessage, UserMessage
     from mistral_common.protocol.instruct.request import InstructRequest
     from mistral_common.protocol.instruct.tool_calls import Function, FunctionCall, Tool, ToolCall
-    from mistral_common.tokens.tokenizers.mistral import MistralTokenizer
 
     out, system = [], []
     for m in messages:
@@ -166,7 +174,7 @@ def mistral_common_ids(messages: list[dict], tools: list[dict] | None) -> list[i
         else:
             out.append(AssistantMessage(content=m["content"]))
     available = [Tool(function=Function(**t["function"])) for t in tools] if tools else None
-    inner = MistralTokenizer.from_file(str(template.mistral_v3_model_path())).instruct_tokenizer
+    inner = _mistral_common_tokenizer().instruct_tokenizer
     request = InstructRequest(messages=out, available_tools=available, system_prompt="\n\n".join(system) or None)
     return inner.encode_instruct(request).tokens
 

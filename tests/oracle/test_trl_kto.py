@@ -418,7 +418,7 @@ def test_sft_one_batch_matches_trl(setup, demo_model):
     from tunedeck.core.step import TrainStep
 
     tmp = setup["tmp"]
-    (a0, _), (a1, a1_peft) = setup["adapters"]["a0"], setup["adapters"]["a1"]
+    a1, a1_peft = setup["adapters"]["a1"]
     cfg_path = _config(tmp, demo_model, setup["data"], "sft", "kto", a1, 1)
     cfg = load(prepare_run(load(cfg_path)[0], cfg_path, tmp / "runs-sft") / "config.toml")[0]
     loaded = load_for_training(cfg.model, cfg.lora, "float32", 0)
