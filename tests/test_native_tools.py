@@ -327,7 +327,7 @@ def test_native_data_trains_on_the_demo_model(tmp_path, demo_model, method):
     from tunedeck.core import config as C
     from tunedeck.core import runs
 
-    lines = NATIVE.read_text(encoding="utf-8").splitlines(keepends=True)[:32]
+    lines = NATIVE.read_text(encoding="utf-8").splitlines(keepends=True)[:16]  # both labels; long tool prompts
     (tmp_path / "data.jsonl").write_text("".join(lines), encoding="utf-8")
     (tmp_path / "schemas.json").write_text(json.dumps(TOOLS), encoding="utf-8")
     cfg = C.preset("demo", str(tmp_path / "data.jsonl"))
@@ -339,8 +339,8 @@ def test_native_data_trains_on_the_demo_model(tmp_path, demo_model, method):
     C.save(cfg, tmp_path / "t.toml")
     r = run_cli("data", "check", str(tmp_path / "data.jsonl"), "--json")
     st = json.loads(r.stdout)
-    assert (st["ok"], st["total"], st["native_tool_calls"]) == (True, 32, sum(
-        len(m.get("tool_calls", ())) for e in data.load(NATIVE).examples[:32] for m in e.messages))
+    assert (st["ok"], st["total"], st["native_tool_calls"]) == (True, 16, sum(
+        len(m.get("tool_calls", ())) for e in data.load(NATIVE).examples[:16] for m in e.messages))
     r = run_cli("train", str(tmp_path / "t.toml"), "--run-dir", str(tmp_path / "run"), "--quiet", timeout=600)
     assert r.returncode == 0, r.stderr + runs.tail_log(tmp_path / "run", 40)
     steps = [e for e in runs.read_events(tmp_path / "run") if e["type"] == "step"]
