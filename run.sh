@@ -11,6 +11,9 @@ PY=${PYTHON:-python3}
 VENV="$ROOT/.venv"
 
 say() { echo "run.sh: $*" >&2; }
+# llama-cpp-python's build: portable (no -march=native), the library only (no tools, examples, tests, server, mtmd)
+LLAMA_CMAKE_ARGS="-DGGML_NATIVE=OFF -DLLAVA_BUILD=OFF -DLLAMA_BUILD_TESTS=OFF -DLLAMA_BUILD_EXAMPLES=OFF"
+LLAMA_CMAKE_ARGS+=" -DLLAMA_BUILD_TOOLS=OFF -DLLAMA_BUILD_SERVER=OFF"
 
 system_packages() {
   # OpenBLAS makes float32 training ~30x faster on Linux CPUs; tmux is used by the terminal tests.
@@ -65,21 +68,23 @@ link_commands() {
 }
 
 setup() {
-  # $1: the extras to install. The app needs none; the tests and the static checks add pytest, ruff and
-  # torch + TRL (the oracle tests). llama-cpp-python (the GGUF check) is built only on request: README.
+  # $1: the extras to install. The app needs none; the tests and the static checks add pytest, ruff,
+  # torch + TRL (the oracle tests) and llama-cpp-python (the GGUF check; llama.cpp compiles from source:
+  # only its library, for any x86-64/arm64 CPU; TUNEDECK_LLAMA_CMAKE_ARGS adds cmake flags, e.g. CI's -O0).
   local extras="$1" stamp="$VENV/.tunedeck-installed${1:+-${1//,/-}}"
   if [ -f "$stamp" ] && [ "$stamp" -nt "$ROOT/pyproject.toml" ] && [ "$stamp" -nt "$ROOT/constraints.txt" ]; then return 0; fi
   if [ -z "$extras" ]; then
     say "first-time set-up in $VENV (usually 1.5-2 minutes; later starts skip it)"
   else
-    say "set-up for the tests in $VENV: pytest, ruff, and torch + TRL + PEFT for the oracle tests (about 3 minutes;" \
-        "later runs skip it)"
+    say "set-up for the tests in $VENV: pytest, ruff, torch + TRL + PEFT for the oracle tests, and llama.cpp" \
+        "(llama-cpp-python, compiled here) for the GGUF checks (about 10 minutes on 2 cores; later runs skip it)"
   fi
   system_packages
   if [ ! -x "$VENV/bin/python" ]; then say "creating the virtual environment"; "$PY" -m venv "$VENV"; fi
   say "installing tunedeck${extras:+ [$extras]} and its dependencies (mlx, mlx-lm, textual, ... pinned by constraints.txt)"
   "$VENV/bin/python" -m pip install -q --upgrade pip >/dev/null 2>&1 || true
-  if ! CMAKE_ARGS="-DGGML_NATIVE=OFF" CMAKE_BUILD_PARALLEL_LEVEL="$(getconf _NPROCESSORS_ONLN 2>/dev/null || echo 2)" \
+  if ! CMAKE_ARGS="$LLAMA_CMAKE_ARGS ${TUNEDECK_LLAMA_CMAKE_ARGS:-}" \
+      CMAKE_BUILD_PARALLEL_LEVEL="$(getconf _NPROCESSORS_ONLN 2>/dev/null || echo 2)" \
       "$VENV/bin/python" -m pip install -q --disable-pip-version-check -c "$ROOT/constraints.txt" -e "$ROOT${extras:+[$extras]}" \
       2> >(grep -v "^WARNING: Location .* is ignored" >&2); then
     say "pip install failed (see above)"; exit 1
@@ -111,7 +116,7 @@ lint() {
 lock() {
   local scratch; scratch=$(mktemp -d)
   "$PY" -m venv "$scratch/venv"
-  CMAKE_ARGS="-DGGML_NATIVE=OFF" CMAKE_BUILD_PARALLEL_LEVEL="$(getconf _NPROCESSORS_ONLN 2>/dev/null || echo 2)" \
+  CMAKE_ARGS="$LLAMA_CMAKE_ARGS" CMAKE_BUILD_PARALLEL_LEVEL="$(getconf _NPROCESSORS_ONLN 2>/dev/null || echo 2)" \
     "$scratch/venv/bin/python" -m pip install -q "$ROOT[test,lint,verify,oracle]"
   { sed -n '1,2p' "$ROOT/constraints.txt"; "$scratch/venv/bin/python" -m pip freeze | grep -v -E '^(-e |tunedeck)'; } > "$ROOT/constraints.txt.new"
   mv "$ROOT/constraints.txt.new" "$ROOT/constraints.txt"
@@ -123,7 +128,7 @@ case "${1:-}" in
   lock) shift; lock; exit ;;
 esac
 case "${1:-}" in
-  test|lint) setup "test,lint,oracle" ;;
+  test|lint) setup "test,lint,oracle,verify" ;;
   *) setup "" ;;
 esac
 link_commands
