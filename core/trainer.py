@@ -245,8 +245,7 @@ class Trainer:
         try:
             done, hit = reference_pass(loaded.model, {"train": train, "valid": valid}, c.train.batch_size * 2,
                                        self.run_dir, ident, group=self.world, report=self._report_reference,
-                                       between=self._reference_between, warn=self._warn,
-                                       stepwise=c.train.grad_checkpoint)
+                                       between=self._reference_between, warn=self._warn)
         except ReferenceStopped:
             return None
         return done, {"reference_cached": hit, "reference_seconds": round(time.perf_counter() - t0, 2)}
