@@ -379,9 +379,8 @@ class Trainer:
         model.eval()
         sums = np.zeros(self.objective.EVAL_SUMS)
         batches = self.objective.eval_batches(seqs)
-        with step.evaluating():
-            for idx in batches[self.rank :: self.size]:
-                sums += self.objective.eval_sums(model, step.batch(seqs, idx, ref, shard=False))
+        for idx in batches[self.rank :: self.size]:
+            sums += self.objective.eval_sums(model, step.batch(seqs, idx, ref, shard=False))
         model.train(was_training)
         return self.objective.eval_fields(self._sum(sums))
 
