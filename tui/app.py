@@ -10,13 +10,14 @@ from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any, NoReturn
 
-from textual import work
+from textual import events, work
 from textual.app import App, ComposeResult, SystemCommand
 from textual.binding import Binding
 from textual.reactive import var
 from textual.screen import Screen
 from textual.signal import Signal
 from textual.widgets import Header
+from textual.worker import WorkerState
 
 from tunedeck.core import config as C
 from tunedeck.core.demo import sample_dataset
@@ -41,6 +42,7 @@ from .state import CONFIG_NAME, AppState, ModelStatus
 from .widgets.screen_tabs import ScreenTabs
 
 SCREENSHOTS = "screenshots"  # under the workspace: where the palette's Screenshot saves
+WARM_AFTER_IDLE = 2.0  # seconds without input before the app builds the Config screen ahead of its first visit
 HEADER_FIELDS = frozenset({"data_path", "model", "active_run", "adopted_run"})  # the AppState fields the header shows
 
 
@@ -169,6 +171,24 @@ class TunedeckApp(App[int]):
         self.theme_changed_signal.subscribe(self, self._remember_theme)
         self.mode_change_signal.subscribe(self, lambda _mode: self._refresh_header())
         self._refresh_header()
+        self._last_input = time.monotonic()
+        self._warm_timer = self.set_interval(WARM_AFTER_IDLE / 2, self._warm_config)
+
+    async def on_event(self, event: events.Event) -> None:
+        if isinstance(event, (events.Key, events.MouseDown)):
+            self._last_input = time.monotonic()
+        await super().on_event(event)
+
+    def _warm_config(self) -> None:
+        """Build the Config screen once the user pauses: its form is ~240 widgets (seconds on a slow, busy CPU),
+        so its first visit becomes a switch to a built screen. Textual builds a mode's screen in `_init_mode`,
+        which `switch_mode` calls on a first visit; the screen is not shown until then."""
+        if "config" in self._screen_stacks:
+            self._warm_timer.stop()
+        elif (time.monotonic() - self._last_input >= WARM_AFTER_IDLE and len(self.screen_stack) == 1
+              and not any(w.state == WorkerState.RUNNING for w in self.workers)):
+            self._warm_timer.stop()
+            self._init_mode("config")
 
     def _remember_theme(self, theme: Any) -> None:
         try:

@@ -12,7 +12,8 @@ from tunedeck.themes import THEMES
 
 
 class TunedeckCommands(Provider):
-    """Every screen switch, every action bound on the screen the palette was opened from, and the themes."""
+    """Every screen switch, every action bound on the screen the palette was opened from (and the screen's
+    `PALETTE` of (title, help, action) commands that have no key), and the themes."""
 
     def _commands(self) -> list[tuple[str, str, Callable[[], object]]]:
         app, screen = self.app, self.screen
@@ -27,6 +28,8 @@ class TunedeckCommands(Provider):
                 seen.add(binding.action)
                 out.append((f"{name}: {binding.description}", binding.tooltip,
                             partial(app.run_action, binding.action, screen)))
+        for title, help_text, action in getattr(screen, "PALETTE", ()):  # a screen's commands without a key
+            out.append((f"{name}: {title}", help_text, partial(app.run_action, action, screen)))
         for theme in THEMES:
             out.append((f"Theme: {theme.name}", "Switch to this theme (remembered)",
                         partial(setattr, app, "theme", theme.name)))

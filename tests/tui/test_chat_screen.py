@@ -133,3 +133,20 @@ async def test_real_adapter_streams_and_compares_with_the_base(tmp_path: Path, d
         assert base_texts == ["hi", base_texts[1]] and first not in base_texts
         assert [m["role"] for m in screen.histories["base"]] == ["user", "assistant"]
         assert screen.histories["base"][1]["content"] == base_texts[1] != adapter_texts[3]
+
+
+async def test_run_selector_names_a_run_readably_at_80_columns(tmp_path: Path) -> None:
+    from tests.tui.conftest import screen_text
+    from tunedeck.tui.screens.chat import run_label
+
+    assert run_label("20260101-000001-kto") == "01-01 00:00 kto" and run_label("my-run") == "my-run"
+    ws = make_workspace(tmp_path / "ws")
+    run = ws / "runs" / "20260101-000001-kto"
+    (run / "adapters").mkdir(parents=True)
+    (run / "config.toml").write_text((ws / "tunedeck.toml").read_text())
+    (run / "adapters" / "adapters.safetensors").write_bytes(b"")
+    app = open_app(ws)
+    async with app.run_test(size=(80, 24)) as pilot:
+        await open_chat(app, pilot)
+        await wait_for(pilot, lambda: "01-01 00:00 kto · adapters" in screen_text(app), what="the run's name")
+        assert "max" in screen_text(app) and "256" in screen_text(app)

@@ -197,3 +197,23 @@ async def test_a_learning_rate_that_underflows_is_refused_in_the_form(tmp_path: 
         await type_into(pilot, screen, "train.learning_rate", "2e-5")
         await settle(app, pilot)
         assert message(screen, "train.learning_rate") == "" and app.state.config.train.learning_rate == 2e-5
+
+
+async def test_tab_moves_focus_without_rebuilding_the_footer(tmp_path: Path) -> None:
+    """Textual's Footer rebuilds itself (and re-lays out the whole form) on every change of focus; the keys a text
+    field takes for typing are dimmed in place instead."""
+    from textual.widgets._footer import FooterKey
+
+    app = make_app(make_workspace(tmp_path / "ws"))
+    async with app.run_test(size=(120, 40)) as pilot:
+        screen = await open_config(app, pilot)
+        screen.query("ConfigField Input").first().focus()
+        await settle(app, pilot)
+        keys = {id(k): k for k in screen.query(FooterKey)}
+        assert "w" in {k.key for k in keys.values()}
+        for _ in range(8):  # through Inputs, Selects and a Switch
+            await pilot.press("tab")
+            await pilot.pause()
+            assert {id(k) for k in screen.query(FooterKey)} == set(keys)
+            in_text_field = isinstance(app.focused, Input)
+            assert next(k for k in keys.values() if k.key == "w").has_class("-disabled") == in_text_field

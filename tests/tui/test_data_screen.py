@@ -252,3 +252,49 @@ async def test_themes_render_the_data_screen(tmp_path: Path, theme: str) -> None
         app.theme = theme
         await pilot.pause()
         assert "desirable" in screen_text(app)
+
+
+PONDS = [record(f"question {n}" + (" about ponds" if n % 2 else ""), f"answer {n}") for n in range(1, 9)]
+
+
+def shown_matches(app) -> list[str]:
+    """The highlighted stretches of the example pane's text."""
+    from tunedeck.tui.widgets.example_view import MATCH_STYLE
+
+    content = app.screen.query_one("#example-body").content
+    return [content.plain[s.start:s.end] for s in content.spans if s.style == MATCH_STYLE]
+
+
+async def test_search_highlights_matches_and_n_moves_between_them(tmp_path: Path) -> None:
+    app = make_app(make_workspace(tmp_path / "ws", lines=PONDS))
+    async with app.run_test(size=(100, 30)) as pilot:
+        await settle(app, pilot)
+        await pilot.press("slash", *"PONDS")
+        await wait_for(pilot, lambda: rows(app) == [0, 2, 4, 6], what="the matching examples")
+        await pilot.press("enter")  # the search stays on, the list gets the keys
+        await pilot.pause()
+        assert app.state.current_example.line == 1 and shown_matches(app) == ["ponds"]
+        await pilot.press("n")
+        await pilot.pause()
+        assert app.state.current_example.line == 3 and shown_matches(app) == ["ponds"]
+        await pilot.press("N", "N")  # back to the first, then round to the last
+        await pilot.pause()
+        assert app.state.current_example.line == 7
+        await pilot.press("escape")  # clears the search although its field is closed
+        await wait_for(pilot, lambda: rows(app) == list(range(8)), what="every example again")
+        assert app.state.current_example.line == 7  # the cursor stays on the example when the list widens
+        assert shown_matches(app) == [] and "search (/)" in screen_text(app)
+
+
+async def test_filters_from_the_palette(tmp_path: Path) -> None:
+    app = make_app(make_workspace(tmp_path / "ws", lines=MIXED))
+    async with app.run_test(size=(100, 30)) as pilot:
+        await settle(app, pilot)
+        await pilot.press("j", "j")  # the third example: desirable
+        await pilot.pause()
+        await pilot.press("ctrl+p", *"Filter undesirable")
+        await wait_for(pilot, lambda: "Data: Filter undesirable" in screen_text(app), what="the palette's command")
+        await pilot.press("enter")
+        await wait_for(pilot, lambda: rows(app) == [1, 3], what="the undesirable examples")
+        await pilot.press("ctrl+p", *"Filter all", "enter")
+        await wait_for(pilot, lambda: rows(app) == [0, 1, 2, 3], what="every example")

@@ -4,7 +4,11 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, cast
 
+from textual import events
+from textual._context import NoActiveAppError
+from textual.reactive import Reactive
 from textual.screen import Screen
+from textual.widget import Widget
 
 if TYPE_CHECKING:
     from ..app import TunedeckApp
@@ -14,6 +18,26 @@ if TYPE_CHECKING:
 class TunedeckScreen(Screen):
     """A screen of `TunedeckApp`: reads the shared state as `state`, changes it only through
     `tapp.update_state` (which tells every subscriber of `tapp.state_changed_signal`)."""
+
+    #: Textual's Screen repaints every cell on each change of focus; the widgets that gain and lose it (and their
+    #: :focus-within ancestors) are restyled and repaint themselves, so a Tab redraws two fields, not the screen.
+    focused: Reactive[Widget | None] = Reactive(None, repaint=False)
+
+    def __init__(self) -> None:
+        super().__init__()
+        # A new Screen starts at -1, which makes Textual restyle every mounted screen (Config's form: 240 widgets)
+        # on each first visit of a mode. The app loads all its CSS at start (app._stylesheets), a widget's own
+        # CSS applies as it mounts; only a change of theme since then needs that pass, and it bumps the count.
+        try:
+            self._css_update_count = self.app._css_update_count
+        except NoActiveAppError:
+            pass
+
+    def _on_screen_resume(self, event: events.ScreenResume) -> None:
+        """Runs before Textual's own handler: a switch of mode restyles every widget of the screen shown (Config:
+        hundreds of ms) although nothing changed while it was hidden; a theme change since is restyled by the
+        count above (as Textual itself does on popping a screen, which restyles only for a transparent one)."""
+        event.refresh_styles = False
 
     @property
     def tapp(self) -> TunedeckApp:

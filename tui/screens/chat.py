@@ -11,6 +11,7 @@ once per source and the base model is the same weights with the adapter switched
 from __future__ import annotations
 
 import copy
+import re
 import threading
 import time
 from collections.abc import Callable
@@ -18,11 +19,11 @@ from contextlib import closing
 from pathlib import Path
 
 from rich.text import Text
-from textual import on, work
+from textual import events, on, work
 from textual.app import ComposeResult
 from textual.binding import Binding
 from textual.containers import Horizontal
-from textual.widgets import Footer, Header, Input, Label, Select, Static
+from textual.widgets import Header, Input, Label, Select, Static
 from textual.worker import get_current_worker
 
 from tunedeck.core import chat, data, toolcalls
@@ -31,10 +32,22 @@ from tunedeck.core.model import ADAPTER_FILE
 from ..messages import ChatChunk, ChatReplyDone, ChatStatus
 from ..safe import display, plain
 from ..widgets.chat_pane import ChatPane
+from ..widgets.key_footer import KeyFooter
 from .base import TunedeckScreen
 
 BASE_ONLY = "<base model>"
 PANES = {"base": "#base-pane", "adapter": "#adapter-pane"}
+
+
+RUN_ID = re.compile(r"(\d{4})(\d{2})(\d{2})-(\d{2})(\d{2})(\d{2})-(.+)")  # YYYYMMDD-HHMMSS-<method...>
+NARROW = 100  # below this width the settings' labels are short and their fields narrow
+
+
+def run_label(name: str) -> str:
+    """A run directory's name as the selector shows it: `20260101-000001-kto` -> `01-01 00:00 kto` (its date,
+    time and method); other names as they are."""
+    m = RUN_ID.fullmatch(name)
+    return f"{m[2]}-{m[3]} {m[4]}:{m[5]} {m[7]}" if m else name
 
 
 def chat_sources(runs_root: Path) -> list[tuple[str, str]]:
@@ -44,13 +57,14 @@ def chat_sources(runs_root: Path) -> list[tuple[str, str]]:
         return out
     for run in sorted((p for p in runs_root.iterdir() if (p / "config.toml").is_file()), reverse=True):
         if (run / "adapters" / ADAPTER_FILE).is_file():
-            out.append((f"{run.name} · adapters", str(run)))
+            out.append((f"{run_label(run.name)} · adapters", str(run)))
         ckpts = run / "checkpoints"
         if ckpts.is_dir():
             for ckpt in sorted((c for c in ckpts.glob("step-*") if c.is_dir() and not c.name.endswith(".tmp")),
                                reverse=True):
                 if (ckpt / "manifest.json").is_file():
-                    out.append((f"{run.name} · {ckpt.name}", str(ckpt)))
+                    step = ckpt.name.removeprefix("step-").lstrip("0") or "0"
+                    out.append((f"{run_label(run.name)} · step {step}", str(ckpt)))
     return out
 
 
@@ -80,12 +94,12 @@ class ChatScreen(TunedeckScreen):
         yield Header()
         with Horizontal(id="chat-settings"):
             yield Select([], prompt="adapter", allow_blank=True, id="source")
-            yield Label("temperature")
-            yield Input("0.7", type="number", id="temperature")
+            yield Label("temperature", id="temperature-label")
+            yield Input("0.7", type="number", id="temperature", tooltip="Sampling temperature (0: greedy)")
             yield Label("top-p")
-            yield Input("1.0", type="number", id="top-p")
-            yield Label("max tokens")
-            yield Input("256", type="integer", id="max-tokens")
+            yield Input("1.0", type="number", id="top-p", tooltip="Nucleus sampling: the top-p probability mass")
+            yield Label("max tokens", id="max-tokens-label")
+            yield Input("256", type="integer", id="max-tokens", tooltip="The longest reply, in tokens")
         with Horizontal(id="chat-context"):
             yield Input(placeholder="system prompt (optional)", id="system")
             yield Input(placeholder="tool schemas: a tools.json (optional)", id="tools")
@@ -95,7 +109,14 @@ class ChatScreen(TunedeckScreen):
             yield Static(id="reference")
         yield Static(id="chat-status")
         yield Input(placeholder="Message (enter sends · ctrl+b compare · ctrl+e example · ctrl+l clear)", id="prompt")
-        yield Footer()
+        yield KeyFooter()
+
+    def on_resize(self, event: events.Resize) -> None:
+        """Short labels on a narrow terminal, so that the run selector keeps room for a run's name."""
+        narrow = event.size.width < NARROW
+        self.set_class(narrow, "-narrow")
+        self.query_one("#temperature-label", Label).update("temp" if narrow else "temperature")
+        self.query_one("#max-tokens-label", Label).update("max" if narrow else "max tokens")
 
     def on_mount(self) -> None:
         self.query_one("#base-pane").display = False
@@ -134,7 +155,7 @@ class ChatScreen(TunedeckScreen):
         values = [v for _, v in sources] + [BASE_ONLY]
         current = select.value
         options = [(Text(display(label)), value) for label, value in sources]
-        options.append((Text(display(f"base model only · {self.state.model}")), BASE_ONLY))
+        options.append((Text(display(f"base model · {self.state.model}")), BASE_ONLY))
         select.set_options(options)
         active = self.state.active_run
         if current in values:

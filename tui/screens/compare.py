@@ -11,12 +11,13 @@ from textual import work
 from textual.app import ComposeResult
 from textual.binding import Binding
 from textual.containers import Horizontal, Vertical
-from textual.widgets import DataTable, Footer, Header, Static
+from textual.widgets import DataTable, Header, Static
 
 from tunedeck.core.compare import CompareError, Comparison, compare
 from tunedeck.core.text import one_line
 
 from ..safe import plain
+from ..widgets.key_footer import KeyFooter
 from ..widgets.series_plot import LineStyle, PlotLegend, SeriesPlot
 from ..widgets.train_history import Series
 from .base import TunedeckScreen
@@ -66,7 +67,7 @@ class CompareScreen(TunedeckScreen):
                 yield self._panel("margin")
                 yield self._panel("reward_accuracy")
         yield DataTable(id="compare-diff", cursor_type="row", zebra_stripes=True)
-        yield Footer()
+        yield KeyFooter()
 
     @staticmethod
     def _panel(name: str) -> Vertical:

@@ -13,7 +13,7 @@ from textual.app import ComposeResult
 from textual.binding import Binding
 from textual.containers import Horizontal, Vertical, VerticalScroll
 from textual.content import Content
-from textual.widgets import Footer, Header, Input, Select, Static, Switch, TextArea
+from textual.widgets import Header, Input, Select, Static, Switch, TextArea
 
 from tunedeck.core import config as C
 from tunedeck.core import forecast
@@ -24,6 +24,7 @@ from ..messages import ConfigApplied
 from ..safe import display, plain
 from ..widgets.config_field import ConfigField
 from ..widgets.forecast_panel import ForecastPanel, forecast_lengths
+from ..widgets.key_footer import KeyFooter
 from ..widgets.quiet_static import QuietStatic
 from .base import TunedeckScreen
 from .dialogs import PathScreen
@@ -73,7 +74,7 @@ class ConfigScreen(TunedeckScreen):
                 yield Static("TOML", classes="panel-title")
                 yield TextArea(id="toml", read_only=True, soft_wrap=False, highlight_cursor_line=False)
         yield QuietStatic(FORM_HINT, id="field-help")
-        yield Footer()
+        yield KeyFooter()
 
     def on_resize(self, event: events.Resize) -> None:
         """Hide the side panel on narrow terminals (toggling one widget, cheaper than restyling the form)."""
@@ -125,7 +126,9 @@ class ConfigScreen(TunedeckScreen):
         if errors:
             self.query_one(ForecastPanel).show_message("Fix the fields marked ✗ to see the forecast.")
             return
-        self.post_message(ConfigApplied(cfg))
+        state = self.state
+        if cfg != state.config or state.resolve_data_path(cfg.data.path) != state.data_path:
+            self.post_message(ConfigApplied(cfg))  # the app's config as it is leaves a run's adopted config adopted
         self._forecast(cfg)
 
     def _update_banner(self, n_errors: int, n_warnings: int) -> None:
@@ -167,10 +170,12 @@ class ConfigScreen(TunedeckScreen):
         focused = self.focused
         field = next((n for n in focused.ancestors_with_self if isinstance(n, ConfigField)), None) if focused else None
         help_line = self.query_one("#field-help", QuietStatic)
+        # a fixed height and width: a new line repaints, never re-lays out the form
         if field is None:
-            help_line.update(FORM_HINT)
+            help_line.update(FORM_HINT, layout=False)
         else:
-            help_line.update(Content.assemble((field.key, "bold $text-accent"), "  ", plain(field.help_text, "$text-muted")))
+            help_line.update(Content.assemble((field.key, "bold $text-accent"), "  ", plain(field.help_text, "$text-muted")),
+                             layout=False)
 
     # ---------------------------------------------------------------- files
 

@@ -14,9 +14,10 @@ from textual.app import ComposeResult
 from textual.binding import Binding
 from textual.containers import Horizontal
 from textual.content import Content
+from textual.coordinate import Coordinate
 from textual.events import Resize, ScreenResume
 from textual.timer import Timer
-from textual.widgets import ContentSwitcher, DataTable, Footer, Header, Input, Static
+from textual.widgets import ContentSwitcher, DataTable, Header, Input, Static
 
 from tunedeck.core.data import DataError, Dataset, Example, Problem, load
 from tunedeck.core.label_edits import LabelEdits
@@ -27,6 +28,7 @@ from ..safe import display, plain
 from ..state import ModelStatus
 from ..widgets.audit_marks import AUDIT_BINDINGS, AUDIT_COLUMN, AuditMarks
 from ..widgets.example_view import ExampleView
+from ..widgets.key_footer import KeyFooter
 from ..widgets.problems_list import ProblemsList
 from ..widgets.split_bar import SplitBar
 from ..widgets.stats_panel import StatsPanel
@@ -96,6 +98,9 @@ class DataScreen(AuditMarks, TunedeckScreen):
         *AUDIT_BINDINGS,
     ]
 
+    PALETTE = [(f"Filter {name}", f"Show {'every example' if name == 'all' else f'the {name} examples'} (f cycles)",
+                f"set_filter('{name}')") for name in FILTERS]
+
     def __init__(self) -> None:
         super().__init__()
         self.dataset: Dataset | None = None
@@ -126,7 +131,7 @@ class DataScreen(AuditMarks, TunedeckScreen):
                 yield TokenView(id="tokens")
                 yield StatsPanel(id="stats")
                 yield ProblemsList(id="problems")
-        yield Footer()
+        yield KeyFooter()
 
     def on_mount(self) -> None:
         self._set_columns(self.app.size.width)
@@ -312,8 +317,13 @@ class DataScreen(AuditMarks, TunedeckScreen):
 
     @on(DataTable.RowHighlighted)
     def _row_highlighted(self, event: DataTable.RowHighlighted) -> None:
-        if event.row_key.value is not None:
-            self._select(int(event.row_key.value))
+        if event.row_key.value is None or self.dataset is None:
+            return
+        i = int(event.row_key.value)
+        if i != self.current:
+            self._select(i)
+        elif self.state.current_example is not self.dataset.examples[i]:  # shown already (j/k, a rebuilt list)
+            self.tapp.update_state(current_example=self.dataset.examples[i])
 
     def _select(self, i: int) -> None:
         self.current = i
@@ -339,7 +349,8 @@ class DataScreen(AuditMarks, TunedeckScreen):
             view.show_message("No examples match this filter and search.")
         else:
             ex = self.dataset.examples[self.current]
-            view.show(ex, self.current, self.label_of(ex), ex.line in self.edits, self.flags.get(ex.line, []))
+            view.show(ex, self.current, self.label_of(ex), ex.line in self.edits, self.flags.get(ex.line, []),
+                      find=self.query_text)
 
     def _show_tokens(self) -> None:
         view = self.query_one(TokenView)
@@ -390,9 +401,15 @@ class DataScreen(AuditMarks, TunedeckScreen):
     # ---------------------------------------------------------------- actions
 
     def action_move(self, delta: int) -> None:
+        """The next/previous example: shown in the pane at once, in the same frame as the cursor's move (the
+        table's RowHighlighted would come a frame later; for the example already shown it changes nothing)."""
         table = self.query_one(DataTable)
         if table.row_count:
-            table.move_cursor(row=max(0, min(table.row_count - 1, table.cursor_row + delta)), animate=False)
+            row = max(0, min(table.row_count - 1, table.cursor_row + delta))
+            key = table.coordinate_to_cell_key(Coordinate(row, 0)).row_key.value
+            if key is not None and int(key) != self.current:
+                self._select(int(key))
+            table.move_cursor(row=row, animate=False)
 
     def action_cycle_filter(self) -> None:
         self.action_set_filter(FILTERS[(FILTERS.index(self.filter) + 1) % len(FILTERS)])
@@ -417,7 +434,14 @@ class DataScreen(AuditMarks, TunedeckScreen):
         self.query_text = event.value.casefold()
         if self._search_timer is not None:
             self._search_timer.stop()
-        self._search_timer = self.set_timer(SEARCH_DELAY, self._rebuild_rows)
+        self._search_timer = self.set_timer(SEARCH_DELAY, self._search_settled)
+
+    def _search_settled(self) -> None:
+        """The list of matches, the current example's matches highlighted (when it still matches, it stays)."""
+        before = self.current
+        self._rebuild_rows()
+        if self.current == before:
+            self._show_pane()
 
     @on(Input.Submitted, "#search")
     def _search_submitted(self) -> None:
@@ -425,13 +449,26 @@ class DataScreen(AuditMarks, TunedeckScreen):
         self.query_one(DataTable).focus()
 
     def action_back(self) -> None:
+        """Close the search and clear it (also after enter left it on), else go back to the example."""
         search = self.query_one("#search", Input)
-        if search.display:
+        if search.display or self.query_text:
             search.display = False
             search.value = ""
             self.query_one(DataTable).focus()
         elif self.pane != "example":
             self.action_pane(self.pane)
+
+    def action_next_suspect(self, by: int = 1) -> None:
+        """n / N: the next / previous example that matches the search while there is one, else the audit's
+        next / previous suspect."""
+        if not self.query_text:
+            self.next_suspect(by)
+            return
+        table = self.query_one(DataTable)
+        if not table.row_count:
+            self.notify(display(f"No example matches “{self.query_text}”."), markup=False)
+            return
+        table.move_cursor(row=(table.cursor_row + by) % table.row_count, animate=False)
 
     def action_toggle_label(self) -> None:
         if self.dataset is None or self.current is None:

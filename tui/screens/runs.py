@@ -10,7 +10,7 @@ from rich.text import Text
 from textual import events, on, work
 from textual.app import ComposeResult
 from textual.binding import Binding
-from textual.widgets import DataTable, Footer, Header, Static
+from textual.widgets import DataTable, Header, Static
 
 from tunedeck.core import runs
 from tunedeck.core.orchestrate import resume_run
@@ -18,6 +18,7 @@ from tunedeck.core.progress import fmt_duration
 
 from ..messages import RunsListed
 from ..safe import display, plain
+from ..widgets.key_footer import KeyFooter
 from ..widgets.run_confirm import ConfirmRun
 from ..widgets.train_history import fmt_number
 from .base import TunedeckScreen
@@ -56,7 +57,7 @@ class RunsScreen(TunedeckScreen):
         yield Static(id="runs-root")
         yield DataTable(id="runs", cursor_type="row", zebra_stripes=True)
         yield Static(id="runs-detail")
-        yield Footer()
+        yield KeyFooter()
 
     def on_mount(self) -> None:
         self._set_columns(self.app.size.width)

@@ -19,7 +19,7 @@ from textual import work
 from textual.app import ComposeResult
 from textual.binding import Binding
 from textual.containers import Horizontal, Vertical, VerticalScroll
-from textual.widgets import Footer, Header, Label, ProgressBar, RichLog, Static
+from textual.widgets import Header, Label, ProgressBar, RichLog, Static
 from textual.worker import get_current_worker
 
 from tunedeck.core import checkpoint_files, forecast, runs
@@ -32,6 +32,7 @@ from ..safe import display, plain
 from ..widgets.event_follower import EventFollower
 from ..widgets.forecast_panel import forecast_lengths
 from ..widgets.gauges import MemoryGauges
+from ..widgets.key_footer import KeyFooter
 from ..widgets.run_confirm import ConfirmRun
 from ..widgets.samples_panel import SamplesPanel
 from ..widgets.series_plot import LineStyle, PlotPanel
@@ -112,7 +113,7 @@ class TrainScreen(TunedeckScreen):
             yield MemoryGauges(id="gauges")
             # min_width: lines wrap at the log's own width (RichLog's default, 78, cut them when narrower)
             yield RichLog(id="log", max_lines=1000, wrap=True, markup=False, min_width=10)
-        yield Footer()
+        yield KeyFooter()
 
     def on_mount(self) -> None:
         self.set_interval(1.0, self._check_alive)  # the trainer's process says nothing when it dies or pauses

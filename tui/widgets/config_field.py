@@ -37,7 +37,8 @@ class ConfigField(Widget):
     }
     ConfigField .field-name { width: 1fr; color: $text; }
     ConfigField > Input, ConfigField > Select { column-span: 2; }
-    ConfigField Switch { border: none; padding: 0; height: 1; width: 6; }
+    ConfigField Switch, ConfigField Switch:focus { border: none; padding: 0; height: 1; width: 6; }
+    ConfigField Switch:focus { background: $block-cursor-background; }
     ConfigField .switch-state { width: auto; padding-left: 1; color: $text-muted; }
     ConfigField:focus-within .field-name { color: $text-accent; text-style: bold; }
     ConfigField .field-message { column-span: 3; padding-left: 20; }

@@ -15,7 +15,8 @@ class QuietStatic(Static):
         super().__init__(content, id=id, classes=classes)
         self._shown = content
 
-    def update(self, content: Content = EMPTY) -> None:  # type: ignore[override]
+    def update(self, content: Content = EMPTY, *, layout: bool = True) -> None:  # type: ignore[override]
+        """Show `content` (`layout=False`: its size cannot change, so only repaint)."""
         if not content.is_same(self._shown):
             self._shown = content
-            super().update(content)
+            super().update(content, layout=layout)
