@@ -104,7 +104,7 @@ class KtoConfig:
     desirable_weight: float = 1.0
     undesirable_weight: float = 1.0
     loss_type: str = "kto"  # kto | apo_zero_unpaired
-    kl_pairs: str = "dataset"  # dataset (a fixed derangement over the split) | batch (TRL's rotation in each micro-batch)
+    kl_pairs: str = "batch"  # batch (TRL's rotation in each micro-batch) | dataset (a fixed derangement over the split)
 
 
 @dataclass
@@ -142,7 +142,7 @@ CHOICES: dict[str, tuple[Any, ...]] = {
     "train.optimizer": ("adamw", "adamw_mlx"),
     "train.compile": ("auto", "on", "off"),
     "kto.loss_type": ("kto", "apo_zero_unpaired"),
-    "kto.kl_pairs": ("dataset", "batch"),
+    "kto.kl_pairs": ("batch", "dataset"),
 }
 
 # (minimum, maximum, minimum inclusive?) for numeric keys
