@@ -187,7 +187,7 @@ async def test_label_toggle_undo_and_save(tmp_path: Path) -> None:
         assert "2 unsaved label edits" in text and "●" in text
         await pilot.press("k")
         await pilot.pause()
-        assert "modified (unsaved)" in app.screen.query_one("#example-body").render().plain
+        assert "modified (unsaved)" in app.screen.query_one("#example").content.plain
         assert sum(app.screen.query_one(SplitBar).counts) == 20
         await pilot.press("ctrl+s")
         await settle(app, pilot)
@@ -261,7 +261,7 @@ def shown_matches(app) -> list[str]:
     """The highlighted stretches of the example pane's text."""
     from tunedeck.tui.widgets.example_view import MATCH_STYLE
 
-    content = app.screen.query_one("#example-body").content
+    content = app.screen.query_one("#example").content
     return [content.plain[s.start:s.end] for s in content.spans if s.style == MATCH_STYLE]
 
 
@@ -298,3 +298,43 @@ async def test_filters_from_the_palette(tmp_path: Path) -> None:
         await wait_for(pilot, lambda: rows(app) == [1, 3], what="the undesirable examples")
         await pilot.press("ctrl+p", *"Filter all", "enter")
         await wait_for(pilot, lambda: rows(app) == [0, 1, 2, 3], what="every example")
+
+
+async def test_a_long_example_scrolls_to_its_match_and_back_to_the_top(tmp_path: Path) -> None:
+    """The example pane draws and scrolls the example itself: the search's first match deep in a long answer
+    is on screen, the next example starts at its top, and the pane's scroll range is the example's lines."""
+    long_answer = " ".join(f"word{n}" for n in range(400)) + " the hidden pond"
+    app = make_app(make_workspace(tmp_path / "ws", lines=[record("a long one", long_answer), *PONDS]))
+    async with app.run_test(size=(100, 30)) as pilot:
+        await settle(app, pilot)
+        view = app.screen.query_one("#example")
+        assert view.virtual_size.height > view.scrollable_content_region.height  # it scrolls
+        await pilot.press("slash", *"hidden", "enter")
+        await wait_for(pilot, lambda: rows(app) == [0], what="the one match")
+        await wait_for(pilot, lambda: view.scroll_y > 0, what="the pane scrolled to the match")
+        assert "hidden" in screen_text(app)
+        await pilot.press("escape")
+        await wait_for(pilot, lambda: len(rows(app)) == 9, what="every example again")
+        await pilot.press("j")
+        await wait_for(pilot, lambda: app.state.current_example.line == 2, what="the next example")
+        assert view.scroll_y == 0 and "#2 · line 2" in screen_text(app)
+
+
+async def test_j_past_the_lists_edge_scrolls_half_a_page_at_once(tmp_path: Path) -> None:
+    """The list scrolls the cursor's row to its middle when it leaves the view, so the next keys scroll nothing
+    (each scroll redraws every row shown)."""
+    app = make_app(make_workspace(tmp_path / "ws", n=60))
+    async with app.run_test(size=(100, 30)) as pilot:
+        await settle(app, pilot)
+        table = app.screen.query_one(DataTable)
+        shown = table.scrollable_content_region.height - table.header_height
+        await pilot.press(*["j"] * shown)  # row `shown`: the first one below the view
+        await pilot.pause()
+        assert table.cursor_row == shown and table.scroll_y == shown - shown // 2
+        await pilot.press("j", "j")
+        await pilot.pause()
+        assert table.scroll_y == shown - shown // 2  # still in view: no scroll
+        await pilot.press(*["k"] * (shown - shown // 2 + 2))  # back above the view's top
+        await pilot.pause()
+        row = table.cursor_row
+        assert table.scroll_y == max(0, row - shown // 2) and app.state.current_example.line == row + 1

@@ -41,7 +41,7 @@ async def test_hostile_dataset_and_file_name_show_literally(tmp_path: Path) -> N
         table_text = screen_text(app)
         for i, shown in enumerate(SHOWN):
             assert f"{shown} asks {i}" in table_text
-            body = app.screen.query_one("#example-body").render().plain
+            body = app.screen.query_one("#example").content.plain
             assert f"{shown} asks {i}" in body and f"{shown} answers" in body
             assert "\x1b" not in screen_text(app)
             await pilot.press("j")

@@ -93,6 +93,24 @@ async def test_the_log_wraps_within_its_width_losing_nothing(tmp_path: Path, siz
         assert "outside [1, 1.33]: the Config screen's w suggests weights for this split" in joined
 
 
+async def test_a_log_filled_before_the_narrow_layout_is_wrapped_again_at_its_width(tmp_path: Path) -> None:
+    """Attached from the Runs screen, the Train screen's first layout is the wide one (a 14-column log) until
+    its narrow class applies: the lines written then are wrapped again at the log's full width."""
+    ws = make_workspace(tmp_path / "ws", n=10)
+    fake_run(ws, RUN, kto_events())
+    app = make_app(ws)
+    async with app.run_test(size=(80, 24)) as pilot:
+        await settle(app, pilot)
+        await app.switch_mode("runs")
+        await wait_for(pilot, lambda: app.screen.query_one(DataTable).row_count == 1, 120, "the run")
+        await pilot.press("enter")
+        await wait_for(pilot, lambda: isinstance(app.screen, TrainScreen) and app.screen.status == "stopped", 120,
+                       "the attached run")
+        await pilot.pause(0.6)
+        lines = [line.text.rstrip() for line in app.screen.query_one("#log", RichLog).lines]
+        assert "stopped @40 (SIGTERM); checkpoint None" in lines
+
+
 async def test_memory_gauges_keep_their_units_and_name_the_budget(tmp_path: Path) -> None:
     ws = make_workspace(tmp_path / "ws", n=10)
     fake_run(ws, RUN, kto_events())
@@ -109,6 +127,25 @@ async def test_memory_gauges_keep_their_units_and_name_the_budget(tmp_path: Path
         screen = await attached(pilot, ws)
         assert screen.has_class("-narrow") and not screen.query_one("#gauge-rss").display
         assert "mem process 1.30" in text_of(screen, "#gauges-line")
+
+
+async def test_at_80x24_every_kto_plot_the_one_line_gauges_and_the_log_are_on_screen(tmp_path: Path) -> None:
+    ws = make_workspace(tmp_path / "ws", n=10)
+    fake_run(ws, RUN, kto_events())
+    app = make_app(ws)
+    async with app.run_test(size=(80, 24)) as pilot:
+        screen = await attached(pilot, ws)
+        area = screen.query_one("#plots").region
+        for plot_id in ("loss-plot", "kto-plot", "kl-plot"):
+            plot = screen.query_one(f"#{plot_id}", SeriesPlot)
+            assert area.contains_region(plot.region) and plot.size.height >= 3, plot_id  # none scrolled away
+        text = screen_text(app)
+        for legend in ("train (EMA)", "chosen", "rejected", "margin", "KL"):
+            assert legend in text, legend
+        line = screen.query_one("#gauges-line")
+        assert line.size.height == 1 and "GB forecast" in text_of(screen, "#gauges-line")
+        log = screen.query_one("#log", RichLog)
+        assert log.size.height >= 3 and "stopped @40" in text
 
 
 def test_series_are_apart_without_colour_and_readable_in_every_theme() -> None:

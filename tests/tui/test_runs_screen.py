@@ -3,14 +3,17 @@
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
 import pytest
 from textual.widgets import DataTable
 
+from tests.conftest import run_cli
 from tests.tui.conftest import make_train_workspace as make_workspace
-from tests.tui.conftest import open_app, text_of, wait_for
+from tests.tui.conftest import open_app, screen_text, text_of, wait_for
 from tunedeck.core import checkpoint_files, runlock, runs
+from tunedeck.core.rundir import RunDir, checkpoint_step
 from tunedeck.tui.screens.runs import RunsScreen
 from tunedeck.tui.screens.train import TrainScreen
 from tunedeck.tui.state import CONFIG_NAME
@@ -110,10 +113,23 @@ async def test_delete_asks_first_and_refuses_a_training_run(tmp_path: Path) -> N
         lock.release()
 
 
+def stale_at_step_1(run_dir: Path) -> None:
+    """A finished 2-step run turned into one whose trainer died after step 1's checkpoint: its later events and
+    checkpoints gone."""
+    for ckpt in RunDir(run_dir).checkpoint_dirs():
+        if checkpoint_step(ckpt) != 1:
+            shutil.rmtree(ckpt)
+    events = [e for e in runs.read_events(run_dir) if e.get("step", 0) <= 1 and e["type"] not in ("done", "stopped")]
+    (run_dir / "events.jsonl").write_text("".join(json.dumps(e) + "\n" for e in events))
+
+
 @pytest.mark.slow
 async def test_resume_a_stale_run_for_real(tmp_path: Path, demo_model: Path) -> None:
     ws = make_workspace(tmp_path / "ws", method="sft", iters=2, save_every=1, eval_every=2)
-    stale = fake_run(ws, "20260101-000001-sft", history("sft", 2, None, 1))
+    r = run_cli("train", str(ws / CONFIG_NAME), cwd=ws, timeout=300)
+    assert r.returncode == 0, r.stderr
+    (stale,) = (ws / "runs").iterdir()
+    stale_at_step_1(stale)
     app = open_app(ws)
     async with app.run_test(size=(120, 30)) as pilot:
         screen = await open_runs(app, pilot)
@@ -122,7 +138,42 @@ async def test_resume_a_stale_run_for_real(tmp_path: Path, demo_model: Path) -> 
         await wait_for(pilot, lambda: isinstance(app.screen, TrainScreen), 60, "the resumed run")
         train = app.screen
         await wait_for(pilot, lambda: train.run_dir == stale, 10, "the attach")
-        await wait_for(pilot, lambda: train.status == "finished", 60, "the resumed run to finish")
+        await wait_for(pilot, lambda: train.status == "finished", 120, "the resumed run to finish")
     events = runs.read_events(stale)
     assert [e["type"] for e in events].count("start") == 2 and events[-1]["type"] == "done"
-    assert checkpoint_files.latest_checkpoint(stale) is not None
+    assert checkpoint_step(checkpoint_files.latest_checkpoint(stale)) == 2
+
+
+def footer_text(app) -> str:
+    return screen_text(app).rstrip("\n").splitlines()[-1]
+
+
+async def test_the_footer_fits_80_columns_leaving_out_the_least_useful_keys(tmp_path: Path) -> None:
+    ws = make_workspace(tmp_path / "ws")
+    fake_run(ws, "20260101-000001-kto", history("kto", 10, "done", 10))
+    app = open_app(ws)
+    async with app.run_test(size=(80, 24)) as pilot:
+        await open_runs(app, pilot)
+        await wait_for(pilot, lambda: "? Keys" in footer_text(app), 120, "the footer's keys, uncut")
+        footer = footer_text(app)
+        assert "space Mark" in footer and "c Compare" in footer and "^p palette" in footer
+        assert "f5 Refresh" not in footer  # left out: still in ? and the palette
+        await pilot.resize_terminal(120, 40)
+        await wait_for(pilot, lambda: "f5 Refresh" in footer_text(app), 120, "every key in a wide footer")
+        assert "? Keys" in footer_text(app)
+
+
+async def test_r_is_offered_only_for_a_run_with_a_checkpoint_to_resume_from(tmp_path: Path) -> None:
+    ws = make_workspace(tmp_path / "ws")
+    failed = fake_run(ws, "20260101-000002-sft", history("sft", 50, "error", 0))  # failed before any checkpoint
+    before = (failed / "events.jsonl").read_bytes()
+    app = open_app(ws)
+    async with app.run_test(size=(120, 30)) as pilot:
+        screen = await open_runs(app, pilot)
+        select(screen, failed)
+        await pilot.pause()
+        assert screen.check_action("resume", ()) is None  # shown dimmed, not run
+        await pilot.press("r")
+        await pilot.pause(0.5)
+        assert isinstance(app.screen, RunsScreen) and not runs.is_locked(failed)
+    assert (failed / "events.jsonl").read_bytes() == before and not (failed / "train.log").exists()

@@ -14,11 +14,13 @@ import pytest
 
 from tests.tui.conftest import make_app, make_workspace, settle, wait_for
 from tests.tui.test_runs_screen import fake_run
+from tunedeck.core import config as C
 from tunedeck.core import forecast
 from tunedeck.core.forecast import Forecast
 
 FIXED = Forecast(3.2, {"weights": 1.5, "adapters": 0.1, "optimizer": 0.2, "activations": 1.4}, 24.0, "fits", [])
 RUN = "20260101-000001-kto"
+SECOND_RUN = "20260101-000002-kto"
 SCREENS = {"1": "data", "2": "config", "3": "train", "4": "chat", "5": "runs"}
 SIZES = {"80x24": (80, 24), "120x40": (120, 40)}
 
@@ -120,3 +122,42 @@ def test_config_screen_with_an_error(snap_compare, fixed_app) -> None:
         await settle(pilot.app, pilot)
 
     assert snap_compare(fixed_app(), terminal_size=(80, 24), run_before=bad_batch_size)
+
+
+def compare_two_runs(fixed_app, no_color: bool = False):
+    """The fixed app with a second, shorter KTO run of another learning rate, its loss higher, its margins and
+    reward accuracy lower than the first run's (the fixture's workspace)."""
+    app = fixed_app(no_color)
+    events = kto_events(steps=30, total=60)
+    for e in events:
+        if e["type"] == "step":
+            e.update(loss=e["loss"] + 0.3, margin=e["margin"] / 2)
+        elif e["type"] == "eval":
+            e.update(val_reward_accuracy=e["val_reward_accuracy"] - 0.1)
+    second = fake_run(app.state.runs_root.parent, SECOND_RUN, events)
+    cfg, _ = C.load(second / "config.toml")
+    cfg.train.learning_rate = 3e-4
+    C.save(cfg, second / "config.toml")
+    return app
+
+
+async def open_compare(pilot) -> None:
+    """run_before: mark both runs on the Runs screen (space), compare them (c)."""
+    from textual.widgets import DataTable
+
+    from tunedeck.tui.screens.compare import CompareScreen
+
+    app = pilot.app
+    await opener("5")(pilot)
+    table = app.screen.query_one(DataTable)
+    await wait_for(pilot, lambda: table.row_count == 2, 120, "both runs listed")
+    await pilot.press("space", "down", "space", "c")
+    await wait_for(pilot, lambda: isinstance(app.screen, CompareScreen) and app.screen.comparison is not None, 120,
+                   "the compare view")
+    await settle(app, pilot)
+
+
+@pytest.mark.parametrize("size", list(SIZES))
+@pytest.mark.parametrize("no_color", [False, True], ids=["dark", "no_color"])
+def test_compare_screen(snap_compare, fixed_app, size: str, no_color: bool) -> None:
+    assert snap_compare(compare_two_runs(fixed_app, no_color), terminal_size=SIZES[size], run_before=open_compare)

@@ -65,6 +65,15 @@ def _token_counts(tokenizer: Any, examples: list[Example]) -> tuple[list[int], l
     return [len(e.ids) for e in encoded], [e.completion_len for e in encoded]
 
 
+def _keep_in_view(table: DataTable, row: int) -> None:
+    """Scroll `row` to the middle of the list when it has left the view: the list then moves once every half
+    page, not on every key past its edge (each scroll redraws every row shown: tens of ms on a slow machine)."""
+    shown = max(1, table.scrollable_content_region.height - table.header_height)
+    top = round(table.scroll_y)
+    if not top <= row < top + shown:
+        table.scroll_to(y=max(0, row - shown // 2), animate=False, immediate=True)
+
+
 class DataScreen(AuditMarks, TunedeckScreen):
     """Dataset browser: split counts, a filterable example list and one example (or tokens/stats/problems)."""
 
@@ -409,7 +418,8 @@ class DataScreen(AuditMarks, TunedeckScreen):
             key = table.coordinate_to_cell_key(Coordinate(row, 0)).row_key.value
             if key is not None and int(key) != self.current:
                 self._select(int(key))
-            table.move_cursor(row=row, animate=False)
+            _keep_in_view(table, row)  # first: the cursor's own watcher scrolls it into view by the least
+            table.move_cursor(row=row, animate=False, scroll=False)
 
     def action_cycle_filter(self) -> None:
         self.action_set_filter(FILTERS[(FILTERS.index(self.filter) + 1) % len(FILTERS)])

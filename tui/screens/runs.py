@@ -12,7 +12,7 @@ from textual.app import ComposeResult
 from textual.binding import Binding
 from textual.widgets import DataTable, Header, Static
 
-from tunedeck.core import runs
+from tunedeck.core import checkpoint_files, runs
 from tunedeck.core.orchestrate import resume_run
 from tunedeck.core.progress import fmt_duration
 
@@ -44,6 +44,7 @@ class RunsScreen(TunedeckScreen):
         Binding("c", "compare", "Compare", id="runs.compare",
                 tooltip="Overlay the marked runs' curves and list the config keys that differ"),
     ]
+    FOOTER_DROP = ("runs.refresh", "runs.delete")  # left out of a narrow footer first (the list refreshes itself)
 
     def __init__(self) -> None:
         super().__init__()
@@ -51,6 +52,7 @@ class RunsScreen(TunedeckScreen):
         self.columns: tuple[str, ...] = ()
         self.marked: list[str] = []  # the marked runs' directories, in the order they were marked
         self._cache: runs.RunsCache = {}
+        self._checkpoints: dict[tuple[str, object], Path | None] = {}  # (run, its events' time) -> newest verified
 
     def compose(self) -> ComposeResult:
         yield Header()
@@ -133,8 +135,25 @@ class RunsScreen(TunedeckScreen):
         key = table.coordinate_to_cell_key(table.cursor_coordinate).row_key.value
         return self.infos.get(key or "")
 
+    def _checkpoint(self, info: runs.RunInfo) -> Path | None:
+        """The run's newest verified checkpoint (verified again only when its events changed)."""
+        key = (str(info.run_dir), info.updated)
+        if key not in self._checkpoints:
+            self._checkpoints[key] = checkpoint_files.latest_checkpoint(info.run_dir)
+        return self._checkpoints[key]
+
+    def _resumable(self, info: runs.RunInfo | None) -> bool:
+        return info is not None and info.status in RESUMABLE and self._checkpoint(info) is not None
+
+    def check_action(self, action: str, parameters: tuple[object, ...]) -> bool | None:
+        """r only for a stopped, failed or stale run with a checkpoint to resume from (else shown dimmed)."""
+        if action == "resume":
+            return True if self._resumable(self.selected) else None
+        return True
+
     @on(DataTable.RowHighlighted)
     def _show_detail(self) -> None:
+        self.refresh_bindings()
         info = self.selected
         detail = self.query_one("#runs-detail", Static)
         if info is None:
@@ -182,6 +201,10 @@ class RunsScreen(TunedeckScreen):
         info = self.selected
         if info is None or info.status not in RESUMABLE:
             self.notify("Only a stopped, failed or stale run can be resumed.", severity="warning")
+            return
+        if self._checkpoint(info) is None:
+            self.notify(display(f"{info.run_dir.name} has no verified checkpoint to resume from: ctrl+r on the "
+                                "Train screen starts a new run."), severity="warning", markup=False)
             return
         self.notify(display(f"Resuming {info.run_dir.name}…"), markup=False)
         self._resume(info.run_dir)

@@ -19,7 +19,7 @@ from textual import work
 from textual.app import ComposeResult
 from textual.binding import Binding
 from textual.containers import Horizontal, Vertical, VerticalScroll
-from textual.widgets import Header, Label, ProgressBar, RichLog, Static
+from textual.widgets import Header, Label, ProgressBar, Static
 from textual.worker import get_current_worker
 
 from tunedeck.core import checkpoint_files, forecast, runs
@@ -30,6 +30,7 @@ from tunedeck.core.progress import fmt_duration
 from ..messages import RunLaunched, RunStopped, TrainEvents
 from ..safe import display, plain
 from ..widgets.event_follower import EventFollower
+from ..widgets.event_log import EventLog
 from ..widgets.forecast_panel import forecast_lengths
 from ..widgets.gauges import MemoryGauges
 from ..widgets.key_footer import KeyFooter
@@ -105,14 +106,14 @@ class TrainScreen(TunedeckScreen):
         with VerticalScroll(id="plots", can_focus=False):
             yield PlotPanel("loss", plot_id="loss-plot", id="loss-panel")
             with Vertical(id="kto"):
-                yield PlotPanel("KTO rewards", plot_id="kto-plot", id="kto-panel")
-                yield PlotPanel("KL (policy vs reference)", plot_id="kl-plot", id="kl-panel")
+                yield PlotPanel("KTO rewards", plot_id="kto-plot", short_title="rewards", ticks_below=True,
+                                id="kto-panel")
+                yield PlotPanel("KL (policy vs reference)", plot_id="kl-plot", short_title="KL", id="kl-panel")
                 yield Static(KL_NOTE, id="kl-note", markup=False)
         yield SamplesPanel(id="samples")
         with Horizontal(id="train-bottom"):
             yield MemoryGauges(id="gauges")
-            # min_width: lines wrap at the log's own width (RichLog's default, 78, cut them when narrower)
-            yield RichLog(id="log", max_lines=1000, wrap=True, markup=False, min_width=10)
+            yield EventLog(id="log")
         yield KeyFooter()
 
     def on_mount(self) -> None:
@@ -152,7 +153,7 @@ class TrainScreen(TunedeckScreen):
         self._forecast_gb = None
         self._budget_gb = None
         self._problem_for = None
-        self.query_one(RichLog).clear()
+        self.query_one(EventLog).clear()
         self._follow(run_dir, self._attach_id)
         self._forecast(run_dir, self._attach_id)
         self._changed()
@@ -163,7 +164,7 @@ class TrainScreen(TunedeckScreen):
         self.run_dir = None
         self.history = RunHistory()
         self.alive = False
-        self.query_one(RichLog).clear()
+        self.query_one(EventLog).clear()
         self._changed()
 
     @work(thread=True, exclusive=True, group="follow")
@@ -262,9 +263,9 @@ class TrainScreen(TunedeckScreen):
         self.query_one(MemoryGauges).show(h.last, self._forecast_gb, self._budget_gb)
         self.query_one(SamplesPanel).show(h, self.sample_prompt)
         self.set_class(bool(SamplesPanel.prompts(h)), "-samples")
-        log = self.query_one(RichLog)
+        log = self.query_one(EventLog)
         while h.log:
-            log.write(Text(display(h.log.popleft())))
+            log.add(Text(display(h.log.popleft())))
         self.refresh_bindings()
 
     def _draw_plots(self, kto: bool) -> None:

@@ -4,10 +4,14 @@ from __future__ import annotations
 
 import re
 
-from textual.app import ComposeResult
-from textual.containers import VerticalScroll
+from rich.segment import Segment
 from textual.content import Content
-from textual.widgets import Static
+from textual.events import Resize
+from textual.geometry import Size
+from textual.scroll_view import ScrollView
+from textual.strip import Strip
+from textual.visual import Visual
+from textual.widget import Widget
 
 from tunedeck.core.data import Example, Problem, completion_text
 
@@ -24,54 +28,94 @@ def label_badge(label: bool) -> Content:
     return Content.styled(" undesirable ", "bold $background on $error")
 
 
-class ExampleView(VerticalScroll):
-    """Scrollable view of a single example (or a message when there is none)."""
+def example_content(ex: Example, index: int, label: bool, modified: bool, problems: list[Problem]) -> Content:
+    """`ex` (number `index` in the file's examples) with its current, possibly edited, label and its problems."""
+    parts: list[Content | tuple[str, str] | str] = [
+        (f"#{index + 1}", "bold"), (f" · line {ex.line} · ", "$text-muted"), label_badge(label),
+    ]
+    if modified:
+        parts.append((" ● modified (unsaved)", "bold $text-warning"))
+    parts.append("\n")
+    for p in problems:
+        error = p.severity == "error"
+        where = f"{p.field}: " if p.field else ""
+        parts.append(plain(f"{'✗' if error else '⚠'} {where}{p.message}\n", "$text-error" if error else "$text-warning"))
+    for m in ex.prompt:
+        parts.append((f"\n── {m['role']} ──\n", f"bold {ROLE_STYLE.get(m['role'], '')}"))
+        parts.append(display(completion_text(m) if m["role"] == "assistant" else m["content"]) + "\n")
+    parts.append(("\n── assistant · completion (trained) ──\n", "bold $text-success"))
+    parts.append(plain(ex.completion, "$foreground on $success-muted"))
+    return Content.assemble(*parts)
+
+
+class ExampleView(ScrollView):
+    """Scrollable view of a single example (or a message when there is none), drawn line by line: a new
+    example changes only this widget's lines and scroll range, never the screen's layout (one layout fewer
+    per j/k than a Static of the example's height inside a scrolling container)."""
 
     DEFAULT_CSS = """
-    ExampleView { padding: 0 1; overflow-y: scroll; }  /* a scrollbar that comes and goes re-lays out each j/k */
-    ExampleView > #example-body { width: 1fr; }
+    ExampleView { padding: 0 1; overflow-y: scroll; overflow-x: hidden; }
     """
 
-    def compose(self) -> ComposeResult:
-        yield Static(id="example-body")
+    def __init__(self, *, id: str | None = None) -> None:  # noqa: A002 - Textual's name
+        super().__init__(id=id)
+        self.content = Content("")
+        self._strips: list[Strip] = []
+        self._wrapped_width = -1
+        self._match: int | None = None  # character offset of the first search match, to scroll to
+        self._scroll_pending = False  # a new content: scroll to its top (or its first match) once wrapped
 
     def show_message(self, text: str) -> None:
-        self.query_one("#example-body", Static).update(plain(text, "$text-muted"))
+        self._set_content(plain(text, "$text-muted"))
 
     def show(self, ex: Example, index: int, label: bool, modified: bool, problems: list[Problem],
              find: str = "") -> None:
-        """Render `ex` (number `index` in the file's examples) with its current, possibly edited, label; each
-        case-insensitive occurrence of `find` highlighted, scrolled to the first one."""
-        parts: list[Content | tuple[str, str] | str] = [
-            (f"#{index + 1}", "bold"), (f" · line {ex.line} · ", "$text-muted"), label_badge(label),
-        ]
-        if modified:
-            parts.append((" ● modified (unsaved)", "bold $text-warning"))
-        parts.append("\n")
-        for p in problems:
-            error = p.severity == "error"
-            where = f"{p.field}: " if p.field else ""
-            parts.append(plain(f"{'✗' if error else '⚠'} {where}{p.message}\n", "$text-error" if error else "$text-warning"))
-        for m in ex.prompt:
-            parts.append((f"\n── {m['role']} ──\n", f"bold {ROLE_STYLE.get(m['role'], '')}"))
-            parts.append(display(completion_text(m) if m["role"] == "assistant" else m["content"]) + "\n")
-        parts.append(("\n── assistant · completion (trained) ──\n", "bold $text-success"))
-        parts.append(plain(ex.completion, "$foreground on $success-muted"))
-        content = Content.assemble(*parts)
-        first = None
+        """Render `ex` with its current label; each case-insensitive occurrence of `find` highlighted, scrolled
+        to the first one."""
+        content = example_content(ex, index, label, modified, problems)
+        match = None
         if find:
             pattern = re.compile(re.escape(find), re.IGNORECASE)
             content = content.highlight_regex(pattern, style=MATCH_STYLE)
-            match = pattern.search(content.plain)
-            first = match.start() if match else None
-        self.query_one("#example-body", Static).update(content)
-        self.scroll_home(animate=False)
-        if first:
-            self.call_after_refresh(self._scroll_to_match, content, first)
+            found = pattern.search(content.plain)
+            match = found.start() if found else None
+        self._set_content(content, match)
 
-    def _scroll_to_match(self, content: Content, offset: int) -> None:
-        """Scroll so that the line holding character `offset` of `content` is near the top."""
-        width = self.query_one("#example-body", Static).content_size.width
-        if width > 0:
-            line = len(content[:offset].wrap(width)) - 1
-            self.scroll_to(y=max(0, line - 2), animate=False)
+    def _set_content(self, content: Content, match: int | None = None) -> None:
+        self.content, self._match = content, match
+        self._wrapped_width, self._scroll_pending = -1, True
+        self._wrap()
+        self.refresh()
+
+    def on_resize(self, _event: Resize) -> None:
+        self._wrap()
+
+    def notify_style_update(self) -> None:
+        """A new theme or focus style: the lines again in the new colours."""
+        super().notify_style_update()
+        self._wrapped_width = -1
+        self._wrap()
+
+    def _wrap(self) -> None:
+        """The content's lines at the current width, the scroll range and position to match (no layout: this
+        widget's size does not depend on its content)."""
+        width = self.scrollable_content_region.width
+        if width <= 0 or width == self._wrapped_width:
+            return
+        self._wrapped_width = width
+        self._strips = Visual.to_strips(self, self.content, width, None, self.visual_style, pad=True)
+        self.set_reactive(Widget.virtual_size, Size(width, len(self._strips)))
+        self._scroll_update(self.virtual_size)
+        if self._scroll_pending:
+            self._scroll_pending = False
+            top = 0
+            if self._match:
+                top = max(0, len(self.content[: self._match].wrap(width)) - 3)  # the match's line, two above it
+            self.scroll_to(y=top, animate=False, immediate=True)
+
+    def render_line(self, y: int) -> Strip:
+        index = y + self.scroll_offset.y
+        width = self.scrollable_content_region.width
+        if index < len(self._strips):
+            return self._strips[index].crop_extend(0, width, self.visual_style.rich_style)
+        return Strip([Segment(" " * width, self.visual_style.rich_style)], width)

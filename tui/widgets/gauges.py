@@ -63,6 +63,10 @@ class MemoryGauges(Vertical):
     MemoryGauges > #gauges-line { display: none; height: auto; }
     """
 
+    def __init__(self, *, id: str | None = None) -> None:  # noqa: A002 - Textual's name
+        super().__init__(id=id)
+        self._shown: tuple[dict[str, float], float | None, float | None, float | None] = ({}, None, None, None)
+
     def compose(self) -> ComposeResult:
         for gid, label, _field in GAUGES:
             yield Gauge(label, id=f"gauge-{gid}")
@@ -78,12 +82,28 @@ class MemoryGauges(Vertical):
             else:
                 gauge.update_value(readings.get(name), forecast_gb, f"of {forecast_gb:.2f} GB forecast")
         self.border_title = "memory" + (f" · budget {budget_gb:.1f} GB" if budget_gb else "")
-        self.query_one("#gauges-line", QuietStatic).update(self._line(readings, forecast_gb, total, budget_gb))
+        self._shown = (dict(readings), forecast_gb, total, budget_gb)
+        self._show_line()
+
+    def on_resize(self) -> None:
+        self._show_line()
+
+    def _show_line(self) -> None:
+        """The one-line form, as much of it as fits the line's width (whole parts, the least useful left out)."""
+        line = self.query_one("#gauges-line", QuietStatic)
+        width = line.content_region.width or self.content_region.width
+        parts = self._parts(*self._shown)
+        for drop in ((), ("mlx",), ("mlx", "budget"), ("mlx", "budget", "system")):
+            shown = [part for key, part in parts if key not in drop]
+            if not width or sum(p.cell_length for p in shown) <= width:
+                break
+        line.update(Content.assemble(*shown))
 
     @staticmethod
-    def _line(readings: dict[str, float], forecast_gb: float | None, total: float | None,
-              budget_gb: float | None) -> Content:
-        """Every reading on one line: `memory process 0.30 · MLX 0.25 · peak 0.46 of 0.43 GB forecast · ...`."""
+    def _parts(readings: dict[str, float], forecast_gb: float | None, total: float | None,
+               budget_gb: float | None) -> list[tuple[str, Content]]:
+        """Every reading, each a (key, part) of `mem process 0.30 · MLX 0.25 · peak 0.46 of 0.43 GB forecast ·
+        system 12.0/32.0 GB RAM · budget 24.0`."""
 
         def gb(name: str) -> str:
             v = readings.get(name)
@@ -91,12 +111,14 @@ class MemoryGauges(Vertical):
 
         peak = readings.get("peak_memory_gb")
         over = forecast_gb is not None and peak is not None and peak > forecast_gb
-        parts: list[Content | tuple[str, str] | str] = [
-            ("mem ", "bold"), ("process ", "$text-muted"), gb("rss_gb"), (" · MLX ", "$text-muted"),
-            gb("mlx_active_gb"), (" · peak ", "$text-muted"), (gb("peak_memory_gb"), "$text-error" if over else ""),
-            (f" of {forecast_gb:.2f} GB forecast" if forecast_gb else " GB", "$text-muted"),
-            (" · system ", "$text-muted"), gb("sys_used_gb"), (f"/{total:.1f} GB RAM" if total else " GB", "$text-muted"),
+        parts = [
+            ("process", Content.assemble(("mem ", "bold"), ("process ", "$text-muted"), gb("rss_gb"))),
+            ("mlx", Content.assemble((" · MLX ", "$text-muted"), gb("mlx_active_gb"))),
+            ("peak", Content.assemble((" · peak ", "$text-muted"), (gb("peak_memory_gb"), "$text-error" if over else ""),
+                                      (f" of {forecast_gb:.2f} GB forecast" if forecast_gb else " GB", "$text-muted"))),
+            ("system", Content.assemble((" · system ", "$text-muted"), gb("sys_used_gb"),
+                                        (f"/{total:.1f} GB RAM" if total else " GB", "$text-muted"))),
         ]
         if budget_gb:
-            parts.append((f" · budget {budget_gb:.1f}", "$text-muted"))
-        return Content.assemble(*parts)
+            parts.append(("budget", Content.styled(f" · budget {budget_gb:.1f} GB", "$text-muted")))
+        return parts

@@ -1,12 +1,15 @@
-"""The footer of the current screen's main keys, rebuilt only when the keys it shows change."""
+"""The footer of the current screen's main keys, rebuilt only when the keys it shows change, and fitted to its
+width: where they do not all fit, the screen's least useful keys are left out (they stay in `?` and the palette)."""
 
 from __future__ import annotations
 
 from collections.abc import Hashable
 
+from textual.app import App
 from textual.screen import Screen
+from textual.widget import Widget
 from textual.widgets import Footer
-from textual.widgets._footer import FooterKey
+from textual.widgets._footer import FooterKey, FooterLabel, KeyGroup
 
 #: key -> (action, description, tooltip, group) of a binding the footer draws
 Drawn = dict[str, tuple[Hashable, ...]]
@@ -26,11 +29,16 @@ def shown_keys(screen: Screen) -> tuple[Drawn, dict[str, bool]]:
 class KeyFooter(Footer):
     """Textual's Footer recomposes on every change of focus (each field's own bindings change the active set),
     and a recompose re-lays out the whole screen. This one only recomposes when a key it has not drawn appears;
-    a drawn key that a focused text field takes for typing (`w`, `?`) is dimmed in place, as it does nothing there."""
+    a drawn key that a focused text field takes for typing (`w`, `?`) is dimmed in place, as it does nothing there.
+
+    Where the keys are wider than the footer, it leaves out the screen's keys named in its `FOOTER_DROP` (binding
+    ids, first named first), then the screen's other keys from the last; the app's own keys (quit, `?`) and the
+    palette's always show."""
 
     def __init__(self) -> None:
         super().__init__()
         self._drawn: Drawn | None = None
+        self._widths: dict[int, int] = {}  # id(an entry's first widget) -> its cells, measured as laid out
 
     def bindings_changed(self, screen: Screen) -> None:
         self._bindings_ready = True
@@ -45,3 +53,63 @@ class KeyFooter(Footer):
             return
         self._drawn = drawn
         self.call_after_refresh(self.recompose)
+
+    async def recompose(self) -> None:
+        await super().recompose()
+        self._widths = {}
+        self.call_after_refresh(self._fit)
+
+    def on_resize(self) -> None:
+        self._fit()
+
+    def _entries(self) -> list[list[Widget]]:
+        """The footer's entries in order, each its widgets (a key, or a key group and its label); not the palette's."""
+        entries: list[list[Widget]] = []
+        for child in self.children:
+            if isinstance(child, FooterLabel) and entries and isinstance(entries[-1][0], KeyGroup):
+                entries[-1].append(child)
+            elif isinstance(child, (FooterKey, KeyGroup)) and not child.has_class("-command-palette"):
+                entries.append([child])
+        return entries
+
+    def _drop_order(self, entries: list[list[Widget]]) -> list[list[Widget]]:
+        """The entries that may be left out, the first to go first."""
+        active = self.screen.active_bindings
+        first_names = list(getattr(self.screen, "FOOTER_DROP", ()))
+
+        def binding(entry: list[Widget]):
+            key = entry[0] if isinstance(entry[0], FooterKey) else entry[0].query_one(FooterKey)
+            return active.get(key.key)
+
+        droppable = [e for e in entries if (b := binding(e)) is not None and not isinstance(b.node, App)]
+        named = sorted((e for e in droppable if binding(e).binding.id in first_names),
+                       key=lambda e: first_names.index(binding(e).binding.id))
+        return named + [e for e in reversed(droppable) if e not in named]
+
+    def _fit(self) -> None:
+        """Show the entries that fit the footer's width (measured once all are laid out after a recompose)."""
+        entries = self._entries()
+        if not entries or not self.size.width:
+            return
+        if any(isinstance(e[0], KeyGroup) and not e[0].children for e in entries):  # still mounting its keys
+            self.call_after_refresh(self._fit)
+            return
+        if any(id(e[0]) not in self._widths for e in entries):
+            if not all(w.display for e in entries for w in e):
+                for widget in (w for e in entries for w in e):
+                    widget.display = True
+                self.call_after_refresh(self._fit)
+                return
+            self._widths = {id(e[0]): sum(w.outer_size.width for w in e) for e in entries}
+        palette = sum(k.outer_size.width for k in self.query(FooterKey) if k.has_class("-command-palette"))
+        # + 1: the last key's right padding (a blank cell) may lie under the palette key's border
+        room, total = self.size.width - palette + 1, sum(self._widths.values())
+        hidden: list[list[Widget]] = []
+        for entry in self._drop_order(entries):
+            if total <= room:
+                break
+            hidden.append(entry)
+            total -= self._widths[id(entry[0])]
+        for entry in entries:
+            for widget in entry:
+                widget.display = entry not in hidden

@@ -18,6 +18,7 @@ from .quiet_static import QuietStatic
 from .train_history import Series
 
 Y_LABEL_WIDTH = 7  # every y tick label is padded to this width: the plot areas start at the same column
+FRAMED_HEIGHT = 8  # plots shorter than this (a narrow or short terminal) drop their frame: its 2 rows are data
 
 
 @dataclass(frozen=True)
@@ -87,9 +88,11 @@ def _rgb(app_vars: Mapping[str, str], style: LineStyle) -> tuple[int, int, int]:
 class SeriesPlot(PlotextPlot):
     """Draws the given series on `draw()`; `shown` holds what was last drawn (name -> (xs, ys))."""
 
-    def __init__(self, title: str, *, id: str | None = None, classes: str | None = None) -> None:
+    def __init__(self, title: str, *, ticks_below: bool = False, id: str | None = None,
+                 classes: str | None = None) -> None:
         super().__init__(id=id, classes=classes)
         self.title = title
+        self.ticks_below = ticks_below  # a plot of the same steps right below shows them: unframed, none here
         self.shown: dict[str, tuple[list[float], list[float]]] = {}
         self.x_max: float | None = None
 
@@ -128,37 +131,59 @@ class SeriesPlot(PlotextPlot):
         return super().render()
 
     def _axes(self, x_max: float | None) -> None:
-        """Integer step ticks from 0 to `x_max`; y ticks of a fixed label width over the drawn range."""
+        """Integer step ticks from 0 to `x_max`; y ticks of a fixed label width over the drawn range; a frame
+        when the plot is tall enough to spare its rows."""
         plt = self.plt
+        framed = self.size.height >= FRAMED_HEIGHT
+        plt.frame(framed)
         xs = [x for xs, _ in self.shown.values() for x in xs]
         ys = [y for _, ys in self.shown.values() for y in ys]
         hi_x = max(x_max or 0, max(xs, default=0), 1)
         plt.xlim(0, hi_x)
-        x_ticks = nice_ticks(0, hi_x, max(2, self.size.width // 10), integer=True)
+        x_ticks = [] if self.ticks_below and not framed else nice_ticks(0, hi_x, max(2, self.size.width // 10), True)
         plt.xticks(x_ticks, [str(int(t)) for t in x_ticks])
         lo, hi = (min(ys), max(ys)) if ys else (0.0, 1.0)
         if hi - lo < 1e-9 * max(1.0, abs(hi)):
             lo, hi = lo - 0.5, hi + 0.5
         plt.ylim(lo, hi)
-        y_ticks = nice_ticks(lo, hi, max(2, min(5, self.size.height // 3)))
+        y_ticks = nice_ticks(lo, hi, 2 if self.size.height < 4 else max(3, min(5, self.size.height // 3)))
         plt.yticks(y_ticks, [tick_label(t) for t in y_ticks])
 
 
 class PlotLegend(QuietStatic):
-    """A plot's title and its series' legend, on one line above the plot."""
+    """A plot's title and its series' legend, on one line above the plot; where that line does not fit, the
+    short title and one-cell swatches."""
 
     DEFAULT_CSS = "PlotLegend { height: 1; padding: 0 1; }"
 
-    def show(self, title: str, entries: Sequence[tuple[str, LineStyle]]) -> None:
+    def __init__(self, *, id: str | None = None) -> None:  # noqa: A002 - Textual's name
+        super().__init__(id=id)
+        self._legend: tuple[str, str, Sequence[tuple[str, LineStyle]]] = ("", "", ())
+
+    def show(self, title: str, entries: Sequence[tuple[str, LineStyle]], short_title: str | None = None) -> None:
+        self._legend = (title, short_title or title, tuple(entries))
+        self._draw()
+
+    def on_resize(self) -> None:
+        self._draw()
+
+    def _draw(self) -> None:
+        title, short, entries = self._legend
+        full = self._content(title, entries, "━━ ", "  ")
+        width = self.content_region.width
+        self.update(full if not width or full.cell_length <= width else self._content(short, entries, "━ ", " "),
+                    layout=False)
+
+    def _content(self, title: str, entries: Sequence[tuple[str, LineStyle]], swatch: str, gap: str) -> Content:
         no_color = self.app.no_color
         parts: list[Content | tuple[str, str] | str] = [(title, "bold")]
         for label, style in entries:
             if no_color:
-                parts += ["  ", (f"{style.marker} ", "bold"), Content(label)]
+                parts += [gap, (f"{style.marker} ", "bold"), Content(label)]
             else:
                 color = "$text-muted" if style.faint else f"${style.color}"
-                parts += ["  ", ("━━ ", f"bold {color}"), Content(label)]
-        self.update(Content.assemble(*parts))
+                parts += [gap, (swatch, f"bold {color}"), Content(label)]
+        return Content.assemble(*parts)
 
 
 class PlotPanel(Vertical):
@@ -166,20 +191,24 @@ class PlotPanel(Vertical):
 
     DEFAULT_CSS = "PlotPanel { height: 1fr; } PlotPanel > SeriesPlot { height: 1fr; }"
 
-    def __init__(self, title: str, *, plot_id: str, id: str | None = None, classes: str | None = None) -> None:
+    def __init__(self, title: str, *, plot_id: str, short_title: str | None = None, ticks_below: bool = False,
+                 id: str | None = None, classes: str | None = None) -> None:
         super().__init__(id=id, classes=classes)
         self.title = title
+        self.short_title = short_title
         self.plot_id = plot_id
+        self.ticks_below = ticks_below
 
     def compose(self) -> ComposeResult:
         yield PlotLegend()
-        yield SeriesPlot(self.title, id=self.plot_id)
+        yield SeriesPlot(self.title, ticks_below=self.ticks_below, id=self.plot_id)
 
     def draw(self, series: Mapping[str, Series], styles: Mapping[str, LineStyle], x_max: float | None,
              labels: Mapping[str, str] | None = None) -> None:
         """Plot `series` and list them (by `labels`, default their names) in the legend."""
         labels = labels or {}
-        self.query_one(PlotLegend).show(self.title, [(labels.get(n, n), styles.get(n, DEFAULT_STYLE)) for n in series])
+        self.query_one(PlotLegend).show(self.title, [(labels.get(n, n), styles.get(n, DEFAULT_STYLE)) for n in series],
+                                        self.short_title)
         self.query_one(SeriesPlot).draw(series, styles, x_max)
 
     @property
