@@ -121,8 +121,9 @@ def worker_tunedeck(args: argparse.Namespace, method: str) -> dict[str, Any]:
         cfg.lora.keys, cfg.lora.num_layers = args.keys.split(","), args.layers
         t = cfg.train
         t.method, t.iters, t.batch_size, t.learning_rate = method, args.warmup + args.steps, args.batch, 1e-5
-        t.warmup_steps, t.save_every, t.eval_every, t.grad_checkpoint = 0, 10**9, 10**9, args.grad_checkpoint
+        t.warmup_steps, t.save_every, t.eval_every, t.grad_checkpoint = 0, 10**6, 10**6, args.grad_checkpoint
         t.compile = args.compile
+        cfg.model.quantized_matmul = args.quantized_matmul
         if kto:
             cfg.kto.undesirable_weight = 2.25
 
@@ -200,6 +201,9 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--grad-checkpoint", action="store_true")
     p.add_argument("--compile", default="auto", choices=["auto", "on", "off"], help="tunedeck's train.compile")
     p.add_argument("--skip-kto", action="store_true")
+    p.add_argument("--quantized-matmul", default="auto", choices=["auto", "dequantize", "kernel"],
+                   help="tunedeck's model.quantized_matmul")
+    p.add_argument("--only", default="", help="comma-separated contenders to run (mlx_lm, sft, kto); default all")
     p.add_argument("--repeat", type=int, default=1,
                    help="run each contender this many times, interleaved, and keep each one's fastest run "
                         "(--quick: 4; timings on a shared CPU vary by 10-20%% from run to run)")
@@ -231,6 +235,8 @@ def main() -> None:
 
     device = detect()
     names = {"mlx_lm": "mlx_lm", "tunedeck_sft": "sft", **({} if args.skip_kto else {"tunedeck_kto": "kto"})}
+    if args.only:
+        names = {name: which for name, which in names.items() if which in args.only.split(",")}
     runs: dict[str, list[dict[str, Any]]] = {name: [] for name in names}
     for _ in range(args.repeat):  # interleaved, so that a slow spell of the machine hits every contender
         for name, which in names.items():
@@ -239,16 +245,19 @@ def main() -> None:
     print(f"\n{'':14} {'tokens/s':>10} {'step s':>8} {'peak GB':>8} {'wall s':>7}")
     for name, r in results.items():
         print(f"{name:14} {r['tokens_per_sec']:>10.0f} {r['step_time']:>8.3f} {r['peak_memory_gb']:>8.2f} {r['wall_seconds']:>7.0f}")
-    sft, base = results["tunedeck_sft"], results["mlx_lm"]
-    summary = {
-        "sft_ratio": round(sft["tokens_per_sec"] / base["tokens_per_sec"], 3),
-        "peak_memory_ratio": round(sft["peak_memory_gb"] / base["peak_memory_gb"], 3),
-        "tunedeck_tokens_per_sec": sft["tokens_per_sec"], "mlx_lm_tokens_per_sec": base["tokens_per_sec"],
-        "device": f"{device.kind} ({device.note})", "dtype": args.dtype, "size": args.size, "batch": args.batch,
+    summary: dict[str, Any] = {name: {k: r[k] for k in ("tokens_per_sec", "step_time", "peak_memory_gb")}
+                               for name, r in results.items()}
+    sft, base = results.get("tunedeck_sft"), results.get("mlx_lm")
+    if sft and base:
+        summary |= {"sft_ratio": round(sft["tokens_per_sec"] / base["tokens_per_sec"], 3),
+                    "peak_memory_ratio": round(sft["peak_memory_gb"] / base["peak_memory_gb"], 3),
+                    "tunedeck_tokens_per_sec": sft["tokens_per_sec"], "mlx_lm_tokens_per_sec": base["tokens_per_sec"]}
+    summary |= {
+        "quantized_matmul": args.quantized_matmul, "device": f"{device.kind} ({device.note})", "dtype": args.dtype, "size": args.size, "batch": args.batch,
         "seq": args.seq, "data": args.data, "prompt_share": args.prompt_share if args.data == "synthetic" else None,
         "quantize": args.quantize, "grad_checkpoint": args.grad_checkpoint, "repeat": args.repeat,
     }
-    if "tunedeck_kto" in results:
+    if "tunedeck_kto" in results and sft:
         kto = results["tunedeck_kto"]
         summary["kto_over_sft"] = round(kto["step_time"] / sft["step_time"], 3)
         summary["kto_peak_over_sft"] = round(kto["peak_memory_gb"] / sft["peak_memory_gb"], 3)

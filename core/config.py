@@ -47,6 +47,7 @@ class ModelConfig:
     dtype: str = "auto"  # auto | float32 | bfloat16 | float16
     adapter: str = ""  # warm-start from this adapter directory
     trust_remote_code: bool = False
+    quantized_matmul: str = "auto"  # auto | dequantize | kernel: quantized layers under train.grad_checkpoint
 
 
 @dataclass
@@ -133,6 +134,7 @@ _SECTION_TYPES = typing.get_type_hints(Config)
 CHOICES: dict[str, tuple[Any, ...]] = {
     "model.quantize": (0, 4, 8),
     "model.dtype": ("auto", "float32", "bfloat16", "float16"),
+    "model.quantized_matmul": ("auto", "dequantize", "kernel"),
     "data.format": ("auto", "kto", "messages", "trl_unpaired", "sharegpt", "prompt_completion", "text"),
     "data.train_on": ("all_assistant", "last"),
     "lora.type": ("lora", "dora"),

@@ -9,6 +9,9 @@ HELP: dict[str, str] = {
     "model.dtype": "auto = bfloat16 on Apple/CUDA GPUs, float32 on CPUs",
     "model.adapter": "warm-start from this adapter directory (empty = fresh LoRA)",
     "model.trust_remote_code": "allow custom code shipped with the model (off: such models are refused)",
+    "model.quantized_matmul": "quantized bases, layer by layer (train.grad_checkpoint): dequantize each layer's "
+                              "weights for its products (faster on CUDA and CPUs) or the quantized kernel; "
+                              "auto = kernel on Apple GPUs only",
     "data.path": "JSONL dataset (relative paths are relative to this file)",
     "data.format": "the records' format (auto: detected per file)",
     "data.max_seq_len": "longer examples lose prompt tokens from the left; the completion is kept",

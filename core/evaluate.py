@@ -42,7 +42,7 @@ import mlx.core as mx
 import mlx.nn as nn
 import numpy as np
 
-from . import backend, checkpoint_files, data, toolcalls
+from . import backend, checkpoint_files, data, layerwise, toolcalls
 from .config import Config, ConfigError
 from .config import load as load_config
 from .fsutil import atomic_write_text
@@ -169,6 +169,7 @@ def load_run_model(run_dir: Path, checkpoint: str | None = None, model: str | No
         raise EvalError(f"adapter {adir} does not fit model {mcfg.path}: {e}") from None
     base.eval()
     mx.eval(base.parameters())
+    layerwise.use_dequantized(base, layerwise.dequantizes(cfg.model.quantized_matmul, backend.detect().kind))
     return RunModel(base, tok, model_dir, cfg, adir, acfg, dtype)
 
 
@@ -308,7 +309,7 @@ def evaluate(run_dir: str | Path, split: str = "valid", max_examples: int = 0, m
     seqs = tokenize(rm.tokenizer, examples, cfg.data.max_seq_len, False, cfg.train.seed,
                     string_format=cfg.data.string_format)
     ntoks = np.array([len(s) - max(int(st), 1) for s, st in zip(seqs.ids, seqs.starts)], dtype=np.float64)
-    logps = _log_probs(rm.model, seqs, max(1, cfg.train.batch_size * 2), say)
+    logps = _log_probs(rm.model, seqs, max(1, cfg.train.batch_size * 2), say, cfg.train.grad_checkpoint)
     metrics = _likelihood_metrics(logps, ntoks, labels, cfg.kto.beta)
     box = _toolbox(everything, data_path)
     desirable = [e for e in examples if e.label]
@@ -342,8 +343,9 @@ def evaluate(run_dir: str | Path, split: str = "valid", max_examples: int = 0, m
     return report
 
 
-def _log_probs(net: nn.Module, seqs: Sequences, batch_size: int, say: Progress) -> dict[str, np.ndarray]:
-    """Each sequence's completion log-prob (summed over its tokens), by the base (adapter off) and the adapter."""
+def _log_probs(net: nn.Module, seqs: Sequences, batch_size: int, say: Progress, stepwise: bool) -> dict[str, np.ndarray]:
+    """Each sequence's completion log-prob (summed over its tokens), by the base (adapter off) and the adapter;
+    `stepwise` (the run's train.grad_checkpoint): one layer per evaluation, bounded as the run's steps."""
     from .reference import compute
 
     logps: dict[str, np.ndarray] = {}
@@ -356,9 +358,9 @@ def _log_probs(net: nn.Module, seqs: Sequences, batch_size: int, say: Progress) 
 
         if which == "base":
             with adapters_disabled(net):
-                logps[which] = compute(net, seqs.ids, seqs.starts, batch_size, tick).astype(np.float64)
+                logps[which] = compute(net, seqs.ids, seqs.starts, batch_size, tick, stepwise=stepwise).astype(np.float64)
         else:
-            logps[which] = compute(net, seqs.ids, seqs.starts, batch_size, tick).astype(np.float64)
+            logps[which] = compute(net, seqs.ids, seqs.starts, batch_size, tick, stepwise=stepwise).astype(np.float64)
     return logps
 
 

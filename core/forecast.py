@@ -15,6 +15,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from typing import Any
 
+from .layerwise import HEAD_ELEMENTS, dequantizes
 from .memory import GB, machine_budget_gb, model_config_for
 
 FITS_FRACTION = 0.85  # "fits" up to this fraction of the budget, "tight" up to all of it
@@ -41,8 +42,8 @@ GROUP_SIZE = 64  # core.model.load_base quantizes with group size 64
 _WORK_NOGC = (9.0, 4.0, 3.4, 1.7)  # per token: x h, x (q + 2kv), x I, x heads*T (unfused attention)
 _WORK_GC = (4.0, 3.6, 4.5, 1.9)  # on top of one layer's full activations (recomputed)
 _LOGITS_PHASE_GC_H = 6.0  # x h per token, with checkpointing, beside the logits phase
-# The KTO reference pass (before training, no gradient, micro-batch 2B, one layer per evaluation):
-# one float32 copy of the logits plus a forward working set of these elements per token.
+# The KTO reference pass (before training, no gradient, micro-batch 2B): a forward working set of these
+# elements per token (see _reference_peak for the logits and for how many layers' sets are held).
 _REF_WORK = (4.3, 2.9, 1.2, 0.6)
 # Loading (core.model.load_base): mlx_lm.load materialises the whole checkpoint, then the cast to
 # the training dtype and/or the quantization run beside it; measured peaks were checkpoint + 0.58x
@@ -55,12 +56,14 @@ OVERHEAD_GB = 0.002  # MLX's own small arrays (random state, step counter, causa
 # Activations x this, per backend: 1.0 = the CPU-measured model above. Set from `measure_peak` runs on
 # that backend (Metal and CUDA are modelled, not yet measured, at the time of writing).
 ACTIVATION_SCALE: dict[str, float] = {"cpu": 1.0, "metal": 1.0, "cuda": 1.0}
-# MLX 0.32.4's CUDA backend holds far more than the CPU-measured model during a step (more with quantized
-# weights). Bytes per batch token, fitted to 7B peaks measured on an H100: "float" to the bf16 steps of
-# bench/results/h100_forecast_7b.txt (it over-forecasts 4 x 2048 without checkpointing: 89 GB against
-# 65 measured); "quantized" to the 4-bit 2 x 1024 layer-by-layer checkpointed steps of
-# bench/results/h100_q4_b2_s1024_gc.txt (SFT 15.9 GB, KTO 13.8 GB).
-CUDA_EXTRA_PER_TOKEN: dict[str, float] = {"float": 3.6e6, "quantized": 4.5e6}
+# MLX 0.32.4's CUDA backend with the whole step compiled (no train.grad_checkpoint) holds this fraction of the
+# base weights' bytes beyond the model above, whatever the tokens: H200, 7B bf16, +7.8, +6.4 and +6.9 GB at SFT
+# 4 x 512, KTO 4 x 512 and SFT 4 x 2048 (bench/results/h200_forecast_7b.txt; 4-bit without checkpointing is not
+# measured). Layer by layer it holds nothing beyond: the model is within 8% of the 7B checkpointed steps there.
+CUDA_COMPILED_EXTRA = 0.48
+# The layer-by-layer reference pass on CUDA holds this many times the CPU-measured forward working set
+# (_REF_WORK): fitted to the 7B 4-bit KTO passes at 2 x 1024 (7.30 GB) and 4 x 2048 (13.37 GB) on an H200.
+CUDA_REF_LAYER_SCALE = 2.15
 OVERHEAD_FRACTION = 0.02  # of the dynamic parts: allocator rounding, what the fits miss
 
 
@@ -228,14 +231,15 @@ def _forecast(cfg, g: _Geometry, budget_gb: float, L: int, completion_len: int |
     gradients = adapters * (2 if cfg.train.grad_accumulation > 1 else 1)
     activations, logits, kl = _activations(cfg, g, s, keys, n_lora, bits)
     dynamic = activations + logits + kl + gradients + optimizer
-    overhead = OVERHEAD_GB * GB + OVERHEAD_FRACTION * dynamic
-    if kind == "cuda":  # empirical: what MLX's CUDA backend holds beyond the model above (CUDA_EXTRA)
-        overhead += CUDA_EXTRA_PER_TOKEN["quantized" if bits else "float"] * s.B * s.T
+    deq = _dequantized_layer(cfg, g, s, bits, notes)
+    overhead = OVERHEAD_GB * GB + OVERHEAD_FRACTION * dynamic + deq
+    if kind == "cuda" and not cfg.train.grad_checkpoint and cfg.train.compile != "off":
+        overhead += CUDA_COMPILED_EXTRA * weights
     train_total = weights + adapters + optimizer + gradients + activations + logits + kl + overhead
 
     phases = {"load": _load_peak(g, s.w, weights, bits) / GB, "train": train_total / GB}
     if kto:
-        phases["reference"] = _reference_peak(g, s, weights, adapters) / GB
+        phases["reference"] = _reference_peak(cfg, g, s, weights + deq, adapters) / GB
     parts = {"weights": weights, "adapters": adapters, "optimizer": optimizer, "gradients": gradients,
              "activations": activations, "logits": logits, "kl_forward": kl, "overhead": overhead}
     parts = {k: v / GB for k, v in parts.items()}
@@ -326,14 +330,31 @@ def _activations(cfg, g: _Geometry, s: _Shape, keys: set[str], n_lora: int, bits
     return stored_bytes + layer_phase, 0.0, 0.0
 
 
-def _reference_peak(g: _Geometry, s: _Shape, weights: float, adapters: float) -> float:
-    """The KTO reference pass: micro-batches of 2B, no gradient, before the optimizer state exists."""
+def _dequantized_layer(cfg, g: _Geometry, s: _Shape, bits: int, notes: list[str]) -> float:
+    """One layer's weights dequantized to the training dtype, the transient of each layer-by-layer evaluation
+    of a quantized base where model.quantized_matmul dequantizes (core.layerwise; measured +0.44 GB at 7B)."""
+    if not (bits and cfg.train.grad_checkpoint and dequantizes(cfg.model.quantized_matmul, s.kind)):
+        return 0.0
+    notes.append("each layer's weights are dequantized for its evaluation (model.quantized_matmul)")
+    return sum(i * o for i, o in g.modules().values()) * s.w
+
+
+def _reference_peak(cfg, g: _Geometry, s: _Shape, weights: float, adapters: float) -> float:
+    """The KTO reference pass (core.reference.compute_set): micro-batches of 2B with their KL pairs, no gradient,
+    before the optimizer state exists. Layer by layer (train.grad_checkpoint): one layer's forward working set
+    for the examples and their KL completions together, and the logits a few rows at a time
+    (core.layerwise.head_logps). Whole model: the batch's logits; on CUDA every layer's working set lives
+    until the evaluation ends (measured at 7B bf16 4 x 512: 27.2 GB)."""
     B2 = 2 * s.B
     a, b, c, d = _REF_WORK
     ref_nhT = g.heads * s.T if s.kind == "cpu" else 0  # inference attention is fused on GPUs
-    qkv3 = g.q + 2 * g.kv
-    ref = (B2 * s.K * g.vocab * (4.0 + (2.0 if s.w == 2 else 0.0))
-           + (a * g.h + b * qkv3 + c * g.inter + d * ref_nhT) * B2 * s.T * s.w)
+    per_token = (a * g.h + b * (g.q + 2 * g.kv) + c * g.inter + d * ref_nhT) * s.w
+    logits_row = s.K * g.vocab * (4.0 + (2.0 if s.w == 2 else 0.0))  # float32 (+ the bf16 they are cast from)
+    if cfg.train.grad_checkpoint:
+        per_token *= CUDA_REF_LAYER_SCALE if s.kind == "cuda" else 1.0
+        ref = min(B2, max(1, HEAD_ELEMENTS // (s.K * g.vocab))) * logits_row + per_token * B2 * (s.T + s.K)
+    else:
+        ref = B2 * logits_row + per_token * B2 * s.T * (g.layers if s.kind == "cuda" else 1)
     return weights + adapters + ref + OVERHEAD_GB * GB + OVERHEAD_FRACTION * ref
 
 

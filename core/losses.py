@@ -12,6 +12,8 @@ completion tokens and r = log π(y|x) − log π_ref(y|x),
 
 from __future__ import annotations
 
+from typing import Any
+
 import mlx.core as mx
 import mlx.nn as nn
 from mlx_lm.models.base import create_attention_mask
@@ -55,9 +57,16 @@ def hidden_at(model: nn.Module, inputs: mx.array, positions: mx.array, caches: l
         return mx.take_along_axis(inner(inputs, cache=caches), idx, axis=1)
     hidden = inner.embed_tokens(inputs)
     mask = create_attention_mask(hidden, caches[0] if caches else None)
-    *lower, last = inner.layers
-    for i, layer in enumerate(lower):
+    for i, layer in enumerate(inner.layers[:-1]):
         hidden = layer(hidden, mask, cache=caches[i] if caches else None)
+    return last_block_at(model, hidden, positions, caches[-1] if caches else None)
+
+
+def last_block_at(model: nn.Module, hidden: mx.array, positions: mx.array, cache: Any = None) -> mx.array:
+    """The last llama/mistral block of `hidden_at` on the last block's input `hidden` [B, L, H]: keys and values
+    at every position (into `cache`, a core.prefix_kl recorder, if given), the rest at `positions`; normed."""
+    inner, idx = model.model, positions[..., None]
+    last = inner.layers[-1]
     attn, x = last.self_attn, last.input_layernorm(hidden)
     B, L, _ = x.shape
     K = positions.shape[1]
@@ -68,8 +77,8 @@ def hidden_at(model: nn.Module, inputs: mx.array, positions: mx.array, caches: l
     # trained positions need not be consecutive (equal to RoPE over the whole row, gathered: exact)
     q = attn.rope(q, offset=positions.reshape(-1)).reshape(B, K, attn.n_heads, -1).transpose(0, 2, 1, 3)
     k = attn.rope(k)
-    if caches:
-        k, v = caches[-1].update_and_fetch(k, v)
+    if cache is not None:
+        k, v = cache.update_and_fetch(k, v)
     allowed = (mx.arange(L)[None, None, :] <= positions[:, :, None])[:, None]  # causal, at each query's position
     out = mx.fast.scaled_dot_product_attention(q, k, v, scale=attn.scale, mask=allowed)
     h = mx.take_along_axis(hidden, idx, axis=1) + attn.o_proj(out.transpose(0, 2, 1, 3).reshape(B, K, -1))

@@ -12,11 +12,11 @@ import mlx.core as mx
 import mlx.nn as nn
 import numpy as np
 
-from . import backend, objectives
+from . import backend, layerwise, objectives
 from .batching import Sequences
 from .memory import GB, model_config_for
 from .model import apply_adapters
-from .reference import compute as reference_compute
+from .reference import compute_set
 from .step import TrainStep, micro_batch_seed, optimizer, wants_compile
 
 
@@ -44,6 +44,7 @@ def _random_model(cfg, mc: dict[str, Any], dtype: str) -> nn.Module:
             class_predicate=lambda _p, m: isinstance(m, nn.Linear) and m.weight.shape[-1] % 64 == 0,
         )
     mx.eval(model.parameters())
+    layerwise.use_dequantized(model, layerwise.dequantizes(cfg.model.quantized_matmul, backend.detect().kind))
     apply_adapters(model, cfg.lora, "random")
     return model
 
@@ -81,7 +82,7 @@ def measure_peak(cfg, steps: int = 2, seq_len: int | None = None, model_config: 
     `core.model.apply_adapters`, and runs the trainer's own step (`core.step.TrainStep`) and optimizer on
     `train.batch_size` sequences of `seq_len` (default `data.max_seq_len`) tokens, the last
     `completion_len` of them trained (default: all but the first, as `forecast` assumes); for KTO it
-    first runs the reference pass (`core.reference.compute`, batch 2×B) over the examples and their KL
+    first runs the reference pass (`core.reference.compute_set`, batch 2×B) over the examples and their KL
     partners, as the trainer does before training. Returns the peaks of each phase: `weights_gb` (active
     after the model and adapters are built), `reference_gb`, `step_gb`, `peak_gb` (the largest), all net of
     what the process held before the call. On a GPU it measures the same at 7B:
@@ -113,8 +114,7 @@ def measure_peak(cfg, steps: int = 2, seq_len: int | None = None, model_config: 
         if objective.uses_reference:
             mx.reset_peak_memory()
             model.eval()
-            ref = (reference_compute(model, seqs.ids, seqs.starts, 2 * B),
-                   reference_compute(model, seqs.kl_ids, seqs.kl_starts, 2 * B))
+            ref = compute_set(model, seqs, 2 * B, stepwise=cfg.train.grad_checkpoint)
             mx.synchronize()
             out["reference_gb"] = (mx.get_peak_memory() - base) / GB
             mx.clear_cache()

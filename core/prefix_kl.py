@@ -23,7 +23,7 @@ import mlx.nn as nn
 import numpy as np
 
 from . import layerwise
-from .losses import head, hidden_at, token_logps
+from .losses import LLAMA_BLOCK, head, hidden_at, last_block_at, token_logps
 
 
 def supported(model: nn.Module) -> bool:
@@ -103,12 +103,18 @@ def kl_logps(model: nn.Module, recorded: list[Any], first_hidden: mx.array, kl: 
     """Summed log-probs of the KL pairs' completions (no gradient), from the policy forward's recorded
     keys/values and its final hidden state at each prompt's last position (`first_hidden`, [B, 1, H]).
     `stepwise` evaluates the pass one layer at a time (core.layerwise.forward)."""
-    kl_tokens, offsets, attn, kl_targets, kl_mask = kl
+    kl_tokens, offsets, attn = kl[:3]
     prefixes = [_Prefix(r, offsets, attn) for r in recorded]
     if stepwise:
         kl_hidden = model.model.norm(layerwise.forward(model, kl_tokens, prefixes)[0])
     else:
         kl_hidden = model.model(kl_tokens, cache=prefixes)
+    return _completion_logps(model, first_hidden, kl_hidden, kl)
+
+
+def _completion_logps(model: nn.Module, first_hidden: mx.array, kl_hidden: mx.array, kl: tuple[mx.array, ...]) -> mx.array:
+    """Summed log-probs of the KL completions from the prompt's last (normed) hidden state and the pass's own."""
+    kl_targets, kl_mask = kl[3:]
     kl_hidden = mx.concatenate([mx.stop_gradient(first_hidden), kl_hidden], axis=1)[:, : kl_targets.shape[1]]
     return mx.stop_gradient((token_logps(head(model, kl_hidden), kl_targets) * kl_mask).sum(axis=-1))
 
@@ -131,3 +137,29 @@ def policy_and_kl_logps(model: nn.Module, seq: tuple[mx.array, ...], kl: tuple[m
     hidden = hidden_at(model, tokens[:, :-1], positions, recorded)
     logps = (token_logps(head(model, hidden), targets) * mask).sum(axis=-1)
     return logps, kl_logps(model, recorded, hidden[:, :1], kl)
+
+
+def reference_logps(model: nn.Module, seq: tuple[mx.array, ...], kl: tuple[mx.array, ...]) -> tuple[mx.array, mx.array]:
+    """`policy_and_kl_logps` without gradient, one layer per evaluation for both passes together (the KTO
+    reference pass under train.grad_checkpoint): layer i of the examples records its keys/values, layer i of
+    the KL pairs reads them, and they are dropped before layer i + 1. Evaluated."""
+    tokens, positions, targets, mask = seq
+    kl_tokens, offsets, attn, kl_targets, kl_mask = kl
+    inner = model.model
+    hidden, kl_hidden = inner.embed_tokens(tokens[:, :-1]), inner.embed_tokens(kl_tokens)
+    # prompts all of the prefix's width: MLX's "causal" (aligned to the last key) is this mask, and fused
+    kl_attn = "causal" if (np.array(offsets) == attn.shape[-1] - attn.shape[-2]).all() else attn
+    llama = getattr(model, "model_type", None) in LLAMA_BLOCK
+    for i, layer in enumerate(inner.layers):
+        recorded = _Recorder()
+        with layerwise.dequantized(model, layer):
+            if llama and i == len(inner.layers) - 1:  # as losses.hidden_at: the last block at the positions only
+                hidden = last_block_at(model, hidden, positions, recorded)
+            else:
+                hidden = layer(hidden, "causal", cache=recorded)
+            kl_hidden = layer(kl_hidden, kl_attn, cache=_Prefix(recorded, offsets, attn))
+            mx.eval(hidden, kl_hidden)
+    if not llama:
+        hidden = mx.take_along_axis(inner.norm(hidden), positions[..., None], axis=1)
+    kl_hidden = mx.concatenate([hidden[:, :1], inner.norm(kl_hidden)], axis=1)[:, : kl_targets.shape[1]]
+    return (layerwise.head_logps(model, hidden, targets, mask), layerwise.head_logps(model, kl_hidden, kl_targets, kl_mask))

@@ -8,6 +8,7 @@ pays (GPUs); with layer-by-layer checkpointing (core.layerwise) it is evaluated 
 from __future__ import annotations
 
 from collections.abc import Callable
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass
 from functools import partial
 from typing import Any
@@ -122,6 +123,11 @@ class TrainStep:
         self.compiled = compiled and not stepwise  # evaluated layer by layer: no whole-step compile
         self._compute = _Compute(objective, model, optimizer, group, stepwise, eager=not self.compiled)
         self._fns: dict[type, Callable[..., Any]] = {}
+
+    def evaluating(self) -> AbstractContextManager[Any]:
+        """Where validation runs its forwards: one layer per evaluation under layer-by-layer checkpointing
+        (core.layerwise.by_layer), so that it never holds more than the step does."""
+        return layerwise.by_layer(self.model) if self._compute.stepwise else nullcontext()
 
     def batch(self, seqs: Sequences, idx: np.ndarray, ref: tuple[np.ndarray, np.ndarray] | None = None,
               shard: bool = True, step_tokens: int = 0) -> Batch:

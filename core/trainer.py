@@ -245,7 +245,8 @@ class Trainer:
         try:
             done, hit = reference_pass(loaded.model, {"train": train, "valid": valid}, c.train.batch_size * 2,
                                        self.run_dir, ident, group=self.world, report=self._report_reference,
-                                       between=self._reference_between, warn=self._warn)
+                                       between=self._reference_between, warn=self._warn,
+                                       stepwise=c.train.grad_checkpoint)
         except ReferenceStopped:
             return None
         return done, {"reference_cached": hit, "reference_seconds": round(time.perf_counter() - t0, 2)}
@@ -379,8 +380,9 @@ class Trainer:
         model.eval()
         sums = np.zeros(self.objective.EVAL_SUMS)
         batches = self.objective.eval_batches(seqs)
-        for idx in batches[self.rank :: self.size]:
-            sums += self.objective.eval_sums(model, step.batch(seqs, idx, ref, shard=False))
+        with step.evaluating():
+            for idx in batches[self.rank :: self.size]:
+                sums += self.objective.eval_sums(model, step.batch(seqs, idx, ref, shard=False))
         model.train(was_training)
         return self.objective.eval_fields(self._sum(sums))
 

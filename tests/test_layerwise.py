@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 from mlx.utils import tree_flatten, tree_map
 
-from tests.conftest import small_config
+from tests.conftest import F32_EPS, small_config
 from tunedeck.core import config as C
 from tunedeck.core import layerwise, runs
 from tunedeck.core.batching import pack
@@ -78,3 +78,124 @@ def test_checkpointed_training_matches_plain(tmp_path: Path, method: str) -> Non
     np.testing.assert_allclose(loss_gc, loss, rtol=1e-5)
     for k in w:
         np.testing.assert_allclose(w_gc[k], w[k], rtol=1e-4, atol=1e-6, err_msg=k)
+
+
+@pytest.fixture(scope="module")
+def quantized_lora(demo_model: Path):
+    """The demo model quantized to 4 bits (core.model.quantize_linear) with random LoRA adapters on q, v."""
+    import mlx_lm
+    from mlx_lm.tuner.utils import linear_to_lora_layers
+
+    from tunedeck.core.model import quantize_linear
+
+    model, _ = mlx_lm.load(str(demo_model))
+    quantize_linear(model, 4)
+    model.freeze()
+    linear_to_lora_layers(model, len(model.layers), {"rank": 4, "scale": 2.0, "dropout": 0.0,
+                                                     "keys": ["self_attn.q_proj", "self_attn.v_proj"]})
+    mx.random.seed(2)
+    model.update(tree_map(lambda p: 0.05 * mx.random.normal(p.shape), model.trainable_parameters()))
+    rng = np.random.default_rng(1)
+    ids = [rng.integers(10, 2000, k).astype(np.int32) for k in (60, 90, 77)]
+    return model, tuple(map(mx.array, pack(ids, np.array([20, 50, 30]))))
+
+
+def test_dequantized_products_equal_quantized_matmul(quantized_lora) -> None:
+    """Each quantized projection, multiplied through its dequantized weight (model.quantized_matmul =
+    "dequantize"), gives quantized_matmul's output within the float32 error of a K-term dot product."""
+    model, seq = quantized_lora
+    x = mx.random.normal((5, 33, model.args.hidden_size))
+    layer = model.model.layers[1]
+    for name, m in layer.named_modules():
+        if type(m) is not nn.QuantizedLinear or m.weight.shape[-1] * 32 // m.bits != x.shape[-1]:
+            continue
+        want = m(x)
+        with layerwise._retyped([(m, layerwise._DequantizedLinear)]):
+            got = m(x)
+        w = mx.dequantize(m.weight, m.scales, m.biases, group_size=m.group_size, bits=m.bits)
+        # both sum K products in float32 in different orders (each within K·ε·Σ|x||w| of the exact sum), and a
+        # weight rebuilt as scale·q + bias may differ by one rounding (ε·Σ|x||w|): (2K + 1)·ε·Σ|x||w|
+        bound = (2 * x.shape[-1] + 1) * F32_EPS * (mx.abs(x) @ mx.abs(w).T)
+        assert bool(mx.all(mx.abs(got - want) <= bound)), name
+        assert type(m) is nn.QuantizedLinear  # restored after the block
+
+
+def test_dequantized_layerwise_step_equals_the_kernel(quantized_lora) -> None:
+    """The layer-by-layer log-probs and gradients of a quantized model are those of quantized_matmul with
+    every layer's products through dequantized weights."""
+    from tests.conftest import logp_sum_atol
+
+    model, seq = quantized_lora
+
+    def on_hidden(hidden):
+        return -hidden_logps(model, hidden, *seq[1:]).sum() / seq[3].sum(), seq[3].sum()
+
+    out = []
+    for on in (False, True):
+        layerwise.use_dequantized(model, on)
+        out.append((layerwise.sequence_logps(model, *seq), layerwise.value_and_grad(model, seq[0][:, :-1], on_hidden)))
+    layerwise.use_dequantized(model, False)
+    (lp_k, ((loss_k, _), g_k)), (lp_d, ((loss_d, _), g_d)) = out
+    # log-prob sums: as any two float32 evaluations of them (tests/conftest.py), at the longest completion (70)
+    np.testing.assert_allclose(np.array(lp_d), np.array(lp_k), rtol=0, atol=logp_sum_atol(tokens=70))
+    assert loss_d.item() == pytest.approx(loss_k.item(), rel=1e-5)
+    n = seq[0][:, :-1].size  # each gradient element sums n positions' contributions: √n·ε·max|g| (test_prefix_kl)
+    for (k, a), (_, b) in zip(tree_flatten(g_d), tree_flatten(g_k)):
+        b = np.array(b)
+        np.testing.assert_allclose(np.array(a), b, rtol=1e-4, atol=np.sqrt(n) * F32_EPS * np.abs(b).max(), err_msg=k)
+
+
+def test_dequantize_choice_per_backend() -> None:
+    assert layerwise.dequantizes("auto", "cuda") and layerwise.dequantizes("auto", "cpu")
+    assert not layerwise.dequantizes("auto", "metal") and layerwise.dequantizes("dequantize", "metal")
+    assert not layerwise.dequantizes("kernel", "cuda")
+
+
+@pytest.mark.parametrize("method", ["sft", "kto"])
+def test_validation_by_layer_equals_the_whole_model(demo_model: Path, method: str) -> None:
+    """Validation under layer-by-layer checkpointing (core.layerwise.by_layer: every layer call its own
+    evaluation) gives the whole-model numbers, evaluating once per layer."""
+    import mlx_lm
+    from mlx_lm.tuner.utils import linear_to_lora_layers
+
+    from tunedeck.core import data, demo, objectives
+    from tunedeck.core.batching import tokenize
+    from tunedeck.core.step import TrainStep, optimizer
+
+    model, tok = mlx_lm.load(str(demo_model))
+    model.freeze()
+    linear_to_lora_layers(model, len(model.layers), {"rank": 4, "scale": 2.0, "dropout": 0.0,
+                                                     "keys": ["self_attn.q_proj", "self_attn.v_proj"]})
+    cfg = C.Config()
+    cfg.train.method, cfg.train.grad_checkpoint = method, True
+    objective = objectives.for_config(cfg)
+    seqs = tokenize(tok, data.load(demo.sample_dataset()).examples[:8], 512, kto=method == "kto", seed=0)
+    step = TrainStep(objective, model, optimizer(cfg, 1), compiled=False)
+    ref = (np.zeros(len(seqs), np.float32), np.zeros(len(seqs), np.float32))
+    batch = step.batch(seqs, np.arange(4), ref if method == "kto" else None, shard=False)
+    model.eval()
+    whole = objective.eval_sums(model, batch)
+    evals = []
+    real_eval = mx.eval
+    mx.eval = lambda *a: evals.append(1) or real_eval(*a)
+    try:
+        with step.evaluating():
+            layered = objective.eval_sums(model, batch)
+    finally:
+        mx.eval = real_eval
+    assert type(model.model.layers[0]) is type(model.model.layers[-1])  # restored
+    np.testing.assert_allclose(layered, whole, rtol=1e-5)
+    assert len(evals) >= len(model.model.layers)
+
+
+def test_head_logps_a_row_at_a_time(quantized_lora, monkeypatch) -> None:
+    """core.layerwise.head_logps evaluates the logits a few rows at a time (HEAD_ELEMENTS): one row each here,
+    the same sums as the whole batch at once (each row's own arithmetic, only split: within one ulp-walk)."""
+    from tests.conftest import logp_sum_atol
+    from tunedeck.core.losses import packed_logps
+
+    model, seq = quantized_lora
+    want = packed_logps(model, *seq)
+    monkeypatch.setattr(layerwise, "HEAD_ELEMENTS", 1)
+    np.testing.assert_allclose(np.array(layerwise.sequence_logps(model, *seq)), np.array(want), rtol=0,
+                               atol=logp_sum_atol(tokens=70))

@@ -194,3 +194,25 @@ def test_mistral_7b_numbers_are_plausible() -> None:
     cuda = forecast(mistral_cfg(batch=2, seq=1025), budget_gb=80.0, backend="cuda")
     metal = forecast(mistral_cfg(batch=2, seq=1025), budget_gb=80.0, backend="metal")
     assert cuda.parts["activations"] < metal.parts["activations"]
+
+
+def test_cuda_forecast_within_15_percent_of_the_h200_measurements() -> None:
+    """The CUDA terms (core.forecast CUDA_COMPILED_EXTRA, CUDA_REF_LAYER_SCALE) against the 7B peaks measured on
+    an H200 by bench/forecast_7b.py (its raw output, bench/results/h200_forecast_7b.txt): every step, every KTO
+    reference pass and every whole peak, the Mac-24GB preset at its full 2,048 context among them."""
+    lines = (Path(__file__).resolve().parents[1] / "bench" / "results" / "h200_forecast_7b.txt").read_text().splitlines()
+    rows = [json.loads(line) for line in lines if line.startswith("{")]
+    assert len(rows) >= 7 and any(r["batch"] == 4 and r["seq"] == 2048 and r["quantize"] == 4 for r in rows)
+    mc = memory.model_config_for("mistralai/Mistral-7B-Instruct-v0.3")
+    for r in rows:
+        cfg = C.Config()
+        cfg.model.quantize, cfg.model.dtype = r["quantize"], "bfloat16"
+        cfg.lora.keys, cfg.lora.rank, cfg.lora.dropout = r["keys"], 16, 0.0
+        cfg.train.batch_size, cfg.train.grad_checkpoint, cfg.train.method = r["batch"], r["grad_checkpoint"], r["method"]
+        cfg.data.max_seq_len = r["seq"]
+        fc = forecast(cfg, mc, 140.0, seq_len=r["seq"], backend="cuda")
+        m = r["measured"]
+        assert abs(fc.phases["train"] - m["step_gb"]) / m["step_gb"] <= 0.15, r
+        if m["reference_gb"]:
+            assert abs(fc.phases["reference"] - m["reference_gb"]) / m["reference_gb"] <= 0.15, r
+        assert abs(fc.total_gb - m["peak_gb"]) / m["peak_gb"] <= 0.15, r

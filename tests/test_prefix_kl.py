@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 
 import mlx.core as mx
@@ -93,7 +94,11 @@ def test_training_with_and_without_sharing_agree(tmp_path: Path, monkeypatch, ch
     results = []
     packs = []
     real_pack = prefix_kl.pack
-    monkeypatch.setattr(prefix_kl, "pack", lambda *a, **k: packs.append(1) or real_pack(*a, **k))
+    def counting(*a, **k):  # the training and evaluation batches' packs (core.step), not the reference pass's
+        packs.append(sys._getframe(1).f_globals["__name__"].endswith(".step"))
+        return real_pack(*a, **k)
+
+    monkeypatch.setattr(prefix_kl, "pack", counting)
     for share in (True, False):
         if not share:
             monkeypatch.setattr(prefix_kl, "supported", lambda model: False)
@@ -109,7 +114,7 @@ def test_training_with_and_without_sharing_agree(tmp_path: Path, monkeypatch, ch
         results.append([e for e in runs.read_events(run_dir) if e["type"] in ("step", "eval")])
     shared, separate_ = results
     assert len(shared) == len(separate_) == 6  # eval at 0, 4 steps, eval at 4
-    assert 0 < len(packs) < 6  # of 4 training and 2 evaluation batches, some shared and some not
+    assert 0 < sum(packs) < 6  # of 4 training and 2 evaluation batches, some shared and some not
     # Absolute tolerances from the float32 error of the log-prob sums (tests/conftest.py): KL from two sums
     # per pair; rewards are β·(Σlog π − Σlog π_ref) (β = 0.1 here), so β times the same; the losses are
     # 1 − σ(β(r − z))-shaped, whose slope is at most β/4 in r and z.
@@ -154,3 +159,63 @@ def test_last_layer_at_the_trained_positions_only(lora_model) -> None:
         b = np.array(b)
         atol = np.sqrt(n) * F32_EPS * np.abs(b).max()
         np.testing.assert_allclose(np.array(a), b, rtol=1e-4, atol=atol, err_msg=name)
+
+
+def _synthetic_kl(n: int, length: int, start: int):
+    """Random sequences of one length and prompt length, each with a KL pair (its prompt, the next one's completion)."""
+    from tunedeck.core.batching import Sequences
+
+    rng = np.random.default_rng(5)
+    ids = [rng.integers(10, 2000, length).astype(np.int32) for _ in range(n)]
+    seqs = Sequences(ids=ids, starts=np.full(n, start), labels=np.arange(n) % 2 == 0)
+    seqs.set_kl_pairs([np.concatenate([ids[i][:start], ids[(i + 1) % n][start:]]) for i in range(n)], seqs.starts.copy())
+    return seqs
+
+
+@pytest.mark.parametrize("stepwise", [False, True])
+@pytest.mark.parametrize("case", ["sample", "truncated", "equal_prompts"])
+def test_reference_pass_equals_separate_forwards(lora_model, demo_model: Path, stepwise: bool, case: str) -> None:
+    """core.reference.compute_set (KL pairs on their examples' prompt keys/values, batches bucketed by both
+    lengths, whole-model or one layer per evaluation) gives the log-probs of the old path: two separate whole
+    forwards, one over the examples and one over the KL pairs."""
+    import mlx_lm
+
+    from tests.conftest import logp_sum_atol
+    from tunedeck.core import reference
+
+    model, seqs = lora_model
+    if case == "truncated":  # prompts cut to fit: some pairs cannot share theirs
+        seqs = tokenize(mlx_lm.load(str(demo_model))[1], data.load(demo.sample_dataset()).examples[:48], 96,
+                        kto=True, seed=0)
+        assert 0 < seqs.kl_shared.sum() < len(seqs)
+    elif case == "equal_prompts":  # every prompt the prefix's width: the KL pass's "causal" mask
+        seqs = _synthetic_kl(12, 70, 50)
+    logps, kl = reference.compute_set(model, seqs, 8, stepwise=stepwise)
+    want = reference.compute(model, seqs.ids, seqs.starts, 8)
+    want_kl = reference.compute(model, seqs.kl_ids, seqs.kl_starts, 8)
+    # each sum is one sequence's log-prob computed two ways in float32 (tests/conftest.py logp_sum_atol, at the
+    # longest completion of these sets)
+    longest = max(max(len(s) - st for s, st in zip(seqs.ids, seqs.starts)),
+                  max(len(s) - st for s, st in zip(seqs.kl_ids, seqs.kl_starts)))
+    atol = logp_sum_atol(tokens=int(longest))
+    np.testing.assert_allclose(logps, want, rtol=0, atol=atol)
+    np.testing.assert_allclose(kl, want_kl, rtol=0, atol=atol)
+    assert np.abs(kl).min() > 1  # every pair computed, none left at 0
+
+
+def test_reference_pass_reports_every_sequence(lora_model, demo_model: Path) -> None:
+    """The progress count of compute_set (examples and KL pairs, shared or not) adds up to core.reference.work's."""
+    import mlx_lm
+
+    from tunedeck.core import reference
+
+    model, _ = lora_model
+    seqs = tokenize(mlx_lm.load(str(demo_model))[1], data.load(demo.sample_dataset()).examples[:40], 96, kto=True, seed=0)
+    done: list[int] = []
+    reference.compute_set(model, seqs, 8, done.append)
+    assert sum(done) == reference.work(model, seqs, 8, None) == 2 * len(seqs)
+    for rank in range(2):  # two workers split the batches: each its own part, together all of them
+        done.clear()
+        reference.compute_set(model, seqs, 8, done.append, part=(rank, 2))
+        assert sum(done) == reference.work(model, seqs, 8, (rank, 2))
+    assert reference.work(model, seqs, 8, (0, 2)) + reference.work(model, seqs, 8, (1, 2)) == 2 * len(seqs)

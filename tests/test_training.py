@@ -86,23 +86,23 @@ def test_mlx_lm_generate_cli_loads_the_adapter(tmp_path: Path, demo_model: Path)
 
 def test_reference_logps_computed_once(tmp_path: Path, monkeypatch, demo_model: Path) -> None:
     calls: list[int] = []
-    real = reference.compute
+    real = reference.compute_set
 
-    def counting(model, ids, starts, batch_size, on_batch=None):
-        calls.append(len(ids))
-        return real(model, ids, starts, batch_size, on_batch)
+    def counting(model, seqs, batch_size, *args, **kwargs):
+        calls.append(len(seqs))
+        return real(model, seqs, batch_size, *args, **kwargs)
 
-    monkeypatch.setattr(reference, "compute", counting)
+    monkeypatch.setattr(reference, "compute_set", counting)
     run_dir, code = train_in_process(small_config(tmp_path, "kto", iters=4))
     assert code == 0
-    # examples + KL pairs, for the training and validation splits: 4 passes before step 1, none per step
-    assert len(calls) == 4 and sum(calls) == 2 * 64
+    # the training and validation splits (each example with its KL pair): 2 passes before step 1, none per step
+    assert len(calls) == 2 and sum(calls) == 64
     start_event = next(e for e in runs.read_events(run_dir) if e["type"] == "start")
     assert start_event["reference_cached"] is False
     cfg, _ = C.load(run_dir / "config.toml", ["train.iters=6"])
     C.save(cfg, run_dir / "config.toml")
     assert Trainer(run_dir, resume=True).run() == 0
-    assert len(calls) == 4  # the resumed run reads the cache
+    assert len(calls) == 2  # the resumed run reads the cache
     assert [e for e in runs.read_events(run_dir) if e["type"] == "start"][-1]["reference_cached"] is True
 
 

@@ -217,3 +217,17 @@ async def test_tab_moves_focus_without_rebuilding_the_footer(tmp_path: Path) -> 
             assert {id(k) for k in screen.query(FooterKey)} == set(keys)
             in_text_field = isinstance(app.focused, Input)
             assert next(k for k in keys.values() if k.key == "w").has_class("-disabled") == in_text_field
+
+
+async def test_forecast_follows_the_datasets_token_counts(tmp_path: Path) -> None:
+    """Counted after the Config screen opened, the dataset's lengths replace the max_seq_len upper bound."""
+    app = make_app(make_workspace(tmp_path / "ws"), budget_gb=24.0)
+    async with app.run_test(size=(120, 40)) as pilot:
+        screen = await open_config(app, pilot)
+        app.update_state(token_lengths=None)
+        await settle(app, pilot)
+        assert "upper bound" in screen.query_one("#forecast").render().plain
+        app.update_state(token_lengths=([120, 77, 33], [40, 12, 5]))
+        await settle(app, pilot)
+        text = screen.query_one("#forecast").render().plain
+        assert "tokens, 40 trained" in text and "upper bound" not in text  # (sequences padded as packed)

@@ -4,6 +4,7 @@ fixed, the Train screen follows a finished fake run (no clock ticks), dates are 
 
 from __future__ import annotations
 
+import fcntl
 import math
 import shutil
 import tempfile
@@ -54,6 +55,9 @@ def fixed_app(monkeypatch: pytest.MonkeyPatch):
     monkeypatch.setenv("TZ", "UTC")
     time.tzset()
     ws = Path(tempfile.gettempdir()) / "tunedeck-snapshots" / "ws"
+    # one fixed path for every test worker (pytest-xdist): each snapshot test holds it alone
+    lock = open(Path(tempfile.gettempdir()) / "tunedeck-snapshots.lock", "w")  # noqa: SIM115 (held until teardown)
+    fcntl.flock(lock, fcntl.LOCK_EX)
     shutil.rmtree(ws.parent, ignore_errors=True)
     make_workspace(ws, n=30)
     fake_run(ws, RUN, kto_events())
@@ -69,6 +73,7 @@ def fixed_app(monkeypatch: pytest.MonkeyPatch):
     shutil.rmtree(ws.parent, ignore_errors=True)
     monkeypatch.delenv("TZ")
     time.tzset()
+    lock.close()  # releases the lock
 
 
 def opener(key: str):

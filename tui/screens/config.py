@@ -87,6 +87,13 @@ class ConfigScreen(TunedeckScreen):
         if path.is_file():
             self.open_file(path, apply=False)
         self._validate()
+        self.tapp.state_changed_signal.subscribe(self, self._state_changed)
+
+    def _state_changed(self, fields: frozenset[str]) -> None:
+        """The Data screen counted the dataset's tokens (or dropped them): forecast with its own lengths."""
+        if "token_lengths" in fields and not self._validate_pending:
+            self._validate_pending = True
+            self.call_after_refresh(self._validate)
 
     # ---------------------------------------------------------------- the form
 

@@ -1,0 +1,44 @@
+#!/usr/bin/env bash
+# The H200 measurements of issue 23, in parts that each fit one device call (../shared/device/README.md):
+#   PART=A  MLX's bf16 matmul peak and the per-projection quantized / dequantized / bf16 costs (quant_matmul.py);
+#           the 4-bit 2x1024 checkpointed row: mlx-lm, tunedeck SFT and KTO with model.quantized_matmul "auto"
+#           (dequantize on CUDA), and tunedeck SFT with "kernel" (quantized_matmul, the old path)
+#   PART=B  the KTO reference pass at 7B shape (reference_pass.py), the Mac-24GB preset's whole run phase by
+#           phase (whole_run.py), the bf16 4x512 every-token row
+#   PART=C  forecast vs measured peaks at 7B shape (forecast_7b.py)
+#   PART=D  C, the reference pass again (4-bit layer by layer, bf16 both ways) and the preset's whole run
+# Raw outputs go to $OUT/h200_*.txt.
+set -uo pipefail
+OUT=${OUT:-/tmp/bench-out}
+mkdir -p "$OUT"
+nvidia-smi --query-gpu=name,memory.total --format=csv,noheader | tee -a "$OUT/gpu.txt"
+B="python3 bench/compare_mlx_lm.py --size 7b --keys q_proj,v_proj --rank 16 --examples 48"
+row() { local name=$1 limit=$2; shift 2; echo "== $name: $*"; timeout "$limit" $B "$@" 2>&1 | tail -8 | tee "$OUT/h200_$name.txt"; }
+case "${PART:-A}" in
+  A)
+    timeout 90 python3 bench/quant_matmul.py --reps 20 2>&1 | tee "$OUT/h200_quant_matmul.txt"
+    row q4_b2_s1024_gc 340 --batch 2 --seq 1024 --quantize 4 --grad-checkpoint --steps 6 --warmup 3
+    row q4_b2_s1024_gc_kernel 110 --batch 2 --seq 1024 --quantize 4 --grad-checkpoint --steps 6 --warmup 3 \
+      --only sft --quantized-matmul kernel
+    ;;
+  B)
+    timeout 150 python3 bench/reference_pass.py --size 7b --data synthetic --seq 1024 --examples 32 --batch 4 \
+      --quantize 4 --grad-checkpoint --repeat 2 2>&1 | tail -3 | tee "$OUT/h200_reference_pass.txt"
+    timeout 170 python3 bench/whole_run.py --size 7b --examples 300 --iters 6 --eval-every 3 2>&1 | tail -3 \
+      | tee "$OUT/h200_whole_run_mac_preset.txt"
+    row bf16_b4_s512_all 230 --batch 4 --seq 512 --prompt-share 0 --steps 10 --warmup 4
+    ;;
+  C)
+    timeout 420 python3 bench/forecast_7b.py 2>&1 | tail -20 | tee "$OUT/h200_forecast_7b.txt"
+    ;;
+  D)  # C, then the reference pass (4-bit layer by layer; bf16 both ways) and the preset's whole run
+    timeout 120 python3 bench/forecast_7b.py 2>&1 | tail -20 | tee "$OUT/h200_forecast_7b.txt"
+    timeout 200 python3 -c "import sys; sys.path.insert(0, 'bench'); from reference_pass import build_model; build_model('7b')"
+    timeout 150 python3 bench/reference_pass.py --size 7b --data synthetic --seq 1024 --examples 32 --batch 4 \
+      --quantize 4 --grad-checkpoint --repeat 2 2>&1 | tail -3 | tee "$OUT/h200_reference_pass.txt"
+    timeout 120 python3 bench/reference_pass.py --size 7b --data synthetic --seq 512 --examples 32 --batch 4 \
+      --repeat 2 2>&1 | tail -3 | tee "$OUT/h200_reference_pass_bf16.txt"
+    timeout 170 python3 bench/whole_run.py --size 7b --examples 300 --iters 6 --eval-every 3 2>&1 | tail -3 \
+      | tee "$OUT/h200_whole_run_mac_preset.txt"
+    ;;
+esac
