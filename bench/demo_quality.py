@@ -76,9 +76,18 @@ def cli(*args: str, timeout: float) -> subprocess.CompletedProcess[str]:
     return r
 
 
+def suggest_weights(cfg: Any, seed: int) -> None:
+    """Set the KTO weights `tunedeck config init --data` suggests for the bundled data's training split."""
+    from tunedeck.core import data, demo
+
+    train, _ = data.split(data.load(demo.sample_dataset()).examples, cfg.data.valid_fraction, seed)
+    nd = sum(e.label for e in train)
+    cfg.kto.desirable_weight, cfg.kto.undesirable_weight = data.suggest_kto_weights(nd, len(train) - nd)
+
+
 def write_config(ws: Path, model: str, method: str, seed: int, args: argparse.Namespace) -> Path:
     from tunedeck.core import config as C
-    from tunedeck.core import data, demo
+    from tunedeck.core import demo
 
     cfg = C.preset("demo", str(demo.sample_dataset()))
     cfg.model.path = model
@@ -89,9 +98,7 @@ def write_config(ws: Path, model: str, method: str, seed: int, args: argparse.Na
     cfg.train.eval_batches = 1
     if args.lr:
         cfg.train.learning_rate = args.lr
-    train, _ = data.split(data.load(demo.sample_dataset()).examples, cfg.data.valid_fraction, seed)
-    nd = sum(e.label for e in train)
-    cfg.kto.desirable_weight, cfg.kto.undesirable_weight = data.suggest_kto_weights(nd, len(train) - nd)
+    suggest_weights(cfg, seed)
     path = ws / f"{method}-{seed}.toml"
     C.save(cfg, path)
     return path

@@ -33,7 +33,7 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from demo_quality import cli, pretrained_demo, spread  # noqa: E402
+from demo_quality import cli, pretrained_demo, spread, suggest_weights  # noqa: E402
 
 PAIRINGS = ("dataset", "batch")
 METRICS = ("z_sd", "z_jitter", "z_mean", "z_zero", "val_reward_accuracy", "val_margin", "val_loss")
@@ -41,7 +41,7 @@ METRICS = ("z_sd", "z_jitter", "z_mean", "z_zero", "val_reward_accuracy", "val_m
 
 def write_config(ws: Path, model: str, pairing: str, seed: int, args: argparse.Namespace) -> Path:
     from tunedeck.core import config as C
-    from tunedeck.core import data, demo
+    from tunedeck.core import demo
 
     cfg = C.preset("demo", str(demo.sample_dataset()))
     cfg.model.path = model
@@ -52,9 +52,7 @@ def write_config(ws: Path, model: str, pairing: str, seed: int, args: argparse.N
     if args.lr:
         cfg.train.learning_rate = args.lr
     cfg.kto.kl_pairs = pairing
-    train, _ = data.split(data.load(demo.sample_dataset()).examples, cfg.data.valid_fraction, seed)
-    nd = sum(e.label for e in train)
-    cfg.kto.desirable_weight, cfg.kto.undesirable_weight = data.suggest_kto_weights(nd, len(train) - nd)
+    suggest_weights(cfg, seed)
     path = ws / f"{pairing}-{seed}.toml"
     C.save(cfg, path)
     return path

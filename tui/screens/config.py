@@ -91,9 +91,8 @@ class ConfigScreen(TunedeckScreen):
 
     def _state_changed(self, fields: frozenset[str]) -> None:
         """The Data screen counted the dataset's tokens (or dropped them): forecast with its own lengths."""
-        if "token_lengths" in fields and not self._validate_pending:
-            self._validate_pending = True
-            self.call_after_refresh(self._validate)
+        if "token_lengths" in fields:
+            self._schedule_validate()
 
     # ---------------------------------------------------------------- the form
 
@@ -112,6 +111,10 @@ class ConfigScreen(TunedeckScreen):
     @on(Select.Changed, ".editor")
     @on(Switch.Changed, ".editor")
     def _edited(self) -> None:
+        self._schedule_validate()
+
+    def _schedule_validate(self) -> None:
+        """Validate once after the next refresh, however many changes arrive before it."""
         if not self._validate_pending:
             self._validate_pending = True
             self.call_after_refresh(self._validate)
