@@ -134,9 +134,11 @@ esac
 link_commands
 case "${1:-}" in
   # the tests run on every core (at most 4 workers: each trains real MLX models); TUNEDECK_TEST_WORKERS=0 runs
-  # them in this one process; -rs prints why each skipped test skipped (e.g. an oracle that is not installed)
+  # them in this one process; -rs prints why each skipped test skipped (e.g. an oracle that is not installed),
+  # --durations the 15 slowest (CI has 30 minutes)
   test) shift; preload_blas; cd "$ROOT"
-        exec "$VENV/bin/pytest" -q -rs -n "${TUNEDECK_TEST_WORKERS:-auto}" --maxprocesses=4 --dist worksteal "$@" ;;
+        exec "$VENV/bin/pytest" -q -rs --durations=15 -n "${TUNEDECK_TEST_WORKERS:-auto}" --maxprocesses=4 \
+          --dist worksteal "$@" ;;
   lint) shift; lint ;;
   *) exec "$VENV/bin/tunedeck" "$@" ;;
 esac
