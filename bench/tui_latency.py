@@ -5,8 +5,11 @@
 Interactions: `Tab` through the Config form (`config_tab`), `j`/`k` in the Data screen's list (`data_jk`),
 a step event appended to a followed run's events.jsonl -> the Train screen's `step N/TOTAL` (`train_event`,
 each written at a random phase of the follower's poll); and each screen's first mount (the key 1-5 -> the
-screen shown and settled). Each screen key comes after `--think` seconds without input, a user reading the
-screen; the app builds the Config screen in such a pause (`--think 0`: the keys at once, Config built on its key).
+screen shown and settled; the Data screen's from the app's start: a fresh interpreter's import of the app,
+`app_import_ms`, plus this process's app start to the first example list shown and settled). Each screen key
+comes after `--think` seconds without input, a user reading the screen; the app builds the Config screen in such
+a pause (`--think 0`: the keys at once, Config built on its key). The garbage collector is set up as `run_app`
+sets it (tunedeck.tui.heap: full collections only while the user pauses).
 "Screen updated" is the last frame the app hands its driver before it is idle again (Pilot's own polling for
 idle, which ends after that frame, is not counted). The workspace is a temporary copy of the bundled sample
 data (its first 200 examples) with the demo config; nothing is trained. The last line printed is one JSON
@@ -19,8 +22,10 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import os
 import random
 import statistics
+import subprocess
 import sys
 import tempfile
 import time
@@ -33,6 +38,7 @@ from textual.widgets import Input  # noqa: E402
 
 from tunedeck.core import config as C  # noqa: E402
 from tunedeck.core.demo import sample_dataset  # noqa: E402
+from tunedeck.tui import heap  # noqa: E402
 from tunedeck.tui.app import TunedeckApp, initial_state  # noqa: E402
 from tunedeck.tui.state import CONFIG_NAME  # noqa: E402
 
@@ -44,6 +50,14 @@ def workspace(root: Path, n: int) -> Path:
     (root / "data.jsonl").write_text("\n".join(lines) + "\n", encoding="utf-8")
     C.save(C.preset("demo", "data.jsonl"), root / CONFIG_NAME)
     return root
+
+
+def import_ms(runs: int = 3) -> float:
+    """A fresh interpreter's time to import the app, the median of `runs`: `tunedeck` waits for it before the
+    app starts (this process imported it already, so the in-process clock cannot see it)."""
+    code = "import time; t = time.perf_counter(); import tunedeck.tui.app; print((time.perf_counter() - t) * 1000)"
+    return statistics.median(float(subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                                                  check=True, cwd=ROOT).stdout) for _ in range(runs))
 
 
 def p95(ms: list[float]) -> float:
@@ -97,7 +111,7 @@ async def train_events(app: TunedeckApp, pilot, ws: Path, n: int) -> list[float]
     out = []
     for step in range(n + 1):
         if step:
-            await asyncio.sleep(rng.uniform(0, 0.25))  # a random phase of the follower's 0.25 s poll
+            await asyncio.sleep(rng.uniform(0, 0.25))  # a random phase of the follower's poll
             with open(events, "a", encoding="utf-8") as f:
                 f.write(json.dumps({"type": "step", "step": step, "time": 1.0 + step, "loss": 1.0}) + "\n")
         t0 = time.perf_counter()
@@ -110,8 +124,9 @@ async def train_events(app: TunedeckApp, pilot, ws: Path, n: int) -> list[float]
 
 async def measure(ws: Path, tabs: int, moves: int, n_events: int, size: tuple[int, int],
                   think: float) -> dict[str, float]:
-    out: dict[str, float] = {}
-    t0 = time.perf_counter()
+    out: dict[str, float] = {"app_import_ms": import_ms()}
+    t0 = time.perf_counter() - out["app_import_ms"] / 1000  # as if this process had just imported the app
+    heap.defer_full_collections()  # as run_app does
     app = TunedeckApp(initial_state(ws, None, None, None))
     frames = Frames(app)
     async with app.run_test(size=size) as pilot:
@@ -155,11 +170,13 @@ def main() -> None:
                     help="seconds without input before each screen key (0: the keys at once, a cold Config screen)")
     args = ap.parse_args()
     cols, rows = (int(x) for x in args.size.split("x"))
+    load = os.getloadavg()[0]  # the machine is shared: a timing means little without the load it ran under
     with tempfile.TemporaryDirectory(prefix="tunedeck-bench-") as tmp:
         result = asyncio.run(measure(workspace(Path(tmp), args.examples), args.tabs, args.moves, args.events,
                                      (cols, rows), args.think))
     for key, value in result.items():
         print(f"{key:28} {value:9.1f} ms")
+    print(f"1-minute load average {load:.2f} -> {os.getloadavg()[0]:.2f}")
     print(json.dumps(result))
 
 

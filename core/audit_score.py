@@ -19,14 +19,14 @@ import json
 import time
 from dataclasses import asdict
 from pathlib import Path
-from typing import Any
-
-import numpy as np
+from typing import TYPE_CHECKING, Any
 
 from . import data
 from .audit_plan import DATA_DIR, AuditError, Plan, fold_dir, fold_file
 from .fsutil import atomic_write_text, sha256_file
-from .model import ADAPTER_FILE
+
+if TYPE_CHECKING:  # NumPy only for the annotations: the app imports this module (core.audit) at start-up
+    import numpy as np
 
 RESULTS = "audit.json"
 PREVIEW_CHARS = 120  # of each completion, kept in audit.json for the lists that show suspects
@@ -49,6 +49,8 @@ def score_fold(audit_dir: Path, plan: Plan, fold: int) -> dict[str, Any]:
     model_dir}),
     from its scores file when that was computed from the same adapter and held-out file, else computed and
     written there (atomically)."""
+    from .model import ADAPTER_FILE  # MLX: not at import (the app imports core.audit at start-up)
+
     run_dir, heldout = fold_dir(audit_dir, fold), fold_file(audit_dir, fold, "heldout")
     key = {"adapter_sha256": sha256_file(run_dir / "adapters" / ADAPTER_FILE), "heldout_sha256": sha256_file(heldout)}
     path = scores_file(audit_dir, fold)
@@ -61,7 +63,7 @@ def score_fold(audit_dir: Path, plan: Plan, fold: int) -> dict[str, Any]:
     logps, ref, model_dir = _logps(run_dir, heldout, plan)
     if len(logps) != len(plan.fold_lines(fold)):
         raise AuditError(f"{heldout}: {len(logps)} examples, but fold {fold} holds {len(plan.fold_lines(fold))}")
-    rewards = plan.beta * (logps.astype(np.float64) - ref.astype(np.float64))
+    rewards = plan.beta * (logps.astype("float64") - ref.astype("float64"))
     scored = {**key, "lines": plan.fold_lines(fold), "logps": logps.tolist(), "ref_logps": ref.tolist(),
               "rewards": rewards.tolist(), "model_dir": model_dir}
     atomic_write_text(path, json.dumps(scored) + "\n")

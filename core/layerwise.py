@@ -34,7 +34,6 @@ from typing import Any
 import mlx.core as mx
 import mlx.nn as nn
 from mlx.utils import tree_flatten
-from mlx_lm.models.base import create_attention_mask
 
 from .losses import LLAMA_BLOCK, PLAIN_HEAD, head, hidden_logps, last_block_at, token_logps
 
@@ -126,6 +125,8 @@ def forward(model: nn.Module, inputs: mx.array, caches: list[Any] | None = None,
     """model.model's forward, evaluated one layer at a time: (final hidden states before the norm, the
     layers' inputs if `keep_inputs`). Evaluating per layer also bounds what the backend holds for the
     duration of one evaluation (on CUDA, temporaries such as dequantized weights live until it ends)."""
+    from mlx_lm.models.base import create_attention_mask  # mlx_lm's package loads transformers: seconds
+
     inner = model.model
     hidden = inner.embed_tokens(inputs)
     mask = create_attention_mask(hidden, caches[0] if caches else None)

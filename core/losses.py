@@ -16,7 +16,6 @@ from typing import Any
 
 import mlx.core as mx
 import mlx.nn as nn
-from mlx_lm.models.base import create_attention_mask
 
 
 def token_logps(logits: mx.array, targets: mx.array) -> mx.array:
@@ -51,6 +50,8 @@ def hidden_at(model: nn.Module, inputs: mx.array, positions: mx.array, caches: l
     but its queries, attention output and MLP at these alone (for llama/mistral; other architectures
     run whole and are gathered). `caches` are per-layer cache stand-ins (core.prefix_kl's recorders).
     """
+    from mlx_lm.models.base import create_attention_mask  # mlx_lm's package loads transformers: seconds
+
     inner = model.model
     idx = positions[..., None]
     if getattr(model, "model_type", None) not in LLAMA_BLOCK:

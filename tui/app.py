@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
-import inspect
+import importlib
 import os
 import sys
 import time
 from collections.abc import Callable, Iterable
+from functools import cache
 from pathlib import Path
 from typing import Any, NoReturn
 
@@ -20,46 +21,47 @@ from textual.widgets import Header
 from textual.worker import WorkerState
 
 from tunedeck.core import config as C
-from tunedeck.core.demo import sample_dataset
 from tunedeck.core.fsutil import atomic_write_text
-from tunedeck.core.model import ModelError, check_template
 from tunedeck.core.orchestrate import find_running
 from tunedeck.core.settings import read_settings, save_settings
 from tunedeck.themes import DEFAULT_THEME, STYLESHEET, THEMES
 
+from . import heap
 from .commands import TunedeckCommands
 from .messages import ConfigApplied
 from .safe import display
-from .screens.chat import ChatScreen
-from .screens.compare import CompareScreen
-from .screens.config import ConfigScreen
 from .screens.data import DataScreen
 from .screens.dialogs import QuitScreen
 from .screens.help import HelpScreen
-from .screens.runs import RunsScreen
-from .screens.train import TrainScreen
 from .state import CONFIG_NAME, AppState, ModelStatus
 from .widgets.screen_tabs import ScreenTabs
 
 SCREENSHOTS = "screenshots"  # under the workspace: where the palette's Screenshot saves
 WARM_AFTER_IDLE = 2.0  # seconds without input before the app builds the Config screen ahead of its first visit
+SCREENS = Path(__file__).parent / "screens"
+# mode -> the module under tui/screens/ and the class of its screen; the module's stylesheet is `<module>.tcss`
+SCREEN_CLASSES = {mode: (mode, f"{mode.title()}Screen") for mode in ("data", "config", "train", "chat", "runs")}
 HEADER_FIELDS = frozenset({"data_path", "model", "active_run", "adopted_run"})  # the AppState fields the header shows
 
 
-def _stylesheets(*screens: type) -> list[Path]:
-    """The global stylesheet plus each screen's CSS_PATH files, so all load once at startup
-    (a screen's own CSS would otherwise restyle the whole app on its first visit)."""
-    paths = [STYLESHEET]
-    for cls in screens:
-        css = cls.CSS_PATH or []
-        for p in [css] if isinstance(css, (str, Path)) else css:
-            paths.append(Path(inspect.getfile(cls)).parent / p)
-    return paths
+def _stylesheets() -> list[Path]:
+    """The global stylesheet plus every screen's, so all load once at startup (a screen's own CSS would otherwise
+    restyle the whole app on its first visit), without importing the screens (`screen_class`)."""
+    return [STYLESHEET, *(SCREENS / f"{module}.tcss" for module, _ in SCREEN_CLASSES.values())]
+
+
+@cache
+def screen_class(mode: str) -> type[Screen]:
+    """The screen class of `mode` with the screen bar, its module imported on first use: only the first screen's
+    modules are imported before the first frame (the others' plots, forms and runs lists: a quarter of a second
+    on a slow CPU); the app imports them when the user pauses (`TunedeckApp._warm_up`)."""
+    module, name = SCREEN_CLASSES[mode]
+    return with_tabs(mode, getattr(importlib.import_module(f"{__package__}.screens.{module}"), name))
 
 
 def with_tabs(mode: str, cls: type[Screen]) -> type[Screen]:
     """`cls` with the screen bar under its header (a subclass of the same name: CSS and tests that name the
-    class still apply). Its CSS_PATH is loaded once for the whole app (`_stylesheets`)."""
+    class still apply). Its CSS_PATH (`<module>.tcss`) is loaded once for the whole app (`_stylesheets`)."""
 
     def compose(self: Screen) -> ComposeResult:
         for widget in cls.compose(self):
@@ -79,13 +81,15 @@ def initial_state(workspace: Path, data: str | None, config: str | None, model: 
     live = find_running(workspace / "runs")
     adopted = live if live is not None and not (config or data or model) else None
     source = adopted / "config.toml" if adopted else config_path
+    cfg = None
     if source.is_file():
         try:
             cfg, _ = C.load(source)
-        except C.ConfigError:
-            cfg = C.preset("demo", str(sample_dataset()))  # the Config screen shows the file's errors
+        except C.ConfigError:  # the Config screen shows the file's errors
             adopted = None
-    else:
+    if cfg is None:
+        from tunedeck.core.demo import sample_dataset  # NumPy: a tenth of a second, only for the demo
+
         cfg = C.preset("demo", str(sample_dataset()))
     if data:
         cfg.data.path = str(Path(data).resolve())
@@ -100,6 +104,8 @@ def initial_state(workspace: Path, data: str | None, config: str | None, model: 
 def load_tokenizer(model: str, progress: Callable[[str], None]) -> Any:
     """The tokenizer of `model` ("demo", a local directory, or a Hugging Face id), without the weights."""
     from mlx_lm.utils import load_tokenizer as mlx_load_tokenizer
+
+    from tunedeck.core.model import check_template
 
     if model == C.DEMO_MODEL:
         from tunedeck.core import demo
@@ -126,15 +132,8 @@ def load_tokenizer(model: str, progress: Callable[[str], None]) -> Any:
 
 class TunedeckApp(App[int]):
     TITLE = "tunedeck"
-    SCREENS_BY_MODE = {
-        "data": DataScreen,
-        "config": ConfigScreen,
-        "train": TrainScreen,
-        "chat": ChatScreen,
-        "runs": RunsScreen,
-    }
-    MODES = {mode: with_tabs(mode, cls) for mode, cls in SCREENS_BY_MODE.items()}
-    CSS_PATH = _stylesheets(*SCREENS_BY_MODE.values())
+    MODES = {mode: (lambda mode=mode: screen_class(mode)()) for mode in SCREEN_CLASSES}
+    CSS_PATH = _stylesheets()
     COMMANDS = App.COMMANDS | {TunedeckCommands}
     DEFAULT_MODE = "data"
     BINDINGS = [
@@ -172,23 +171,30 @@ class TunedeckApp(App[int]):
         self.mode_change_signal.subscribe(self, lambda _mode: self._refresh_header())
         self._refresh_header()
         self._last_input = time.monotonic()
-        self._warm_timer = self.set_interval(WARM_AFTER_IDLE / 2, self._warm_config)
+        self._warm_timer = self.set_interval(WARM_AFTER_IDLE / 2, self._warm_up)
+        if heap.deferred():  # run_app left full garbage collections to the app: one in each pause of the user
+            collector = heap.IdleCollector()
+            self.set_interval(heap.IDLE_S / 2, lambda: collector.tick(self._last_input))
 
     async def on_event(self, event: events.Event) -> None:
         if isinstance(event, (events.Key, events.MouseDown)):
             self._last_input = time.monotonic()
         await super().on_event(event)
 
-    def _warm_config(self) -> None:
-        """Build the Config screen once the user pauses: its form is ~240 widgets (seconds on a slow, busy CPU),
-        so its first visit becomes a switch to a built screen. Textual builds a mode's screen in `_init_mode`,
-        which `switch_mode` calls on a first visit; the screen is not shown until then."""
-        if "config" in self._screen_stacks:
-            self._warm_timer.stop()
-        elif (time.monotonic() - self._last_input >= WARM_AFTER_IDLE and len(self.screen_stack) == 1
-              and not any(w.state == WorkerState.RUNNING for w in self.workers)):
-            self._warm_timer.stop()
+    def _warm_up(self) -> None:
+        """Once the user pauses, build the Config screen: its form is ~240 widgets (seconds on a slow, busy CPU),
+        so its first visit becomes a switch to a built screen (Textual builds a mode's screen in `_init_mode`,
+        which `switch_mode` calls on a first visit; the screen is not shown until then). In the next pause,
+        import the other screens' modules."""
+        if (time.monotonic() - self._last_input < WARM_AFTER_IDLE or len(self.screen_stack) != 1
+                or any(w.state == WorkerState.RUNNING for w in self.workers)):
+            return
+        if "config" not in self._screen_stacks:
             self._init_mode("config")
+            return
+        self._warm_timer.stop()
+        for mode in SCREEN_CLASSES:
+            screen_class(mode)
 
     def _remember_theme(self, theme: Any) -> None:
         try:
@@ -224,6 +230,8 @@ class TunedeckApp(App[int]):
                           model=cfg.model.path)
 
     def action_help(self) -> None:
+        from .screens.compare import CompareScreen  # imported with the Runs screen's module (screen_class)
+
         if isinstance(self.screen, HelpScreen):
             return
         sections: list[tuple[str, list[Binding]]] = [
@@ -231,8 +239,8 @@ class TunedeckApp(App[int]):
                             Binding(self.COMMAND_PALETTE_BINDING, "command_palette", "Commands",
                                     tooltip="Search screens, actions and themes")]),
         ]
-        for n, (mode, screen_cls) in enumerate(self.MODES.items(), 1):
-            bindings = list(Binding.make_bindings(screen_cls.BINDINGS))
+        for n, mode in enumerate(SCREEN_CLASSES, 1):
+            bindings = list(Binding.make_bindings(screen_class(mode).BINDINGS))
             sections.append((f"{mode.title()} screen ({n})", bindings))
         sections.append(("Compare runs (c on Runs)", list(Binding.make_bindings(CompareScreen.BINDINGS))))
         self.push_screen(HelpScreen(sections, self.get_key_display))
@@ -287,8 +295,8 @@ class TunedeckApp(App[int]):
     async def _quit_choice(self, choice: str | None) -> None:
         if choice == "save":
             for mode in sorted(self.state.dirty):
-                screen = self.get_screen_stack(mode)[0]
-                if isinstance(screen, (DataScreen, ConfigScreen)) and not await screen.save_changes():
+                save = getattr(self.get_screen_stack(mode)[0], "save_changes", None)  # Data's and Config's
+                if save is not None and not await save():
                     return
         if choice in ("save", "discard"):
             self.exit(0)
@@ -309,6 +317,8 @@ class TunedeckApp(App[int]):
 
     @work(thread=True, exclusive=True, group="tokenizer")
     def _load_tokenizer(self, model: str) -> None:
+        from tunedeck.core.model import ModelError  # MLX: imported by the first tokenizer, not at start-up
+
         def progress(message: str) -> None:
             self.call_from_thread(self._set_status, ModelStatus("loading", message, model))
 
@@ -334,6 +344,7 @@ def run_app(workspace: Path, data: str | None = None, config: str | None = None,
     opening the token view. By now `asyncio.run` inside `App.run` has joined the worker threads (its default
     executor is shut down, waiting for running work), the terminal is restored, and every file the app
     writes was written atomically, so nothing is left for finalisation to do."""
+    heap.defer_full_collections()
     app = TunedeckApp(initial_state(workspace, data, config, model))
     app.run()
     sys.stdout.flush()

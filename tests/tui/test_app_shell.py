@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import inspect
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -11,7 +14,7 @@ from textual.widgets import Input
 from tests.tui.conftest import make_app, make_workspace, screen_text, settle, wait_for
 from tunedeck.core.demo import sample_dataset
 from tunedeck.core.settings import load_settings, settings_path
-from tunedeck.tui.app import TunedeckApp, initial_state
+from tunedeck.tui.app import SCREEN_CLASSES, TunedeckApp, initial_state, screen_class
 from tunedeck.tui.screens.dialogs import QuitScreen
 from tunedeck.tui.screens.help import HelpScreen
 from tunedeck.tui.state import ModelStatus
@@ -118,7 +121,7 @@ async def test_help_lists_every_key_of_every_screen(tmp_path: Path) -> None:
             await pilot.pause()
             assert isinstance(app.screen, HelpScreen)
             text = " ".join(str(s.render()) for s in app.screen.query("Static"))
-            for owner in (TunedeckApp, *app.MODES.values()):
+            for owner in (TunedeckApp, *map(screen_class, SCREEN_CLASSES)):
                 for b in Binding.make_bindings(owner.BINDINGS):
                     assert b.description in text, b
             for title in ("Data screen (1)", "Config screen (2)", "Train screen (3)", "Chat screen (4)", "Runs screen (5)"):
@@ -209,3 +212,17 @@ async def test_demo_model_is_built_only_when_needed(tmp_path: Path, monkeypatch:
         app.model_status = ModelStatus("loading", "building", "demo")  # what the token view shows meanwhile
         await pilot.pause()
         assert busy.has_class("-busy") and "building" in str(busy.render())
+
+
+def test_app_imports_no_model_libraries_and_loads_every_screens_css() -> None:
+    """The first frame waits for the app's imports: not mlx_lm (it loads transformers and torch: 3-6 s on a
+    2-core machine), NumPy or MLX, nor the screens not shown first; their stylesheets still load at start."""
+    code = ("import sys, tunedeck.tui.app; print(sorted({m.split('.')[0] for m in sys.modules} & "
+            "{'mlx', 'mlx_lm', 'numpy', 'torch', 'transformers', 'jinja2', 'plotext'}), "
+            "sorted(m for m in sys.modules if m.startswith('tunedeck.tui.screens.')))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.strip()
+    assert out == "[] ['tunedeck.tui.screens.base', 'tunedeck.tui.screens.data', 'tunedeck.tui.screens.dialogs', " \
+                  "'tunedeck.tui.screens.help']", out
+    for mode in SCREEN_CLASSES:
+        cls = screen_class(mode).__mro__[1]  # the screen itself (screen_class adds the screen bar)
+        assert Path(inspect.getfile(cls)).parent / cls.CSS_PATH in TunedeckApp.CSS_PATH, mode

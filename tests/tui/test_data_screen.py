@@ -338,3 +338,26 @@ async def test_j_past_the_lists_edge_scrolls_half_a_page_at_once(tmp_path: Path)
         await pilot.pause()
         row = table.cursor_row
         assert table.scroll_y == max(0, row - shown // 2) and app.state.current_example.line == row + 1
+
+
+async def test_the_mouse_selects_text_in_the_example(tmp_path: Path) -> None:
+    """A drag over the example pane selects its text as in any Static (drawn in the selection style), across a
+    wrapped line too; the selected text is the example's."""
+    app = make_app(make_workspace(tmp_path / "ws", lines=[record("which pond " * 20, "the old pond")]))
+    async with app.run_test(size=(100, 30)) as pilot:
+        await settle(app, pilot)
+        view = app.screen.query_one("#example")
+        await pilot.mouse_down(view, offset=(1, 0))  # the pane's first cell is padding
+        await pilot.hover(view, offset=(11, 0))
+        await pilot.mouse_up(view, offset=(11, 0))
+        assert app.screen.get_selected_text() == "#1 · line 1"  # cells 1-11, the cell under the pointer included
+        selection = app.screen.get_component_rich_style("screen--selection").bgcolor
+        drawn = [(s.text, s.style.bgcolor == selection) for s in view.render_line(0)._segments[:3]]
+        assert drawn[:2] == [("#1", True), (" · line 1", True)] and not drawn[2][1], drawn
+        question = view.content.plain.split("\n")[3]  # header, blank line, "── user ──", the question (wrapped)
+        first = view.render_line(3).text.strip()
+        assert len(first) < len(question.strip())
+        await pilot.mouse_down(view, offset=(1, 3))
+        await pilot.hover(view, offset=(6, 4))  # 6 cells into the question's second line
+        await pilot.mouse_up(view, offset=(6, 4))
+        assert app.screen.get_selected_text() == question[: len(first) + 1 + 6]  # + the space the wrap took

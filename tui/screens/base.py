@@ -6,6 +6,7 @@ from typing import TYPE_CHECKING, cast
 
 from textual import events
 from textual._context import NoActiveAppError
+from textual.geometry import Size
 from textual.reactive import Reactive
 from textual.screen import Screen
 from textual.widget import Widget
@@ -38,6 +39,13 @@ class TunedeckScreen(Screen):
         hundreds of ms) although nothing changed while it was hidden; a theme change since is restyled by the
         count above (as Textual itself does on popping a screen, which restyles only for a transparent one)."""
         event.refresh_styles = False
+
+    def _screen_resized(self, size: Size) -> None:
+        """Textual passes on every Resize the terminal reports, an unchanged size too (two at start-up), and lays
+        the whole screen out and repaints it for each (the Data screen: 60-100 ms); only a new size is laid out
+        here (a layout a widget asked for runs on its own refresh)."""
+        if size != self._compositor.size:
+            super()._screen_resized(size)
 
     @property
     def tapp(self) -> TunedeckApp:

@@ -22,7 +22,6 @@ from textual.widgets import ContentSwitcher, DataTable, Header, Input, Static
 from tunedeck.core.data import DataError, Dataset, Example, Problem, load
 from tunedeck.core.label_edits import LabelEdits
 from tunedeck.core.labels import LabelConflict
-from tunedeck.core.template import TemplateError, encode_example
 
 from ..safe import display, plain
 from ..state import ModelStatus
@@ -58,6 +57,8 @@ def _haystack(ex: Example) -> str:
 def _token_counts(tokenizer: Any, examples: list[Example]) -> tuple[list[int], list[int]] | None:
     """Sequence and completion token counts per example, or None if the model's chat template fails on one
     (shown in the token view)."""
+    from tunedeck.core.template import TemplateError, encode_example  # Jinja: imported with the first tokenizer
+
     try:
         encoded = [encode_example(tokenizer, ex) for ex in examples]
     except TemplateError:
@@ -241,7 +242,7 @@ class DataScreen(AuditMarks, TunedeckScreen):
     def _model_status_changed(self, status: ModelStatus) -> None:
         if status.state == "ready" and self.dataset is not None:
             self._count_tokens(status.tokenizer)
-        elif status.state == "idle":
+        elif status.state == "idle" and self.token_counts is not None:  # (not the watcher's first call, at load)
             self.token_counts = None
             self.tapp.update_state(token_lengths=None)
             self._rebuild_rows()

@@ -12,19 +12,24 @@ from tunedeck.core import events, runs
 
 from ..messages import TrainEvents
 
+POLL = 0.05  # seconds between reads at the end of the file: a new event shows within ~50 ms, for one cheap
+# read() a poll (a stat would cost the same syscall), ~20 a second in this thread
+
 
 class EventFollower:
     """Tails `run_dir/events.jsonl` (partial lines, garbage and huge lines are handled by
-    `core.runs.iter_events`) and posts `TrainEvents` at most every `interval` seconds, or at once
-    when `batch` events are waiting (replaying a long history)."""
+    `core.runs.iter_events`, reading again every `poll` seconds at its end) and posts `TrainEvents` at most every
+    `interval` seconds while a history is replayed, or at once when `batch` events are waiting; a new event after
+    the end is posted at once."""
 
     def __init__(self, run_dir: Path, target: MessagePump, attach: int, interval: float = 0.25,
-                 batch: int = 2000) -> None:
+                 batch: int = 2000, poll: float = POLL) -> None:
         self.run_dir = run_dir
         self.target = target
         self.attach = attach
         self.interval = interval
         self.batch = batch
+        self.poll = poll
         self._pending: list[events.Event] = []
         self._posted = time.monotonic()
 
@@ -46,7 +51,7 @@ class EventFollower:
             return cancelled()
 
         try:
-            for event in runs.iter_events(self.run_dir, follow=True, poll=self.interval, stop=idle):
+            for event in runs.iter_events(self.run_dir, follow=True, poll=self.poll, stop=idle):
                 self._pending.append(event)
                 if len(self._pending) >= self.batch or time.monotonic() - self._posted >= self.interval:
                     if cancelled():

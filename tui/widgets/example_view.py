@@ -9,6 +9,7 @@ from textual.content import Content
 from textual.events import Resize
 from textual.geometry import Size
 from textual.scroll_view import ScrollView
+from textual.selection import Selection
 from textual.strip import Strip
 from textual.visual import Visual
 from textual.widget import Widget
@@ -51,7 +52,8 @@ def example_content(ex: Example, index: int, label: bool, modified: bool, proble
 class ExampleView(ScrollView):
     """Scrollable view of a single example (or a message when there is none), drawn line by line: a new
     example changes only this widget's lines and scroll range, never the screen's layout (one layout fewer
-    per j/k than a Static of the example's height inside a scrolling container)."""
+    per j/k than a Static of the example's height inside a scrolling container). The mouse selects text as in a
+    Static: the lines carry their offsets in the content (Visual.to_strips), and the content gives the text."""
 
     DEFAULT_CSS = """
     ExampleView { padding: 0 1; overflow-y: scroll; overflow-x: hidden; }
@@ -112,6 +114,16 @@ class ExampleView(ScrollView):
             if self._match:
                 top = max(0, len(self.content[: self._match].wrap(width)) - 3)  # the match's line, two above it
             self.scroll_to(y=top, animate=False, immediate=True)
+
+    def get_selection(self, selection: Selection) -> tuple[str, str] | None:
+        """The selected text (Widget's own reads `render()`, which a line-drawn widget leaves empty)."""
+        return selection.extract(self.content.plain), "\n"
+
+    def selection_updated(self, selection: Selection | None) -> None:
+        """The lines again with the selection drawn (Visual.to_strips styles it), at the same scroll position."""
+        self._wrapped_width = -1
+        self._wrap()
+        self.refresh()
 
     def render_line(self, y: int) -> Strip:
         index = y + self.scroll_offset.y

@@ -10,7 +10,6 @@ from textual.app import ComposeResult
 from textual.containers import VerticalScroll
 from textual.content import Content
 from textual.widgets import Static
-from textual_plotext import PlotextPlot
 
 from tunedeck.core.config import Config
 from tunedeck.core.data import Dataset, check_kto_weights, compute_stats
@@ -19,7 +18,8 @@ from ..safe import plain
 
 
 class StatsPanel(VerticalScroll):
-    """Numbers from `core.data.compute_stats` over a length histogram."""
+    """Numbers from `core.data.compute_stats` over a length histogram (its plot built on the first `show`:
+    plotext is not imported at start-up)."""
 
     DEFAULT_CSS = """
     StatsPanel { padding: 0 1; }
@@ -32,7 +32,6 @@ class StatsPanel(VerticalScroll):
 
     def compose(self) -> ComposeResult:
         yield Static(id="stats-text")
-        yield PlotextPlot(id="stats-plot")
 
     def show_dataset(self, ds: Dataset, tokenizer: Any, token_counts: list[int] | None, cfg: Config) -> None:
         """Show `ds`'s statistics (in tokens with a tokenizer, per example when `token_counts` are known) and the
@@ -92,7 +91,12 @@ class StatsPanel(VerticalScroll):
         if weights_note:
             lines.append(plain(f"config: {weights_note}\n", "$text-warning"))
         self.query_one("#stats-text", Static).update(Content.assemble(*lines))
-        plot = self.query_one(PlotextPlot)
+        from textual_plotext import PlotextPlot
+
+        plot = next(iter(self.query(PlotextPlot)), None)
+        if plot is None:
+            plot = PlotextPlot(id="stats-plot")
+            self.mount(plot)
         plt = plot.plt
         plt.clear_figure()
         if lengths:

@@ -3,7 +3,7 @@ SFT's data.train_on = "all_assistant" the earlier assistant turns), the rest of 
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from textual.app import ComposeResult
 from textual.containers import VerticalScroll
@@ -11,10 +11,12 @@ from textual.content import Content
 from textual.widgets import Static
 
 from tunedeck.core.data import Example
-from tunedeck.core.template import Encoded, TemplateError, encode_example, token_pieces, truncate
 
 from ..safe import display, plain
 from .busy import BusyLine
+
+if TYPE_CHECKING:
+    from tunedeck.core.template import Encoded
 
 # Alternating shades show where one token ends and the next begins.
 PROMPT_STYLES = ("$text-muted on $boost", "$text-muted")
@@ -52,6 +54,8 @@ class TokenView(VerticalScroll):
 
     def show(self, ex: Example, tokenizer: Any, max_seq_len: int, train_on: str = "last") -> None:
         """Render `ex` (with its tools) through the tokenizer's chat template; `train_on` as SFT trains it."""
+        from tunedeck.core.template import TemplateError, encode_example, token_pieces, truncate  # Jinja: not at start
+
         self.query_one(BusyLine).message = ""
         try:
             enc = encode_example(tokenizer, ex, train_on=train_on)
