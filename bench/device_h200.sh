@@ -7,6 +7,10 @@
 #           phase (whole_run.py), the bf16 4x512 every-token row
 #   PART=C  forecast vs measured peaks at 7B shape (forecast_7b.py)
 #   PART=D  C, the reference pass again (4-bit layer by layer, bf16 both ways) and the preset's whole run
+#   PART=E  memory at equal settings (issue 23.4): what a layer holds per token, MLX and torch (activation_memory.py),
+#           then torch+PEFT SFT, TRL's KTOTrainer and tunedeck SFT at bf16 4x512, every token trained, no
+#           checkpointing, the step compiled (trl_peer.py; trl, datasets, dill, multiprocess carried)
+#   PART=F  tunedeck SFT and KTO at the same settings with train.compile = "off"
 # Raw outputs go to $OUT/h200_*.txt.
 set -uo pipefail
 OUT=${OUT:-/tmp/bench-out}
@@ -40,5 +44,14 @@ case "${PART:-A}" in
       --repeat 2 2>&1 | tail -3 | tee "$OUT/h200_reference_pass_bf16.txt"
     timeout 170 python3 bench/whole_run.py --size 7b --examples 300 --iters 6 --eval-every 3 2>&1 | tail -3 \
       | tee "$OUT/h200_whole_run_mac_preset.txt"
+    ;;
+  E)
+    timeout 200 python3 bench/activation_memory.py --size 7b --batch 4 --seq 512 2>&1 | tee "$OUT/h200_activation_memory.txt"
+    timeout 380 python3 bench/trl_peer.py --size 7b --batch 4 --seq 512 --steps 6 --warmup 3 \
+      --only torch_sft,trl_kto,sft,kto 2>&1 | tail -12 | tee "$OUT/h200_trl_peer.txt"
+    ;;
+  F)
+    timeout 500 python3 bench/trl_peer.py --size 7b --batch 4 --seq 512 --steps 6 --warmup 3 \
+      --only sft,kto --compile off 2>&1 | tail -12 | tee "$OUT/h200_trl_peer_eager.txt"
     ;;
 esac
