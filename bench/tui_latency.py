@@ -1,6 +1,6 @@
 """How fast the app answers keys: drives it headless with Textual's Pilot and times key -> screen updated.
 
-    python bench/tui_latency.py [--tabs 18] [--moves 40] [--events 20] [--size 120x40] [--think 5]
+    python bench/tui_latency.py [--tabs 18] [--moves 40] [--events 20] [--examples 200] [--size 120x40] [--think 5]
 
 Interactions: `Tab` through the Config form (`config_tab`), `j`/`k` in the Data screen's list (`data_jk`),
 a step event appended to a followed run's events.jsonl -> the Train screen's `step N/TOTAL` (`train_event`,
@@ -12,9 +12,9 @@ a pause (`--think 0`: the keys at once, Config built on its key). The garbage co
 sets it (tunedeck.tui.heap: full collections only while the user pauses).
 "Screen updated" is the last frame the app hands its driver before it is idle again (Pilot's own polling for
 idle, which ends after that frame, is not counted). The workspace is a temporary copy of the bundled sample
-data (its first 200 examples) with the demo config; nothing is trained. The last line printed is one JSON
-object in milliseconds: a `<interaction>_p95_ms` (and `_median_ms`) key per interaction and a
-`<screen>_first_mount_ms` key per screen. Targets: p95 <= 100 ms per key, <= 1000 ms per first mount.
+data (its first `--examples`, 200 by default; past its 1,000 it repeats, each copy's first turn ending in
+" (copy k)") with the demo config; nothing is trained. The last line printed is one JSON object in milliseconds:
+a `<interaction>_p95_ms` (and `_median_ms`) key per interaction and a `<screen>_first_mount_ms` key per screen. Targets: p95 <= 100 ms per key, <= 1000 ms per first mount.
 """
 
 from __future__ import annotations
@@ -45,9 +45,20 @@ from tunedeck.tui.state import CONFIG_NAME  # noqa: E402
 SCREENS = {"config": "2", "train": "3", "chat": "4", "runs": "5"}
 
 
+def examples(n: int) -> list[str]:
+    """The bundled sample's first `n` lines; past its end it repeats, each copy's first turn ending in
+    " (copy k)" so that the loader does not set the copies aside as duplicates."""
+    lines = sample_dataset().read_text(encoding="utf-8").splitlines()
+    out = lines[:n]
+    for i in range(len(lines), n):
+        record = json.loads(lines[i % len(lines)])
+        record["conversations"][0]["content"] += f" (copy {i // len(lines)})"
+        out.append(json.dumps(record))
+    return out
+
+
 def workspace(root: Path, n: int) -> Path:
-    lines = sample_dataset().read_text(encoding="utf-8").splitlines()[:n]
-    (root / "data.jsonl").write_text("\n".join(lines) + "\n", encoding="utf-8")
+    (root / "data.jsonl").write_text("\n".join(examples(n)) + "\n", encoding="utf-8")
     C.save(C.preset("demo", "data.jsonl"), root / CONFIG_NAME)
     return root
 

@@ -221,7 +221,8 @@ def test_app_imports_no_model_libraries_and_loads_every_screens_css() -> None:
             "{'mlx', 'mlx_lm', 'numpy', 'torch', 'transformers', 'jinja2', 'plotext'}), "
             "sorted(m for m in sys.modules if m.startswith('tunedeck.tui.screens.')))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.strip()
-    assert out == "[] ['tunedeck.tui.screens.base', 'tunedeck.tui.screens.data', 'tunedeck.tui.screens.dialogs', " \
+    assert out == "[] ['tunedeck.tui.screens.base', 'tunedeck.tui.screens.data', " \
+                  "'tunedeck.tui.screens.data_list', 'tunedeck.tui.screens.dialogs', " \
                   "'tunedeck.tui.screens.help']", out
     for mode in SCREEN_CLASSES:
         cls = screen_class(mode).__mro__[1]  # the screen itself (screen_class adds the screen bar)

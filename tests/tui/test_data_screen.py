@@ -361,3 +361,42 @@ async def test_the_mouse_selects_text_in_the_example(tmp_path: Path) -> None:
         await pilot.hover(view, offset=(6, 4))  # 6 cells into the question's second line
         await pilot.mouse_up(view, offset=(6, 4))
         assert app.screen.get_selected_text() == question[: len(first) + 1 + 6]  # + the space the wrap took
+
+
+async def test_the_list_builds_the_cells_of_the_rows_it_draws(tmp_path: Path, monkeypatch) -> None:
+    """A row's cells are built when the list first draws it (a 10,000-line file costs what is on screen); the
+    columns are as wide as their widest cell all the same, and a row drawn later shows its own cells."""
+    from rich.cells import cell_len
+
+    from tunedeck.tui.screens.data import DataScreen
+
+    built: list[int] = []
+    row = DataScreen._row
+    monkeypatch.setattr(DataScreen, "_row", lambda self, i: built.append(i) or row(self, i))
+    app = make_app(make_workspace(tmp_path / "ws", n=300))
+    async with app.run_test(size=(120, 30)) as pilot:
+        await settle(app, pilot)
+        table = app.screen.query_one(DataTable)
+        assert len(rows(app)) == 300 and 0 < len(set(built)) < 60  # about a screen of rows, not 300
+        assert table.columns["n"].content_width == 3  # "300", a row not yet drawn
+        widest = max(cell_len(" ".join(ex.prompt[0]["content"].split())[:48]) for ex in app.state.dataset.examples)
+        assert table.columns["prompt"].content_width == widest  # 48 characters, some of them two cells wide
+        assert str(table.get_cell("299", "n")) == "300" and 299 in built
+
+
+async def test_a_small_file_loads_as_the_screen_mounts_a_large_one_in_a_worker(tmp_path: Path, monkeypatch) -> None:
+    """A dataset up to LOAD_AT_MOUNT_BYTES is listed in the screen's first frame (never "loading…"); a larger one
+    is read in a worker thread while the screen says so, then listed the same way."""
+    from tunedeck.tui.screens import data
+
+    statuses: list[str | None] = []
+    set_status = data.DataScreen._set_status
+    monkeypatch.setattr(data.DataScreen, "_set_status", lambda self, m=None: statuses.append(m) or set_status(self, m))
+    for limit, loading in ((data.LOAD_AT_MOUNT_BYTES, False), (0, True)):
+        monkeypatch.setattr(data, "LOAD_AT_MOUNT_BYTES", limit)
+        statuses.clear()
+        app = make_app(make_workspace(tmp_path / f"ws{limit}", n=40))
+        async with app.run_test(size=(100, 30)) as pilot:
+            await wait_for(pilot, lambda: len(rows(app)) == 40, what="the list")
+            assert app.state.current_example is app.state.dataset.examples[0]
+        assert any(m and m.startswith("loading") for m in statuses) is loading

@@ -11,6 +11,8 @@ from textual.reactive import Reactive
 from textual.screen import Screen
 from textual.widget import Widget
 
+from ..band_compositor import make_compositor
+
 if TYPE_CHECKING:
     from ..app import TunedeckApp
     from ..state import AppState
@@ -26,6 +28,7 @@ class TunedeckScreen(Screen):
 
     def __init__(self) -> None:
         super().__init__()
+        self._compositor = make_compositor()  # repaints the changed areas of a frame, not the box around them
         # A new Screen starts at -1, which makes Textual restyle every mounted screen (Config's form: 240 widgets)
         # on each first visit of a mode. The app loads all its CSS at start (app._stylesheets), a widget's own
         # CSS applies as it mounts; only a change of theme since then needs that pass, and it bumps the count.

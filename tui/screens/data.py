@@ -4,11 +4,10 @@ from __future__ import annotations
 
 import asyncio
 from collections import defaultdict
+from functools import partial
 from pathlib import Path
 from typing import Any
 
-from rich.style import Style
-from rich.text import Text
 from textual import on, work
 from textual.app import ComposeResult
 from textual.binding import Binding
@@ -19,13 +18,14 @@ from textual.events import Resize, ScreenResume
 from textual.timer import Timer
 from textual.widgets import ContentSwitcher, DataTable, Header, Input, Static
 
-from tunedeck.core.data import DataError, Dataset, Example, Problem, load
+from tunedeck.core.data import DataError, Dataset, Problem
 from tunedeck.core.label_edits import LabelEdits
 from tunedeck.core.labels import LabelConflict
 
 from ..safe import display, plain
 from ..state import ModelStatus
 from ..widgets.audit_marks import AUDIT_BINDINGS, AUDIT_COLUMN, AuditMarks
+from ..widgets.example_table import ExampleTable
 from ..widgets.example_view import ExampleView
 from ..widgets.key_footer import KeyFooter
 from ..widgets.problems_list import ProblemsList
@@ -33,49 +33,18 @@ from ..widgets.split_bar import SplitBar
 from ..widgets.stats_panel import StatsPanel
 from ..widgets.token_view import TokenView
 from .base import TunedeckScreen
+from .data_list import ListRows, LoadResult, load_for_list, token_counts
 
 FILTERS = ("all", "desirable", "undesirable", "flagged", "over-length")
 COLUMNS = (("#", "n"), ("label", "label"), AUDIT_COLUMN, ("turns", "turns"), ("tokens", "tokens"), ("prompt", "prompt"))
 NARROW_COLUMNS = ("n", "label", "audit", "tokens", "prompt")  # under WIDE cells: the prompt keeps the room
 WIDE = 110
 MOVE = Binding.Group("move", compact=True)
-PROMPT_WORDS = 48
 SEARCH_DELAY = 0.15  # seconds
+LOAD_AT_MOUNT_BYTES = 1 << 20  # loaded before the first frame up to this size (1,000 examples: 0.65 MB, ~0.1 s)
 
 
-def _first_words(ex: Example) -> str:
-    """The start of the first non-system prompt turn (the completion for prompt-less examples)."""
-    fallback = ex.prompt[0]["content"] if ex.prompt else ex.completion
-    turn = next((m["content"] for m in ex.prompt if m["role"] != "system"), fallback)
-    return " ".join(display(turn[: PROMPT_WORDS * 2]).split())[:PROMPT_WORDS]
-
-
-def _haystack(ex: Example) -> str:
-    return "\n".join([*(m["content"] for m in ex.prompt), ex.completion]).casefold()
-
-
-def _token_counts(tokenizer: Any, examples: list[Example]) -> tuple[list[int], list[int]] | None:
-    """Sequence and completion token counts per example, or None if the model's chat template fails on one
-    (shown in the token view)."""
-    from tunedeck.core.template import TemplateError, encode_example  # Jinja: imported with the first tokenizer
-
-    try:
-        encoded = [encode_example(tokenizer, ex) for ex in examples]
-    except TemplateError:
-        return None
-    return [len(e.ids) for e in encoded], [e.completion_len for e in encoded]
-
-
-def _keep_in_view(table: DataTable, row: int) -> None:
-    """Scroll `row` to the middle of the list when it has left the view: the list then moves once every half
-    page, not on every key past its edge (each scroll redraws every row shown: tens of ms on a slow machine)."""
-    shown = max(1, table.scrollable_content_region.height - table.header_height)
-    top = round(table.scroll_y)
-    if not top <= row < top + shown:
-        table.scroll_to(y=max(0, row - shown // 2), animate=False, immediate=True)
-
-
-class DataScreen(AuditMarks, TunedeckScreen):
+class DataScreen(ListRows, AuditMarks, TunedeckScreen):
     """Dataset browser: split counts, a filterable example list and one example (or tokens/stats/problems)."""
 
     CSS_PATH = "data.tcss"
@@ -121,7 +90,8 @@ class DataScreen(AuditMarks, TunedeckScreen):
         self.current: int | None = None  # index into dataset.examples
         self.flags: dict[int, list[Problem]] = {}
         self.haystacks: list[str] = []
-        self.cells: list[tuple[Text, Text, Text]] = []  # per example: number, turns, prompt preview
+        self.previews: list[str] = []  # per example: the start of its prompt, for the list
+        self.preview_widths: list[int] = []
         self.token_counts: list[int] | None = None
         self.pane = "example"
         self.load_error = ""
@@ -135,7 +105,7 @@ class DataScreen(AuditMarks, TunedeckScreen):
             yield Static(id="status")
             yield Input(placeholder="search prompt and completion", id="search")
         with Horizontal(id="main"):
-            yield DataTable(id="examples", cursor_type="row", zebra_stripes=True)
+            yield ExampleTable(id="examples", cursor_type="row", zebra_stripes=True)
             with ContentSwitcher(id="pane", initial="example"):
                 yield ExampleView(id="example")
                 yield TokenView(id="tokens")
@@ -147,7 +117,15 @@ class DataScreen(AuditMarks, TunedeckScreen):
         self._set_columns(self.app.size.width)
         self.watch(self.app, "model_status", self._model_status_changed, init=False)
         self.app.theme_changed_signal.subscribe(self, lambda _theme: self._rebuild_rows())
-        self.load_dataset(self.state.data_path)
+        path = self.state.data_path
+        try:
+            small = path.stat().st_size <= LOAD_AT_MOUNT_BYTES
+        except OSError:  # missing or unreadable: the worker says so
+            small = False
+        if small:  # in the screen's first frame, not a frame and a layout later (and no thread sharing the GIL)
+            self._load_now(path)
+        else:
+            self.load_dataset(path)
 
     def on_resize(self, event: Resize) -> None:
         if self._set_columns(event.size.width):
@@ -187,10 +165,23 @@ class DataScreen(AuditMarks, TunedeckScreen):
         """Load `path` leniently (bad lines become problems), keeping edits to unchanged lines."""
         self._set_status(f"loading {path.name}…")
         try:
-            ds = await asyncio.to_thread(load, path, None, False)
+            loaded = await asyncio.to_thread(load_for_list, path)
         except DataError as e:
             self._load_failed(path, e)
             return
+        self._show_loaded(loaded)
+
+    def _load_now(self, path: Path) -> None:
+        """Load `path` on the event loop: a small file, before the screen's first frame."""
+        try:
+            loaded = load_for_list(path)
+        except DataError as e:
+            self._load_failed(path, e)
+            return
+        self._show_loaded(loaded)
+
+    def _show_loaded(self, loaded: LoadResult) -> None:
+        ds, self.haystacks, (self.previews, self.preview_widths) = loaded
         self._loaded(ds)
 
     def _load_failed(self, path: Path, error: DataError) -> None:
@@ -211,9 +202,6 @@ class DataScreen(AuditMarks, TunedeckScreen):
         self.flags = defaultdict(list)
         for p in ds.problems:
             self.flags[p.line].append(p)
-        self.haystacks = [_haystack(ex) for ex in ds.examples]
-        self.cells = [(Text(str(i + 1), justify="right"), Text(str(ex.turns), justify="right"),
-                       Text(_first_words(ex), no_wrap=True)) for i, ex in enumerate(ds.examples)]
         self.token_counts = None
         self.current = next((i for i, ex in enumerate(ds.examples) if ex.line == current_line), 0 if ds.examples else None)
         if dropped:
@@ -228,12 +216,12 @@ class DataScreen(AuditMarks, TunedeckScreen):
         if not ds.examples:
             self.query_one(ExampleView).show_message(f"{ds.path.name} has no usable examples; see the problems (p).")
 
-    @work(exclusive=True, group="tokens")
+    @work(exclusive=True, group="tokens", description="count tokens")  # not the repr of its tokenizer
     async def _count_tokens(self, tokenizer: Any) -> None:
         if self.dataset is None:
             return
         ds = self.dataset
-        counts = await asyncio.to_thread(_token_counts, tokenizer, ds.examples)
+        counts = await asyncio.to_thread(token_counts, tokenizer, ds.examples)
         if ds is self.dataset:
             self.token_counts = counts[0] if counts else None
             self.tapp.update_state(token_lengths=counts)
@@ -250,49 +238,13 @@ class DataScreen(AuditMarks, TunedeckScreen):
 
     # ---------------------------------------------------------------- the list
 
-    def label_of(self, ex: Example) -> bool:
-        """The example's label with unsaved edits applied."""
-        return self.edits.label(ex)
-
-    def _matches(self, i: int) -> bool:
-        ex = self.dataset.examples[i]
-        f = self.filter
-        if f == "desirable" and not self.label_of(ex) or f == "undesirable" and self.label_of(ex):
-            return False
-        if f == "flagged" and ex.line not in self.flags:
-            return False
-        if f == "over-length":
-            limit = self.state.config.data.max_seq_len
-            if self.token_counts is None or self.token_counts[i] <= limit:
-                return False
-        return not self.query_text or self.query_text in self.haystacks[i]
-
-    def _label_cell(self, ex: Example) -> Text:
-        """✓ / ✗, then ● if edited and ! if the line has a problem (in the theme's colours)."""
-        colors = self.app.theme_variables
-        label = self.label_of(ex)
-        text = Text("✓" if label else "✗", style=Style(color=colors["success"] if label else colors["error"], bold=True))
-        if ex.line in self.edits:
-            text.append(" ●", style=Style(color=colors["warning"]))
-        if ex.line in self.flags:
-            text.append(" !", style=Style(color=colors["warning"], bold=True))
-        return text
-
-    def _row(self, i: int) -> tuple[Text, ...]:
-        number, turns, prompt = self.cells[i]
-        tokens = Text("-" if self.token_counts is None else str(self.token_counts[i]), justify="right")
-        cells = {"n": number, "label": self._label_cell(self.dataset.examples[i]), "turns": turns, "tokens": tokens,
-                 "prompt": prompt, "audit": self.audit_cell(self.dataset.examples[i].line)}
-        return tuple(cells[c] for c in self.columns)
-
     def _rebuild_rows(self) -> None:
-        table = self.query_one(DataTable)
-        table.clear()
+        table = self.query_one(ExampleTable)
         if self.dataset is None:
+            table.clear()
             return
         visible = self.audit_order([i for i in range(len(self.dataset.examples)) if self._matches(i)])
-        for i in visible:
-            table.add_row(*self._row(i), key=str(i))
+        table.set_rows([(str(i), partial(self._row, i)) for i in visible], self._widths(visible))
         if self.current in visible:
             table.move_cursor(row=visible.index(self.current), animate=False)
         elif visible:
@@ -413,13 +365,13 @@ class DataScreen(AuditMarks, TunedeckScreen):
     def action_move(self, delta: int) -> None:
         """The next/previous example: shown in the pane at once, in the same frame as the cursor's move (the
         table's RowHighlighted would come a frame later; for the example already shown it changes nothing)."""
-        table = self.query_one(DataTable)
+        table = self.query_one(ExampleTable)
         if table.row_count:
             row = max(0, min(table.row_count - 1, table.cursor_row + delta))
             key = table.coordinate_to_cell_key(Coordinate(row, 0)).row_key.value
             if key is not None and int(key) != self.current:
                 self._select(int(key))
-            _keep_in_view(table, row)  # first: the cursor's own watcher scrolls it into view by the least
+            table.keep_in_view(row)  # first: the cursor's own watcher scrolls it into view by the least
             table.move_cursor(row=row, animate=False, scroll=False)
 
     def action_cycle_filter(self) -> None:

@@ -64,7 +64,7 @@ class AuditMarks(AuditRun):
     audit_first = False  # the list in audit rank (suspicious first) instead of file order
     audit_stale = False  # the audit scored another version of the dataset file (its sha256 differs)
 
-    @work(exclusive=True, group="audit")
+    @work(exclusive=True, group="audit", description="look_up_audit")  # not repr(ds): 0.15 s at 10,000 examples
     async def look_up_audit(self, ds: Dataset) -> None:
         """Look up the dataset's newest finished audit; show its ranks and scores if there is one (with a warning
         when it scored another version of the file), and follow an audit of the config that is running."""

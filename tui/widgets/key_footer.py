@@ -38,7 +38,6 @@ class KeyFooter(Footer):
     def __init__(self) -> None:
         super().__init__()
         self._drawn: Drawn | None = None
-        self._widths: dict[int, int] = {}  # id(an entry's first widget) -> its cells, measured as laid out
 
     def bindings_changed(self, screen: Screen) -> None:
         self._bindings_ready = True
@@ -55,9 +54,9 @@ class KeyFooter(Footer):
         self.call_after_refresh(self.recompose)
 
     async def recompose(self) -> None:
+        """The new keys, fitted before they are first laid out (one layout for the footer, not two)."""
         await super().recompose()
-        self._widths = {}
-        self.call_after_refresh(self._fit)
+        self.call_later(self._fit)
 
     def on_resize(self) -> None:
         self._fit()
@@ -86,30 +85,33 @@ class KeyFooter(Footer):
                        key=lambda e: first_names.index(binding(e).binding.id))
         return named + [e for e in reversed(droppable) if e not in named]
 
+    def _cells(self, widget: Widget) -> int:
+        """The cells `widget` takes in the footer's row, padding and border included (its outer width once laid
+        out), from its content and styles: known before any layout."""
+        size = self.app.size
+        return widget.get_content_width(size, size) + widget.styles.gutter.width
+
     def _fit(self) -> None:
-        """Show the entries that fit the footer's width (measured once all are laid out after a recompose)."""
+        """Show the entries that fit the footer's width."""
         entries = self._entries()
-        if not entries or not self.size.width:
+        width = self.size.width or self.app.size.width  # docked at the bottom, the screen's width
+        if not entries or not width:
             return
         if any(isinstance(e[0], KeyGroup) and not e[0].children for e in entries):  # still mounting its keys
             self.call_after_refresh(self._fit)
             return
-        if any(id(e[0]) not in self._widths for e in entries):
-            if not all(w.display for e in entries for w in e):
-                for widget in (w for e in entries for w in e):
-                    widget.display = True
-                self.call_after_refresh(self._fit)
-                return
-            self._widths = {id(e[0]): sum(w.outer_size.width for w in e) for e in entries}
-        palette = sum(k.outer_size.width for k in self.query(FooterKey) if k.has_class("-command-palette"))
+        # measured each time: at the footer's first resize a key group's keys may not have their style yet (the
+        # fit after the recompose that mounted them sees it)
+        widths = {id(e[0]): sum(self._cells(w) for w in e) for e in entries}
+        palette = sum(self._cells(k) for k in self.query(FooterKey) if k.has_class("-command-palette"))
         # + 1: the last key's right padding (a blank cell) may lie under the palette key's border
-        room, total = self.size.width - palette + 1, sum(self._widths.values())
+        room, total = width - palette + 1, sum(widths.values())
         hidden: list[list[Widget]] = []
         for entry in self._drop_order(entries):
             if total <= room:
                 break
             hidden.append(entry)
-            total -= self._widths[id(entry[0])]
+            total -= widths[id(entry[0])]
         for entry in entries:
             for widget in entry:
                 widget.display = entry not in hidden

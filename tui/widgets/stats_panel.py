@@ -45,7 +45,7 @@ class StatsPanel(VerticalScroll):
             self._key = (sources, settings)
             self._compute(ds, tokenizer, token_counts, cfg)
 
-    @work(exclusive=True, group="stats")
+    @work(exclusive=True, group="stats", description="stats")  # not the repr of its dataset argument
     async def _compute(self, ds: Dataset, tokenizer: Any, token_counts: list[int] | None, cfg: Config) -> None:
         stats = await asyncio.to_thread(compute_stats, ds, tokenizer, cfg.data.max_seq_len if tokenizer else None)
         if ds is not self._key[0][0]:  # another dataset was asked for meanwhile
