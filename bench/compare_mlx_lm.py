@@ -165,11 +165,16 @@ def build_model(size: str, tokenizer: str) -> str:
 
 
 def run_worker(args: argparse.Namespace, which: str) -> dict[str, Any]:
+    return run_script_worker(Path(__file__), which, args.passthrough, args.model_dir)
+
+
+def run_script_worker(script: Path, which: str, argv: list[str], model_dir: str) -> dict[str, Any]:
+    """`script --worker which argv...` in its own process (clean peak counters): its last line, as JSON."""
     from tunedeck.core.backend import subprocess_env
 
-    cmd = [sys.executable, str(Path(__file__).resolve()), "--worker", which, *args.passthrough]
+    cmd = [sys.executable, str(script.resolve()), "--worker", which, *argv]
     t0 = time.perf_counter()
-    out = subprocess.run(cmd, capture_output=True, text=True, env=subprocess_env({"TUNEDECK_BENCH_MODEL": args.model_dir}))
+    out = subprocess.run(cmd, capture_output=True, text=True, env=subprocess_env({"TUNEDECK_BENCH_MODEL": model_dir}))
     if out.returncode != 0:
         sys.stderr.write(out.stdout[-3000:] + out.stderr[-5000:])
         raise SystemExit(f"worker {which} failed")

@@ -19,7 +19,6 @@ import argparse
 import json
 import os
 import statistics
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -155,18 +154,6 @@ def tunedeck(args: argparse.Namespace, method: str) -> dict[str, Any]:
     return compare_mlx_lm.run_worker(ns, method)
 
 
-def run_self(args: argparse.Namespace, which: str) -> dict[str, Any]:
-    cmd = [sys.executable, str(Path(__file__).resolve()), "--worker", which, *args.argv]
-    t0 = time.perf_counter()
-    out = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, "TUNEDECK_BENCH_MODEL": args.model_dir})
-    if out.returncode != 0:
-        sys.stderr.write(out.stdout[-3000:] + out.stderr[-5000:])
-        raise SystemExit(f"worker {which} failed")
-    result = json.loads(out.stdout.strip().splitlines()[-1])
-    result["wall_seconds"] = round(time.perf_counter() - t0, 1)
-    return result
-
-
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--size", default="tiny", choices=["tiny", "small", "7b"])
@@ -205,7 +192,7 @@ def main() -> None:
     results: dict[str, dict[str, Any]] = {}
     for name in only:
         if name in ("torch_sft", "trl_kto"):
-            results[name] = run_self(args, name)
+            results[name] = compare_mlx_lm.run_script_worker(Path(__file__), name, args.argv, args.model_dir)
         if name in ("sft", "kto"):
             results[f"tunedeck_{name}"] = tunedeck(args, name)
     summary: dict[str, Any] = {k: {f: r.get(f) for f in ("step_time", "tokens_per_sec", "peak_memory_gb")}
