@@ -44,6 +44,14 @@ SEARCH_DELAY = 0.15  # seconds
 LOAD_AT_MOUNT_BYTES = 1 << 20  # loaded before the first frame up to this size (1,000 examples: 0.65 MB, ~0.1 s)
 
 
+def _load_or_error(path: Path) -> LoadResult | DataError:
+    """load_for_list(path), or the DataError it raised (so a worker thread hands it back to the screen)."""
+    try:
+        return load_for_list(path)
+    except DataError as e:
+        return e
+
+
 class DataScreen(ListRows, AuditMarks, TunedeckScreen):
     """Dataset browser: split counts, a filterable example list and one example (or tokens/stats/problems)."""
 
@@ -164,23 +172,16 @@ class DataScreen(ListRows, AuditMarks, TunedeckScreen):
     async def load_dataset(self, path: Path) -> None:
         """Load `path` leniently (bad lines become problems), keeping edits to unchanged lines."""
         self._set_status(f"loading {path.name}…")
-        try:
-            loaded = await asyncio.to_thread(load_for_list, path)
-        except DataError as e:
-            self._load_failed(path, e)
-            return
-        self._show_loaded(loaded)
+        self._show_loaded(path, await asyncio.to_thread(_load_or_error, path))
 
     def _load_now(self, path: Path) -> None:
         """Load `path` on the event loop: a small file, before the screen's first frame."""
-        try:
-            loaded = load_for_list(path)
-        except DataError as e:
-            self._load_failed(path, e)
-            return
-        self._show_loaded(loaded)
+        self._show_loaded(path, _load_or_error(path))
 
-    def _show_loaded(self, loaded: LoadResult) -> None:
+    def _show_loaded(self, path: Path, loaded: LoadResult | DataError) -> None:
+        if isinstance(loaded, DataError):
+            self._load_failed(path, loaded)
+            return
         ds, self.haystacks, (self.previews, self.preview_widths) = loaded
         self._loaded(ds)
 
