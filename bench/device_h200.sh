@@ -11,6 +11,10 @@
 #           then torch+PEFT SFT, TRL's KTOTrainer and tunedeck SFT at bf16 4x512, every token trained, no
 #           checkpointing, the step compiled (trl_peer.py; trl, datasets, dill, multiprocess carried)
 #   PART=F  tunedeck SFT and KTO at the same settings with train.compile = "off"
+#   PART=G  issue 23.2, compiled per-layer steps: the 4-bit 2x1024 checkpointed row with train.compile "auto"
+#           (each layer's forward and backward compiled), mlx-lm in the same call
+#   PART=H  the same row's tunedeck SFT and KTO with train.compile "off" (eager layers), then the reference pass
+#           layer by layer with compiled and with eager layers
 # Raw outputs go to $OUT/h200_*.txt.
 set -uo pipefail
 OUT=${OUT:-/tmp/bench-out}
@@ -53,5 +57,16 @@ case "${PART:-A}" in
   F)
     timeout 500 python3 bench/trl_peer.py --size 7b --batch 4 --seq 512 --steps 6 --warmup 3 \
       --only sft,kto --compile off 2>&1 | tail -12 | tee "$OUT/h200_trl_peer_eager.txt"
+    ;;
+  G)
+    row q4_b2_s1024_gc_layers 560 --batch 2 --seq 1024 --quantize 4 --grad-checkpoint --steps 6 --warmup 3
+    ;;
+  H)
+    row q4_b2_s1024_gc_eager 330 --batch 2 --seq 1024 --quantize 4 --grad-checkpoint --steps 6 --warmup 3 \
+      --only sft,kto --compile off
+    for c in auto off; do
+      timeout 120 python3 bench/reference_pass.py --size 7b --data synthetic --seq 1024 --examples 32 --batch 4 \
+        --quantize 4 --grad-checkpoint --repeat 2 --compile $c 2>&1 | tail -3 | tee "$OUT/h200_reference_pass_$c.txt"
+    done
     ;;
 esac

@@ -41,15 +41,18 @@ def build_model(size: str) -> str:
 
 def load(args: argparse.Namespace) -> tuple[Any, Any]:
     """The model as the trainer loads it (dtype, quantization, the per-layer matmul choice, a fresh adapter)."""
-    from tunedeck.core import backend
+    from tunedeck.core import backend, layerwise
     from tunedeck.core.config import Config
     from tunedeck.core.model import load_for_training
+    from tunedeck.core.step import wants_compile
 
     cfg = Config()
     cfg.model.path, cfg.model.quantize, cfg.model.quantized_matmul = args.model_dir, args.quantize, args.quantized_matmul
     cfg.lora.rank, cfg.lora.keys = 16, ["q_proj", "v_proj"]
     loaded = load_for_training(cfg.model, cfg.lora, backend.dtype_for(backend.detect(), args.dtype or "auto"), 0)
     loaded.model.eval()
+    cfg.train.compile = args.compile
+    layerwise.use_compiled(loaded.model, wants_compile(cfg, backend.detect().kind))  # as the trainer (layer by layer)
     return loaded.model, loaded.tokenizer
 
 
@@ -125,6 +128,8 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--quantized-matmul", default="auto", choices=["auto", "dequantize", "kernel"])
     p.add_argument("--dtype", default="", help="default: float32 on CPUs, bfloat16 on GPUs")
     p.add_argument("--grad-checkpoint", action="store_true", help="only the layer-by-layer mode")
+    p.add_argument("--compile", default="auto", choices=["auto", "on", "off"],
+                   help="train.compile: layer by layer, each layer's forward compiled (auto: on GPUs)")
     p.add_argument("--repeat", type=int, default=3)
     p.add_argument("--quick", action="store_true", help="the tiny model on the first 64 bundled examples, both modes")
     return p
@@ -145,7 +150,8 @@ def main() -> None:
     out: dict[str, Any] = {"device": f"{backend.detect().kind} ({backend.detect().note})", "size": args.size,
                            "data": args.data, "examples": len(seqs), "tokens": int(seqs.lengths.sum()),
                            "kl_shared": float(np.mean(seqs.kl_shared)), "batch": 2 * args.batch,
-                           "quantize": args.quantize, "quantized_matmul": args.quantized_matmul}
+                           "quantize": args.quantize, "quantized_matmul": args.quantized_matmul,
+                           "compile": args.compile}
     for stepwise in modes:
         r = measure(model, seqs, 2 * args.batch, stepwise, args.repeat)
         print(("layer by layer " if stepwise else "whole model    ") + json.dumps(r), file=sys.stderr)

@@ -35,9 +35,11 @@ import mlx.core as mx
 import mlx.nn as nn
 from mlx.utils import tree_flatten
 
+from .layer_compile import CompiledLayers, Recorder
 from .losses import LLAMA_BLOCK, PLAIN_HEAD, head, hidden_logps, last_block_at, token_logps
 
 _DEQUANTIZE = "tunedeck_dequantize"  # the model's attribute set by `use_dequantized`
+_COMPILED = "tunedeck_compiled_layers"  # the model's CompiledLayers, set by `use_compiled`
 HEAD_ELEMENTS = 1 << 27  # logits at once in `head_logps` (0.5 GB in float32): 2 rows of 2,048 x 32,768
 
 
@@ -91,8 +93,26 @@ def _retyped(pairs: list[tuple[nn.Module, type]]) -> Iterator[None]:
 def dequantized(model: nn.Module, layer: nn.Module) -> Any:
     """A context in which `layer`'s quantized linears multiply by dequantized weights, if the model asks for it
     (`use_dequantized`); build and evaluate one layer's graph inside it."""
-    on = getattr(model, _DEQUANTIZE, False)
+    return _dequantizing(layer, getattr(model, _DEQUANTIZE, False))
+
+
+def _dequantizing(layer: nn.Module, on: bool) -> Any:
     return _retyped([(m, _DequantizedLinear) for m in layer.modules() if type(m) is nn.QuantizedLinear] if on else [])
+
+
+def use_compiled(model: nn.Module, on: bool) -> None:
+    """Whether this model's layer-by-layer forwards and backwards run compiled per-layer functions
+    (core.layer_compile; train.compile under train.grad_checkpoint)."""
+    setattr(model, _COMPILED, CompiledLayers(_dequantizing) if on else None)
+
+
+def causal(model: nn.Module, layer: nn.Module, hidden: mx.array, cache: Any = None) -> mx.array:
+    """layer(hidden, "causal", cache) for a cache that is None or a Recorder: compiled if the model asks for it."""
+    compiled = getattr(model, _COMPILED, None)
+    if compiled is not None:
+        return compiled.forward(layer, getattr(model, _DEQUANTIZE, False), hidden, cache)
+    with dequantized(model, layer):
+        return layer(hidden, "causal", cache=cache)
 
 
 _EVALUATED: dict[tuple[type, bool], type] = {}
@@ -131,12 +151,17 @@ def forward(model: nn.Module, inputs: mx.array, caches: list[Any] | None = None,
     hidden = inner.embed_tokens(inputs)
     mask = create_attention_mask(hidden, caches[0] if caches else None)
     saved = []
+    plain = isinstance(mask, str) and mask == "causal" and all(c is None or type(c) is Recorder for c in caches or [])
     for i, layer in enumerate(inner.layers):
         if keep_inputs:
             saved.append(hidden)
-        with dequantized(model, layer):
-            hidden = layer(hidden, mask, cache=None if caches is None else caches[i])
-            mx.eval(hidden)
+        cache = None if caches is None else caches[i]
+        if plain:
+            hidden = causal(model, layer, hidden, cache)
+        else:
+            with dequantized(model, layer):
+                hidden = layer(hidden, mask, cache=cache)
+        mx.eval(hidden)
     return hidden, saved
 
 
@@ -150,9 +175,8 @@ def sequence_logps(model: nn.Module, tokens: mx.array, positions: mx.array, targ
         return hidden_logps(model, hidden, positions, targets, mask).sum(axis=-1)
     hidden = inner.embed_tokens(tokens[:, :-1])
     for layer in inner.layers[:-1]:
-        with dequantized(model, layer):
-            hidden = layer(hidden, "causal")
-            mx.eval(hidden)
+        hidden = causal(model, layer, hidden)
+        mx.eval(hidden)
     with dequantized(model, inner.layers[-1]):
         hidden = last_block_at(model, hidden, positions)
         mx.eval(hidden)
@@ -203,8 +227,14 @@ def backward(model: nn.Module, tape: Tape,
     saved, tape.inputs, tape.hidden = tape.inputs, [], None  # freed as the backward goes down
 
     grads: list[Any] = [None] * len(layers)
+    compiled = getattr(model, _COMPILED, None)
     for i in reversed(range(len(layers))):
         layer, params = layers[i], layers[i].trainable_parameters()
+        if compiled is not None:
+            grads[i], cotangent = compiled.backward(layer, getattr(model, _DEQUANTIZE, False), saved[i], cotangent)
+            saved[i] = None
+            mx.eval(grads[i], cotangent)
+            continue
 
         def projected(p: Any, x: mx.array, layer: nn.Module = layer, cot: mx.array = cotangent) -> mx.array:
             layer.update(p)

@@ -23,6 +23,7 @@ import mlx.nn as nn
 import numpy as np
 
 from . import layerwise
+from .layer_compile import Recorder
 from .losses import LLAMA_BLOCK, head, hidden_at, last_block_at, token_logps
 
 
@@ -64,23 +65,10 @@ def pack(kl_ids: list[np.ndarray], starts: np.ndarray, k_to: int = 8) -> tuple[n
     return tokens, starts.astype(np.int32), attn[:, None], targets, loss_mask
 
 
-class _Recorder:
-    """Cache stand-in for the policy forward: keeps each layer's (rotated) keys and values."""
-
-    offset = 0
-
-    def update_and_fetch(self, keys: mx.array, values: mx.array) -> tuple[mx.array, mx.array]:
-        self.keys, self.values = keys, values
-        return keys, values
-
-    def make_mask(self, n: int, return_array: bool = False, window_size: int | None = None) -> Any:
-        return "causal"
-
-
 class _Prefix:
     """Cache stand-in for the KL pass: the example's recorded prompt keys/values, then the pass's own."""
 
-    def __init__(self, recorded: _Recorder, offsets: mx.array, mask: mx.array) -> None:
+    def __init__(self, recorded: Recorder, offsets: mx.array, mask: mx.array) -> None:
         width = mask.shape[-1] - mask.shape[-2]
         self.keys = mx.stop_gradient(recorded.keys[:, :, :width])
         self.values = mx.stop_gradient(recorded.values[:, :, :width])
@@ -95,7 +83,7 @@ class _Prefix:
 
 def recorders(model: nn.Module) -> list[Any]:
     """One cache stand-in per layer, to pass as `cache=` to the policy forward: they keep its keys/values."""
-    return [_Recorder() for _ in model.model.layers]
+    return [Recorder() for _ in model.model.layers]
 
 
 def kl_logps(model: nn.Module, recorded: list[Any], first_hidden: mx.array, kl: tuple[mx.array, ...],
@@ -151,12 +139,13 @@ def reference_logps(model: nn.Module, seq: tuple[mx.array, ...], kl: tuple[mx.ar
     kl_attn = "causal" if (np.array(offsets) == attn.shape[-1] - attn.shape[-2]).all() else attn
     llama = getattr(model, "model_type", None) in LLAMA_BLOCK
     for i, layer in enumerate(inner.layers):
-        recorded = _Recorder()
-        with layerwise.dequantized(model, layer):
-            if llama and i == len(inner.layers) - 1:  # as losses.hidden_at: the last block at the positions only
+        recorded = Recorder()
+        if llama and i == len(inner.layers) - 1:  # as losses.hidden_at: the last block at the positions only
+            with layerwise.dequantized(model, layer):
                 hidden = last_block_at(model, hidden, positions, recorded)
-            else:
-                hidden = layer(hidden, "causal", cache=recorded)
+        else:
+            hidden = layerwise.causal(model, layer, hidden, recorded)
+        with layerwise.dequantized(model, layer):
             kl_hidden = layer(kl_hidden, kl_attn, cache=_Prefix(recorded, offsets, attn))
             mx.eval(hidden, kl_hidden)
     if not llama:

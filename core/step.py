@@ -2,7 +2,8 @@
 train.grad_accumulation micro-batches and over the workers, clipping, and the AdamW update.
 
 As mlx-lm's tuner, the whole step (optimizer update included) is one `mx.compile`d function where compiling
-pays (GPUs); with layer-by-layer checkpointing (core.layerwise) it is evaluated layer by layer instead.
+pays (GPUs); with layer-by-layer checkpointing (core.layerwise) it is evaluated layer by layer instead, each
+layer's forward and backward compiled (core.layer_compile).
 """
 
 from __future__ import annotations
@@ -120,7 +121,8 @@ class TrainStep:
             from mlx_lm.tuner.trainer import grad_checkpoint
 
             grad_checkpoint(model.layers[0])
-        self.compiled = compiled and not stepwise  # evaluated layer by layer: no whole-step compile
+        self.compiled = compiled and not stepwise  # evaluated layer by layer: each layer's functions compiled
+        layerwise.use_compiled(model, compiled and stepwise)
         self._compute = _Compute(objective, model, optimizer, group, stepwise, eager=not self.compiled)
         self._fns: dict[type, Callable[..., Any]] = {}
 

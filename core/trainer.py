@@ -27,7 +27,20 @@ from typing import Any, TextIO
 import mlx.core as mx
 import numpy as np
 
-from . import backend, checkpoints, collective, data, faults, memory, objectives, run_prep, runlock, runs, samples
+from . import (
+    backend,
+    checkpoints,
+    collective,
+    data,
+    faults,
+    layerwise,
+    memory,
+    objectives,
+    run_prep,
+    runlock,
+    runs,
+    samples,
+)
 from .batching import BatchPlan, Sequences, tokenize
 from .config import Config
 from .config import load as load_config
@@ -189,6 +202,7 @@ class Trainer:
         ckpt = self._resume_point() if self.resume and self.rank == 0 else None  # rank 0 alone reads checkpoints
         train_ex, valid_ex, data_sha256 = run_prep.split_examples(c, c.data.path, self._warn)
         loaded = load_for_training(c.model, c.lora, dtype, c.train.seed)
+        layerwise.use_compiled(loaded.model, c.train.grad_checkpoint and wants_compile(c, be.kind))  # the reference pass
         inputs = {"data_sha256": data_sha256, "model_files": model_files(loaded.model_dir)}
         for message in run_prep.changed_inputs(self.run_dir, c, inputs) if ckpt is not None else []:
             self._warn(message)

@@ -14,13 +14,16 @@ from tests.conftest import F32_EPS, small_config
 from tunedeck.core import config as C
 from tunedeck.core import layerwise, runs
 from tunedeck.core.batching import pack
-from tunedeck.core.losses import hidden_logps, packed_sft_loss
+from tunedeck.core.losses import hidden_logps, packed_logps, packed_sft_loss
 from tunedeck.core.run_prep import prepare_run
 from tunedeck.core.trainer import Trainer
 
 
-@pytest.mark.parametrize("num_layers", [-1, 2])
-def test_gradients_equal_whole_model_autodiff(demo_model: Path, num_layers: int) -> None:
+@pytest.mark.parametrize(("num_layers", "compiled"), [(-1, False), (2, False), (2, True)])
+def test_gradients_equal_whole_model_autodiff(demo_model: Path, num_layers: int, compiled: bool) -> None:
+    """`compiled`: each layer's forward and backward through core.layer_compile (train.compile under
+    train.grad_checkpoint), one trace per layer structure shared by the layers (here two structures: with and
+    without adapters)."""
     import mlx_lm
     from mlx_lm.tuner.utils import linear_to_lora_layers
 
@@ -42,7 +45,16 @@ def test_gradients_equal_whole_model_autodiff(demo_model: Path, num_layers: int)
         lps = hidden_logps(model, hidden, *seq[1:])
         return -lps.sum() / seq[3].sum(), seq[3].sum()
 
+    layerwise.use_compiled(model, compiled)
     (got, got_n), got_g = layerwise.value_and_grad(model, seq[0][:, :-1], on_hidden)
+    got_lp = layerwise.sequence_logps(model, *seq)
+    traced = getattr(model, layerwise._COMPILED, None)
+    assert (traced is not None and len(traced._by_signature) == 1 + (n < len(model.layers))) == compiled
+    layerwise.use_compiled(model, False)
+    from tests.conftest import logp_sum_atol
+
+    np.testing.assert_allclose(np.array(got_lp), np.array(packed_logps(model, *seq)), rtol=0,
+                               atol=logp_sum_atol(tokens=int(seq[3].sum(axis=-1).max())))  # at the longest completion
     assert got.item() == pytest.approx(want.item(), rel=1e-6) and got_n.item() == want_n.item()
     flat_want, flat_got = tree_flatten(want_g), tree_flatten(got_g)
     assert [k for k, _ in flat_got] == [k for k, _ in flat_want] and len(flat_got) == 3 * 2 * n
@@ -60,14 +72,17 @@ def test_unsupported_when_parameters_outside_the_layers(demo_model: Path) -> Non
     assert not layerwise.supported(model)
 
 
-@pytest.mark.parametrize("method", ["sft", "kto"])
-def test_checkpointed_training_matches_plain(tmp_path: Path, method: str) -> None:
-    """Whole runs with train.grad_checkpoint on (layer by layer) and off: same losses and adapters."""
+@pytest.mark.parametrize(("method", "compiled"), [("sft", False), ("kto", True)])  # eager KTO: test_prefix_kl
+def test_checkpointed_training_matches_plain(tmp_path: Path, method: str, compiled: bool) -> None:
+    """Whole runs with train.grad_checkpoint on (layer by layer; `compiled`: train.compile = "on", each layer's
+    functions compiled, in the reference pass and the KL pass's recording forward too) and off: same losses
+    and adapters."""
     out = []
     for gc in (True, False):
         config = small_config(tmp_path / str(gc), method, iters=3, eval_every=3, save_every=3)
         cfg, _ = C.load(config)
         cfg.train.grad_checkpoint = gc
+        cfg.train.compile = "on" if gc and compiled else "off"
         cfg.lora.dropout = 0.0  # dropout is off under checkpointing
         run_dir = prepare_run(cfg, config, config.parent / "runs")
         assert Trainer(run_dir).run() == 0
