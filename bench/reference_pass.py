@@ -2,10 +2,11 @@
 
 The pass computes each example's completion log-prob and its KL pair's (the prompt with another example's
 completion). It runs the KL pairs on the prompt keys/values of their examples' forward (core.prefix_kl), in
-the examples' length-sorted batches, as training does; the old path ran two separate forwards, one over the
-examples and one over the KL pairs (`old_over_forward`). "forward" is `core.reference.compute` over the
-examples alone, in the same batches (2 x train.batch_size), the same mode (layer by layer with
---grad-checkpoint) and the same model. Timings are the fastest of --repeat interleaved rounds after one warm-up;
+the examples' length-sorted batches, as training does, the dense parts on the real tokens alone
+(core.unpadded); the old path ran two separate forwards, one over the examples and one over the KL pairs
+(`old_over_forward`). "forward" is `core.reference.compute` over the examples alone, in the same batches
+(2 x train.batch_size), the same mode (layer by layer with --grad-checkpoint) and the same model; "padded_*"
+are both with core.unpadded off (every layer over the padded rows: the pass before it). Timings are the fastest of --repeat interleaved rounds after one warm-up;
 the last line printed is one JSON object.
 
     python bench/reference_pass.py --quick                       # the random tiny model, the bundled data (CPU)
@@ -98,18 +99,38 @@ def timed(fns: dict[str, Callable[[], Any]], repeat: int) -> dict[str, tuple[flo
     return {name: (best[name], peak[name], result[name]) for name in fns}
 
 
+def padded(fn: Callable[[], Any]) -> Callable[[], Any]:
+    """`fn` with core.unpadded off: the batches' padded rows through every layer (the pass before it)."""
+    from tunedeck.core import unpadded
+
+    def run() -> Any:
+        supported, unpadded.supported = unpadded.supported, lambda model: False
+        try:
+            return fn()
+        finally:
+            unpadded.supported = supported
+
+    return run
+
+
 def measure(model: Any, seqs: Any, batch: int, stepwise: bool, repeat: int) -> dict[str, Any]:
     from tunedeck.core.reference import compute, compute_set
 
+    forward = lambda: compute(model, seqs.ids, seqs.starts, batch, stepwise=stepwise)  # noqa: E731
+    reference = lambda: compute_set(model, seqs, batch, stepwise=stepwise)  # noqa: E731
     got = timed({
-        "forward": lambda: compute(model, seqs.ids, seqs.starts, batch, stepwise=stepwise),
-        "reference": lambda: compute_set(model, seqs, batch, stepwise=stepwise),
+        "forward": forward,
+        "reference": reference,
         "old": lambda: (compute(model, seqs.ids, seqs.starts, batch, stepwise=stepwise),
                         compute(model, seqs.kl_ids, seqs.kl_starts, batch, stepwise=stepwise)),
+        "padded_forward": padded(forward),
+        "padded_reference": padded(reference),
     }, repeat)
     fwd_s = got["forward"][0]
     (lp, kl), (lp0, kl0) = got["reference"][2], got["old"][2]
     return {"reference_over_forward": round(got["reference"][0] / fwd_s, 3),
+            "reference_over_padded_forward": round(got["reference"][0] / got["padded_forward"][0], 3),
+            "padded_reference_over_padded_forward": round(got["padded_reference"][0] / got["padded_forward"][0], 3),
             "old_over_forward": round(got["old"][0] / fwd_s, 3),
             **{f"{name}_s": round(t, 3) for name, (t, _, _) in got.items()},
             **{f"{name}_peak_gb": round(gb, 3) for name, (_, gb, _) in got.items()},

@@ -172,33 +172,56 @@ def _synthetic_kl(n: int, length: int, start: int):
     return seqs
 
 
-@pytest.mark.parametrize("stepwise", [False, True])
-@pytest.mark.parametrize("case", ["sample", "truncated", "equal_prompts"])
-def test_reference_pass_equals_separate_forwards(lora_model, demo_model: Path, stepwise: bool, case: str) -> None:
+def one_at_a_time(model: nn.Module, ids: list[np.ndarray], starts: np.ndarray) -> np.ndarray:
+    """The oracle: each sequence's completion log-prob from mlx-lm's own forward of that sequence alone (no
+    batch, no padding, every position's logits)."""
+    out = []
+    for seq, start in zip(ids, starts):
+        logits = model(mx.array(seq[None, :-1])).astype(mx.float32)[0]
+        lp = mx.take_along_axis(logits, mx.array(seq[1:])[:, None], axis=-1)[:, 0] - mx.logsumexp(logits, axis=-1)
+        out.append(lp[int(start) - 1 :].sum().item())
+    return np.array(out, np.float32)
+
+
+_ORACLE: dict[str, tuple[np.ndarray, np.ndarray]] = {}  # one_at_a_time's answers per case, computed once
+
+
+@pytest.mark.parametrize(("path", "case"), [("unpadded", "sample"), ("unpadded", "truncated"),
+                                            ("unpadded", "equal_prompts"), ("padded", "sample"),
+                                            ("padded_stepwise", "truncated"), ("padded_stepwise", "equal_prompts")])
+def test_reference_pass_equals_separate_forwards(lora_model, demo_model: Path, monkeypatch, path: str,
+                                                 case: str) -> None:
     """core.reference.compute_set (KL pairs on their examples' prompt keys/values, batches bucketed by both
-    lengths, whole-model or one layer per evaluation) gives the log-probs of the old path: two separate whole
-    forwards, one over the examples and one over the KL pairs."""
+    lengths; "unpadded": the dense parts on the real tokens only, core.unpadded; "padded": the padded rows,
+    whole-model or one layer per evaluation) and core.reference.compute give each sequence's log-prob as
+    mlx-lm's forward of that sequence alone."""
     import mlx_lm
 
     from tests.conftest import logp_sum_atol
-    from tunedeck.core import reference
+    from tunedeck.core import reference, unpadded
 
     model, seqs = lora_model
+    assert unpadded.supported(model)
+    if path != "unpadded":
+        monkeypatch.setattr(unpadded, "supported", lambda model: False)
     if case == "truncated":  # prompts cut to fit: some pairs cannot share theirs
         seqs = tokenize(mlx_lm.load(str(demo_model))[1], data.load(demo.sample_dataset()).examples[:48], 96,
                         kto=True, seed=0)
         assert 0 < seqs.kl_shared.sum() < len(seqs)
     elif case == "equal_prompts":  # every prompt the prefix's width: the KL pass's "causal" mask
         seqs = _synthetic_kl(12, 70, 50)
-    logps, kl = reference.compute_set(model, seqs, 8, stepwise=stepwise)
-    want = reference.compute(model, seqs.ids, seqs.starts, 8)
-    want_kl = reference.compute(model, seqs.kl_ids, seqs.kl_starts, 8)
+    logps, kl = reference.compute_set(model, seqs, 8, stepwise=path == "padded_stepwise")
+    alone = reference.compute(model, seqs.ids, seqs.starts, 8, stepwise=path == "padded_stepwise")
+    if case not in _ORACLE:
+        _ORACLE[case] = one_at_a_time(model, seqs.ids, seqs.starts), one_at_a_time(model, seqs.kl_ids, seqs.kl_starts)
+    want, want_kl = _ORACLE[case]
     # each sum is one sequence's log-prob computed two ways in float32 (tests/conftest.py logp_sum_atol, at the
     # longest completion of these sets)
     longest = max(max(len(s) - st for s, st in zip(seqs.ids, seqs.starts)),
                   max(len(s) - st for s, st in zip(seqs.kl_ids, seqs.kl_starts)))
     atol = logp_sum_atol(tokens=int(longest))
     np.testing.assert_allclose(logps, want, rtol=0, atol=atol)
+    np.testing.assert_allclose(alone, want, rtol=0, atol=atol)
     np.testing.assert_allclose(kl, want_kl, rtol=0, atol=atol)
     assert np.abs(kl).min() > 1  # every pair computed, none left at 0
 
