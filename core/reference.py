@@ -23,7 +23,7 @@ import mlx.core as mx
 import mlx.nn as nn
 import numpy as np
 
-from . import backend, layerwise, prefix_kl, unpadded
+from . import backend, block_attention, layerwise, prefix_kl, unpadded
 from .batching import Sequences, eval_batches, pack
 from .collective import host_sum
 from .fsutil import atomic_write_bytes
@@ -31,7 +31,6 @@ from .losses import packed_logps
 
 CACHE_KEYS = {"key", "logps", "kl_logps"}
 PAD_TO = 16  # core.batching.pack's default: batch lengths are padded to a multiple of it
-QUERY_CHUNK = 64  # `_query_chunk`
 REPORT_EVERY = 2.0  # seconds between progress reports (the first and the last are always reported)
 
 #: report(done, total, rate in sequences/s, eta in seconds)
@@ -134,10 +133,9 @@ def compute_set(model: nn.Module, seqs: Sequences, batch_size: int, on_batch: Ca
 
 
 def _query_chunk() -> int:
-    """core.unpadded's causal attention in blocks of this many queries on CPUs, whose attention computes every
-    score of the masked-out triangle too (the tiny model on 64 bundled examples, this project's 2-core CPU: the
-    pass 5.2 -> 3.6 s, a forward 3.2 -> 2.8 s); none on GPUs, whose fused attention skips it."""
-    return QUERY_CHUNK if backend.detect().kind == "cpu" else 0
+    """core.unpadded's causal attention block on this backend (core.block_attention: the tiny model on 64 bundled
+    examples, this project's 2-core CPU: the pass 5.2 -> 3.6 s, a forward 3.2 -> 2.8 s)."""
+    return block_attention.chunk_for(backend.detect().kind)
 
 
 def _shared(model: nn.Module, seqs: Sequences) -> np.ndarray:

@@ -6,7 +6,8 @@ to its longest example and its longest KL completion wastes the padding's share 
 data, 20% of the examples' padded tokens and 59% of the KL completions' (bench/reference_pass.py). Here the
 examples' input tokens and the KL completions' are one flat list [N]; per layer the queries, keys and values
 are projected for all of them at once (one product for both, not two), rotated at each token's own position,
-scattered into the padded rows for attention (the examples causal; the KL completions on their example's
+scattered into the padded rows for attention (the examples causal, in query blocks on CPUs as
+core.block_attention; the KL completions, in groups of similar width, on their example's
 prompt keys/values, as core.prefix_kl), gathered back, and the output projection and the MLP run on the flat
 list again. The last layer runs its output projection and MLP only where a log-prob is read (the completion
 positions), as core.losses.hidden_at. The result equals the padded pass up to floating-point rounding (tested).
@@ -25,6 +26,7 @@ import mlx.nn as nn
 import numpy as np
 
 from . import layerwise
+from .block_attention import causal
 from .losses import LLAMA_BLOCK, head, token_logps
 
 
@@ -145,18 +147,6 @@ def _flat(out: mx.array) -> mx.array:
     return out.transpose(0, 2, 1, 3).reshape(-1, out.shape[1] * out.shape[3])
 
 
-def _causal(q: mx.array, k: mx.array, v: mx.array, scale: float, chunk: int) -> mx.array:
-    """Causal attention; with `chunk`, a block of `chunk` queries at a time against the keys up to its end, so
-    that the masked-out upper triangle is mostly not computed (CPUs, whose attention computes every score)."""
-    width = q.shape[2]
-    if not chunk or width <= chunk:
-        return mx.fast.scaled_dot_product_attention(q, k, v, scale=scale, mask="causal")
-    # MLX's "causal" aligns the last query with the last key: queries [s, e) against keys [0, e) is exact
-    return mx.concatenate([mx.fast.scaled_dot_product_attention(q[:, :, s : s + chunk], k[:, :, : s + chunk],
-                                                                v[:, :, : s + chunk], scale=scale, mask="causal")
-                           for s in range(0, width, chunk)], axis=2)
-
-
 def _layer(layer: nn.Module, h: mx.array, arrays: dict[str, Any], keep: mx.array | None) -> mx.array:
     """One llama block on the flat hidden states h [N, H]; `keep`: flat indices the output is wanted at."""
     attn = layer.self_attn
@@ -174,7 +164,7 @@ def _layer(layer: nn.Module, h: mx.array, arrays: dict[str, Any], keep: mx.array
     v = padded(attn.v_proj(x))
     rows = arrays["rows"]
     ex_k, ex_v = _heads(k, rows, attn.n_kv_heads), _heads(v, rows, attn.n_kv_heads)
-    outs = [_flat(_causal(_heads(q, rows, attn.n_heads), ex_k, ex_v, attn.scale, arrays["chunk"]))]
+    outs = [_flat(causal(_heads(q, rows, attn.n_heads), ex_k, ex_v, attn.scale, arrays["chunk"]))]
     for members, group_rows, prefix, mask in arrays["groups"]:
         keys = mx.concatenate([ex_k[members, :, :prefix], _heads(k, group_rows, attn.n_kv_heads)], axis=2)
         values = mx.concatenate([ex_v[members, :, :prefix], _heads(v, group_rows, attn.n_kv_heads)], axis=2)
