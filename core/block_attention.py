@@ -46,7 +46,8 @@ def _blocked(cls: type) -> type:
     if cls not in _BLOCKED:
         def __call__(self: Any, x: mx.array, mask: Any = None, cache: Any = None) -> mx.array:
             offset = getattr(cache, "offset", 0)
-            if not (isinstance(mask, str) and mask == "causal") or not isinstance(offset, int) or offset:
+            if (not (isinstance(mask, str) and mask == "causal") or not isinstance(offset, int) or offset
+                    or hasattr(cache, "bits")):  # a quantized KV cache: mlx-lm's own attention reads it
                 return cls.__call__(self, x, mask, cache)
             b, n, _ = x.shape
             q = self.q_proj(x).reshape(b, n, self.n_heads, -1).transpose(0, 2, 1, 3)

@@ -91,8 +91,14 @@ def test_checkpointed_training_matches_plain(tmp_path: Path, method: str, compil
         out.append(([e["loss"] for e in steps], {k: np.array(v) for k, v in weights.items()}))
     (loss_gc, w_gc), (loss, w) = out
     np.testing.assert_allclose(loss_gc, loss, rtol=1e-5)
+    # Adam divides each gradient element by its running RMS: where an element's gradient is as small as the two
+    # paths' float32 rounding difference, its step (up to lr) can change, in either run. So nearly every element
+    # agrees tightly and the rare exception stays within the steps' total size, 2·iters·lr.
+    lr, iters = cfg.learning_rate, cfg.train.iters
     for k in w:
-        np.testing.assert_allclose(w_gc[k], w[k], rtol=1e-4, atol=1e-6, err_msg=k)
+        off = np.abs(w_gc[k] - w[k]) > 1e-4 * np.abs(w[k]) + 1e-6
+        assert off.mean() <= 0.01, k
+        np.testing.assert_allclose(w_gc[k], w[k], rtol=0, atol=2 * iters * lr, err_msg=k)
 
 
 @pytest.fixture(scope="module")
