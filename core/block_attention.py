@@ -69,6 +69,5 @@ def use(model: nn.Module, on: bool) -> None:
 
     for layer in getattr(getattr(model, "model", None), "layers", []):
         attn = getattr(layer, "self_attn", None)
-        base = next((c for c in type(attn).__mro__ if c is Attention), None) if attn is not None else None
-        if base is not None:
+        if isinstance(attn, Attention):
             attn.__class__ = _blocked(Attention) if on else Attention

@@ -58,11 +58,16 @@ def pack(kl_ids: list[np.ndarray], starts: np.ndarray, k_to: int = 8) -> tuple[n
         tokens[i, : len(c) - 1] = c[:-1]
         targets[i, : len(c)] = c
         loss_mask[i, : len(c)] = 1.0
-    w = tokens.shape[1]
-    prefix = np.arange(p)[None, None, :] < starts[:, None, None]  # [B, 1, P]: the example's own prompt only
+    return tokens, starts.astype(np.int32), prefix_mask(starts, p, tokens.shape[1]), targets, loss_mask
+
+
+def prefix_mask(starts: np.ndarray, p: int, w: int) -> np.ndarray:
+    """The KL completions' attention mask [B, 1, W, P+W]: each row's own prompt (the first starts[b] of P prefix
+    keys), then causal within its W completion positions."""
+    b = len(starts)
+    prefix = np.arange(p)[None, None, :] < np.asarray(starts)[:, None, None]  # [B, 1, P]: the example's own prompt
     own = np.tril(np.ones((w, w), bool))  # causal within the completion
-    attn = np.concatenate([np.broadcast_to(prefix, (b, w, p)), np.broadcast_to(own, (b, w, w))], axis=-1)
-    return tokens, starts.astype(np.int32), attn[:, None], targets, loss_mask
+    return np.concatenate([np.broadcast_to(prefix, (b, w, p)), np.broadcast_to(own, (b, w, w))], axis=-1)[:, None]
 
 
 class _Prefix:

@@ -28,6 +28,7 @@ import numpy as np
 from . import layerwise
 from .block_attention import causal
 from .losses import LLAMA_BLOCK, head, token_logps
+from .prefix_kl import prefix_mask
 
 
 def supported(model: nn.Module) -> bool:
@@ -180,14 +181,10 @@ def _layer(layer: nn.Module, h: mx.array, arrays: dict[str, Any], keep: mx.array
 def _group_arrays(group: KLGroup) -> tuple[mx.array, mx.array, int, Any]:
     """A KL group's device arrays and attention mask: each completion sees its own example's prompt and itself
     causally ("causal" when every prompt is the group's longest, MLX's fused mask)."""
-    g, width = group.rows.shape
     prefix = int(group.prompts.max())
     mask: Any = "causal"
     if not (group.prompts == prefix).all():
-        own = np.arange(prefix)[None, None, :] < group.prompts[:, None, None]
-        causal = np.tril(np.ones((width, width), bool))
-        mask = mx.array(np.concatenate([np.broadcast_to(own, (g, width, prefix)),
-                                        np.broadcast_to(causal, (g, width, width))], axis=-1)[:, None])
+        mask = mx.array(prefix_mask(group.prompts, prefix, group.rows.shape[1]))
     return mx.array(group.examples.astype(np.int32)), mx.array(group.rows.astype(np.int32)), prefix, mask
 
 
