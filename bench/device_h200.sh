@@ -15,6 +15,10 @@
 #           (each layer's forward and backward compiled), mlx-lm in the same call
 #   PART=H  the same row's tunedeck SFT and KTO with train.compile "off" (eager layers), then the reference pass
 #           layer by layer with compiled and with eager layers
+#   PART=I  the Mac-24GB preset's whole run phase by phase (its reference pass unpadded), then the reference pass
+#           over the bundled data's first 300 examples (real lengths: the first run compiles each new shape)
+#   PART=J  the preset's whole run with train.compile "on" and "off": on real data's many batch shapes, what each
+#           new shape's trace costs the steps and validation
 # Raw outputs go to $OUT/h200_*.txt.
 set -uo pipefail
 OUT=${OUT:-/tmp/bench-out}
@@ -67,6 +71,18 @@ case "${PART:-A}" in
     for c in auto off; do
       timeout 120 python3 bench/reference_pass.py --size 7b --data synthetic --seq 1024 --examples 32 --batch 4 \
         --quantize 4 --grad-checkpoint --repeat 2 --compile $c 2>&1 | tail -3 | tee "$OUT/h200_reference_pass_$c.txt"
+    done
+    ;;
+  I)
+    timeout 200 python3 bench/whole_run.py --size 7b --examples 300 --iters 6 --eval-every 3 2>&1 | tail -3 \
+      | tee "$OUT/h200_whole_run_mac_preset.txt"
+    timeout 300 python3 bench/reference_pass.py --size 7b --data sample --examples 300 --batch 4 --quantize 4 \
+      --grad-checkpoint --repeat 1 2>&1 | tail -9 | tee "$OUT/h200_reference_pass_sample.txt"
+    ;;
+  J)
+    for c in on off; do
+      timeout 250 python3 bench/whole_run.py --size 7b --examples 300 --iters 6 --eval-every 3 --compile $c 2>&1 \
+        | tail -1 | tee "$OUT/h200_whole_run_mac_preset_compile_$c.txt"
     done
     ;;
 esac

@@ -33,6 +33,7 @@ def main() -> None:
     p.add_argument("--iters", type=int, default=6)
     p.add_argument("--eval-every", type=int, default=3)
     p.add_argument("--quantized-matmul", default="auto", choices=["auto", "dequantize", "kernel"])
+    p.add_argument("--compile", default="auto", choices=["auto", "on", "off"], help="train.compile")
     args = p.parse_args()
     sys.path.insert(0, str(Path(__file__).resolve().parent))
     from reference_pass import build_model
@@ -41,7 +42,7 @@ def main() -> None:
     from tunedeck.core import demo, run_prep, runs, step, trainer
 
     peaks: dict[str, list[float]] = {"load": [], "reference": [], "step": [], "eval": []}
-    seconds: dict[str, float] = {"reference": 0.0, "eval": 0.0}
+    seconds: dict[str, float] = {"reference": 0.0, "eval": 0.0, "step": 0.0}
 
     def phase(name: str, fn: Any) -> Any:
         def wrapped(*a: Any, **k: Any) -> Any:
@@ -69,6 +70,7 @@ def main() -> None:
         cfg = C.preset(args.preset, str(data))
         cfg.model.path, cfg.model.quantized_matmul = build_model(args.size), args.quantized_matmul
         t = cfg.train
+        t.compile = args.compile
         t.iters, t.eval_every, t.save_every, t.sample_every, t.warmup_steps = args.iters, args.eval_every, 10**6, 0, 0
         run_dir = run_prep.prepare_run(cfg, None, Path(tmp) / "runs")
         mx.reset_peak_memory()
@@ -81,6 +83,8 @@ def main() -> None:
     out["whole_run"] = round(max(max(v) for v in peaks.values() if v), 3)
     out["whole_over_step"] = round(out["whole_run"] / out["step"], 3)
     out |= {"reference_seconds": round(seconds["reference"], 1), "eval_seconds": round(seconds["eval"], 1),
+            "step_seconds": round(seconds["step"], 1), "step_times": [round(e["step_time"], 3) for e in steps],
+            "compile": args.compile,
             "step_time": sorted(e["step_time"] for e in steps)[len(steps) // 2],
             "trained_tokens_per_sec": sorted(e["tokens_per_sec"] for e in steps)[len(steps) // 2],
             "examples": args.examples, "size": args.size, "preset": args.preset,
