@@ -19,6 +19,7 @@
 #           over the bundled data's first 300 examples (real lengths: the first run compiles each new shape)
 #   PART=J  the preset's whole run with train.compile "on" and "off": on real data's many batch shapes, what each
 #           new shape's trace costs the steps and validation
+#   PART=K  J without checkpointing (the whole step compiled, or not)
 # Raw outputs go to $OUT/h200_*.txt.
 set -uo pipefail
 OUT=${OUT:-/tmp/bench-out}
@@ -83,6 +84,12 @@ case "${PART:-A}" in
     for c in on off; do
       timeout 250 python3 bench/whole_run.py --size 7b --examples 300 --iters 6 --eval-every 3 --compile $c 2>&1 \
         | tail -1 | tee "$OUT/h200_whole_run_mac_preset_compile_$c.txt"
+    done
+    ;;
+  K)
+    for c in on off; do
+      timeout 200 python3 bench/whole_run.py --size 7b --examples 300 --iters 6 --eval-every 3 --compile $c \
+        --no-grad-checkpoint 2>&1 | tail -1 | tee "$OUT/h200_whole_run_mac_preset_nogc_compile_$c.txt"
     done
     ;;
 esac

@@ -34,6 +34,7 @@ def main() -> None:
     p.add_argument("--eval-every", type=int, default=3)
     p.add_argument("--quantized-matmul", default="auto", choices=["auto", "dequantize", "kernel"])
     p.add_argument("--compile", default="auto", choices=["auto", "on", "off"], help="train.compile")
+    p.add_argument("--no-grad-checkpoint", action="store_true", help="train.grad_checkpoint = false")
     args = p.parse_args()
     sys.path.insert(0, str(Path(__file__).resolve().parent))
     from reference_pass import build_model
@@ -71,6 +72,7 @@ def main() -> None:
         cfg.model.path, cfg.model.quantized_matmul = build_model(args.size), args.quantized_matmul
         t = cfg.train
         t.compile = args.compile
+        t.grad_checkpoint = t.grad_checkpoint and not args.no_grad_checkpoint
         t.iters, t.eval_every, t.save_every, t.sample_every, t.warmup_steps = args.iters, args.eval_every, 10**6, 0, 0
         run_dir = run_prep.prepare_run(cfg, None, Path(tmp) / "runs")
         mx.reset_peak_memory()
@@ -84,7 +86,7 @@ def main() -> None:
     out["whole_over_step"] = round(out["whole_run"] / out["step"], 3)
     out |= {"reference_seconds": round(seconds["reference"], 1), "eval_seconds": round(seconds["eval"], 1),
             "step_seconds": round(seconds["step"], 1), "step_times": [round(e["step_time"], 3) for e in steps],
-            "compile": args.compile,
+            "compile": args.compile, "grad_checkpoint": t.grad_checkpoint,
             "step_time": sorted(e["step_time"] for e in steps)[len(steps) // 2],
             "trained_tokens_per_sec": sorted(e["tokens_per_sec"] for e in steps)[len(steps) // 2],
             "examples": args.examples, "size": args.size, "preset": args.preset,
