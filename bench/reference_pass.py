@@ -53,7 +53,7 @@ def load(args: argparse.Namespace) -> tuple[Any, Any]:
     loaded = load_for_training(cfg.model, cfg.lora, backend.dtype_for(backend.detect(), args.dtype or "auto"), 0)
     loaded.model.eval()
     cfg.train.compile = args.compile
-    layerwise.use_compiled(loaded.model, wants_compile(cfg, backend.detect().kind))  # as the trainer (layer by layer)
+    layerwise.use_compiled(loaded.model, wants_compile(cfg))  # as the trainer (layer by layer)
     return loaded.model, loaded.tokenizer
 
 
@@ -150,7 +150,7 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--dtype", default="", help="default: float32 on CPUs, bfloat16 on GPUs")
     p.add_argument("--grad-checkpoint", action="store_true", help="only the layer-by-layer mode")
     p.add_argument("--compile", default="auto", choices=["auto", "on", "off"],
-                   help="train.compile: layer by layer, each layer's forward compiled (auto: on GPUs)")
+                   help="train.compile: layer by layer, each layer's forward compiled (on; auto = off)")
     p.add_argument("--repeat", type=int, default=3)
     p.add_argument("--quick", action="store_true", help="the tiny model on the first 64 bundled examples, both modes")
     return p

@@ -87,7 +87,7 @@ class TrainConfig:
     optimizer: str = "adamw"  # adamw (bias-corrected, torch's) | adamw_mlx (mlx-lm's, uncorrected)
     max_grad_norm: float = 1.0  # 0 = no clipping
     grad_checkpoint: bool = True
-    compile: str = "auto"  # auto | on | off: mx.compile the step, or each layer under grad_checkpoint (auto: GPUs)
+    compile: str = "auto"  # auto | on | off: mx.compile the step, or each layer under grad_checkpoint (auto: off)
     save_every: int = 100
     keep_checkpoints: int = 3  # 0 = keep all
     eval_every: int = 100

@@ -45,7 +45,7 @@ HELP: dict[str, str] = {
                        "its early steps are 3-6.5x larger at the same rate)",
     "train.max_grad_norm": "clip the global gradient norm (0 = off)",
     "train.grad_checkpoint": "recompute activations in the backward pass, one layer at a time: much less memory, ~30% slower",
-    "train.compile": "mx.compile the training step: auto = on for GPUs, off for CPUs (where it is slower); with train.grad_checkpoint each layer's forward and backward are compiled instead",
+    "train.compile": "mx.compile the training step (with train.grad_checkpoint: each layer's forward and backward); each new batch shape costs a trace (seconds; tens of seconds on CUDA), so it pays only with fixed shapes; auto = off",
     "train.save_every": "checkpoint every N steps",
     "train.keep_checkpoints": "keep the newest N checkpoints, deleting older ones once a new one verifies (0 = keep all)",
     "train.eval_every": "validation loss every N steps",

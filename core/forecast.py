@@ -56,10 +56,12 @@ OVERHEAD_GB = 0.002  # MLX's own small arrays (random state, step counter, causa
 # Activations x this, per backend: 1.0 = the CPU-measured model above. Set from `measure_peak` runs on
 # that backend (Metal and CUDA are modelled, not yet measured, at the time of writing).
 ACTIVATION_SCALE: dict[str, float] = {"cpu": 1.0, "metal": 1.0, "cuda": 1.0}
-# MLX 0.32.4's CUDA backend with the whole step compiled (no train.grad_checkpoint) holds this fraction of the
-# base weights' bytes beyond the model above, whatever the tokens: H200, 7B bf16, +7.8, +6.4 and +6.9 GB at SFT
-# 4 x 512, KTO 4 x 512 and SFT 4 x 2048 (bench/results/h200_forecast_7b.txt; 4-bit without checkpointing is not
-# measured). Layer by layer it holds nothing beyond: the model is within 8% of the 7B checkpointed steps there.
+# MLX 0.32.4's CUDA backend running the whole step (no train.grad_checkpoint) holds this fraction of the base
+# weights' bytes beyond the model above, whatever the tokens: H200, 7B bf16, compiled, +7.8, +6.4 and +6.9 GB at
+# SFT 4 x 512, KTO 4 x 512 and SFT 4 x 2048 (bench/results/h200_forecast_7b.txt); eager (train.compile off) 1.0
+# and 1.0 GB more still at SFT and KTO 4 x 512 (h200_trl_peer_eager.txt), within this model's error; 4-bit
+# without checkpointing is not measured. Layer by layer it holds nothing beyond: the model is within 8% of the
+# 7B checkpointed steps there.
 CUDA_COMPILED_EXTRA = 0.48
 # The layer-by-layer reference pass on CUDA holds this many times the CPU-measured forward working set
 # (_REF_WORK): fitted to the 7B 4-bit KTO passes at 2 x 1024 (7.30 GB) and 4 x 2048 (13.37 GB) on an H200.
@@ -233,7 +235,7 @@ def _forecast(cfg, g: _Geometry, budget_gb: float, L: int, completion_len: int |
     dynamic = activations + logits + kl + gradients + optimizer
     deq = _dequantized_layer(cfg, g, s, bits, notes)
     overhead = OVERHEAD_GB * GB + OVERHEAD_FRACTION * dynamic + deq
-    if kind == "cuda" and not cfg.train.grad_checkpoint and cfg.train.compile != "off":
+    if kind == "cuda" and not cfg.train.grad_checkpoint:
         overhead += CUDA_COMPILED_EXTRA * weights
     train_total = weights + adapters + optimizer + gradients + activations + logits + kl + overhead
 

@@ -93,7 +93,6 @@ def measure_peak(cfg, steps: int = 2, seq_len: int | None = None, model_config: 
     mc = dict(model_config or model_config_for(cfg.model.path) or {})
     if not mc:
         raise ValueError(f"no config.json known for {cfg.model.path!r}; pass model_config")
-    kind = backend.detect().kind
     objective = objectives.for_config(cfg)
     B, L = cfg.train.batch_size, seq_len or cfg.data.max_seq_len
     block_cls = llama.TransformerBlock
@@ -118,7 +117,7 @@ def measure_peak(cfg, steps: int = 2, seq_len: int | None = None, model_config: 
             mx.synchronize()
             out["reference_gb"] = (mx.get_peak_memory() - base) / GB
             mx.clear_cache()
-        step = TrainStep(objective, model, optimizer(cfg, max(steps, 1)), wants_compile(cfg, kind))
+        step = TrainStep(objective, model, optimizer(cfg, max(steps, 1)), wants_compile(cfg))
         model.train(not objective.kto)
         mx.reset_peak_memory()
         _train(step, seqs, ref, steps, seed)

@@ -202,7 +202,7 @@ class Trainer:
         ckpt = self._resume_point() if self.resume and self.rank == 0 else None  # rank 0 alone reads checkpoints
         train_ex, valid_ex, data_sha256 = run_prep.split_examples(c, c.data.path, self._warn)
         loaded = load_for_training(c.model, c.lora, dtype, c.train.seed)
-        layerwise.use_compiled(loaded.model, c.train.grad_checkpoint and wants_compile(c, be.kind))  # the reference pass
+        layerwise.use_compiled(loaded.model, c.train.grad_checkpoint and wants_compile(c))  # the reference pass
         inputs = {"data_sha256": data_sha256, "model_files": model_files(loaded.model_dir)}
         for message in run_prep.changed_inputs(self.run_dir, c, inputs) if ckpt is not None else []:
             self._warn(message)
@@ -215,7 +215,7 @@ class Trainer:
             return None
         refs, ref_info = found
         total = _total_steps(c, plan)
-        step = self._step(loaded, total, ckpt, be.kind)
+        step = self._step(loaded, total, ckpt)
         self.emit(
             "start", method=c.train.method, total_steps=total, resumed_from=ckpt.name if ckpt else None,
             trainable_params=loaded.trainable, total_params=loaded.total, train_examples=len(train),
@@ -275,7 +275,7 @@ class Trainer:
         faults.pause("ref_sleep")  # test-only: slow the pass down to hit it with signals
         return self.signals.stop is not None
 
-    def _step(self, loaded: Loaded, total: int, ckpt: Path | None, backend_kind: str) -> TrainStep:
+    def _step(self, loaded: Loaded, total: int, ckpt: Path | None) -> TrainStep:
         """The optimizer (restored on resume, then the same on every worker) and the training step."""
         model = loaded.model
         opt = optimizer(self.cfg, total)
@@ -292,7 +292,7 @@ class Trainer:
             self._warn("lora.dropout is not applied with train.grad_checkpoint = true: the recomputed forward "
                        "pass would draw different dropout masks")
         model.train(dropout)
-        return TrainStep(self.objective, model, opt, wants_compile(self.cfg, backend_kind), self.world)
+        return TrainStep(self.objective, model, opt, wants_compile(self.cfg), self.world)
 
     # --- the loop ----------------------------------------------------------------------------
 
