@@ -76,9 +76,9 @@ case "${PART:-A}" in
     ;;
   I)
     timeout 200 python3 bench/whole_run.py --size 7b --examples 300 --iters 6 --eval-every 3 2>&1 | tail -3 \
-      | tee "$OUT/h200_whole_run_mac_preset.txt"
+      | tee "$OUT/h200_whole_run_mac_preset_compile_layers.txt"
     timeout 300 python3 bench/reference_pass.py --size 7b --data sample --examples 300 --batch 4 --quantize 4 \
-      --grad-checkpoint --repeat 1 2>&1 | tail -9 | tee "$OUT/h200_reference_pass_sample.txt"
+      --grad-checkpoint --repeat 1 2>&1 | tail -9 | tee "$OUT/h200_reference_pass_sample_unpadded.txt"
     ;;
   J)
     for c in on off; do
