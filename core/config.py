@@ -276,8 +276,8 @@ def validate(cfg: Config) -> list[ConfigProblem]:
 
 
 def _training_problems(train: TrainConfig) -> list[ConfigProblem]:
-    """KTO's micro-batch and learning rate (an error below 2 examples, warnings where it is unreliable), and
-    a warmup as long as the run (a warning)."""
+    """KTO's micro-batch and learning rate (an error below 2 examples, warnings where it is unreliable), a
+    compiled step (a warning: slower on real data) and a warmup as long as the run (a warning)."""
     problems: list[ConfigProblem] = []
     if train.method == "kto":
         if train.batch_size < 2:
@@ -290,6 +290,11 @@ def _training_problems(train: TrainConfig) -> list[ConfigProblem]:
         if train.learning_rate > 1e-4:
             problems.append(ConfigProblem("train.learning_rate", f"got {train.learning_rate:g}; KTO with LoRA usually "
                                           f"diverges above 1e-4 (default {DEFAULT_LR['kto']:g})", severity="warning"))
+    if train.compile == "on":
+        problems.append(ConfigProblem("train.compile", "is on: each new batch shape costs a trace and its kernels' "
+                                      "compilation (tens of seconds a shape on an H200), and a dataset of varied "
+                                      "lengths brings new shapes most steps; \"auto\" (off) is faster unless "
+                                      "every batch has the same length", severity="warning"))
     if train.warmup_steps >= train.iters and train.epochs == 0:
         problems.append(ConfigProblem("train.warmup_steps", f"got {train.warmup_steps}; expected fewer than "
                                       f"train.iters ({train.iters})", severity="warning"))

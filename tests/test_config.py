@@ -94,6 +94,13 @@ def test_kto_batch_of_one_is_an_error_and_small_batch_a_warning() -> None:
     assert problems_of("[train]\nmethod='sft'\nbatch_size=1\n") == {}
 
 
+def test_a_compiled_step_is_a_warning() -> None:
+    _, problems = C.loads("[train]\ncompile = 'on'\n")
+    assert [(p.key, p.severity) for p in problems] == [("train.compile", "warning")]
+    assert "new batch shape" in problems[0].message
+    assert C.loads("[train]\ncompile = 'auto'\n")[1] == []
+
+
 def test_invalid_toml_reports_line_and_column() -> None:
     cfg, problems = C.loads("[train]\niters = 5\nbatch_size = = 2\n")
     assert cfg is None
