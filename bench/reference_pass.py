@@ -6,8 +6,8 @@ the examples' length-sorted batches, as training does, the dense parts on the re
 (core.unpadded); the old path ran two separate forwards, one over the examples and one over the KL pairs
 (`old_over_forward`). "forward" is `core.reference.compute` over the examples alone, in the same batches
 (2 x train.batch_size), the same mode (layer by layer with --grad-checkpoint) and the same model; "padded_*"
-are both with core.unpadded off (every layer over the padded rows: the pass before it). Timings are the fastest of --repeat interleaved rounds after one warm-up;
-the last line printed is one JSON object.
+are both with core.unpadded off (every layer over the padded rows: the pass before it). Timings are the fastest
+of --repeat interleaved rounds after one warm-up; the last line printed is one JSON object.
 
     python bench/reference_pass.py --quick                       # the random tiny model, the bundled data (CPU)
     python bench/reference_pass.py --size 7b --data synthetic --seq 1024 --examples 64 --quantize 4 --grad-checkpoint

@@ -62,7 +62,7 @@ ACTIVATION_SCALE: dict[str, float] = {"cpu": 1.0, "metal": 1.0, "cuda": 1.0}
 # and 1.0 GB more still at SFT and KTO 4 x 512 (h200_trl_peer_eager.txt), within this model's error; 4-bit
 # without checkpointing is not measured. Layer by layer it holds nothing beyond: the model is within 8% of the
 # 7B checkpointed steps there.
-CUDA_COMPILED_EXTRA = 0.48
+CUDA_WHOLE_STEP_EXTRA = 0.48
 # The layer-by-layer reference pass on CUDA holds this many times the CPU-measured forward working set
 # (_REF_WORK): fitted to the 7B 4-bit KTO passes at 2 x 1024 (7.30 GB) and 4 x 2048 (13.37 GB) on an H200.
 CUDA_REF_LAYER_SCALE = 2.15
@@ -236,7 +236,7 @@ def _forecast(cfg, g: _Geometry, budget_gb: float, L: int, completion_len: int |
     deq = _dequantized_layer(cfg, g, s, bits, notes)
     overhead = OVERHEAD_GB * GB + OVERHEAD_FRACTION * dynamic + deq
     if kind == "cuda" and not cfg.train.grad_checkpoint:
-        overhead += CUDA_COMPILED_EXTRA * weights
+        overhead += CUDA_WHOLE_STEP_EXTRA * weights
     train_total = weights + adapters + optimizer + gradients + activations + logits + kl + overhead
 
     phases = {"load": _load_peak(g, s.w, weights, bits) / GB, "train": train_total / GB}
