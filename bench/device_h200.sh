@@ -20,6 +20,10 @@
 #   PART=J  the preset's whole run with train.compile "on" and "off": on real data's many batch shapes, what each
 #           new shape's trace costs the steps and validation
 #   PART=K  J without checkpointing (the whole step compiled, or not)
+#   PART=L  the optimizer update eager and compiled (optimizer_update.py), the Mac preset's whole run (the load a
+#           layer at a time), MLX's bf16 matmul peak and the bf16 4x512 every-token row as shipped (eager step,
+#           compiled update), tunedeck SFT with train.compile "off" (nothing compiled) in the same call
+#   PART=M  the 4-bit 2x1024 checkpointed row as shipped and tunedeck SFT with train.compile "off"
 # Raw outputs go to $OUT/h200_*.txt.
 set -uo pipefail
 OUT=${OUT:-/tmp/bench-out}
@@ -91,5 +95,19 @@ case "${PART:-A}" in
       timeout 200 python3 bench/whole_run.py --size 7b --examples 300 --iters 6 --eval-every 3 --compile $c \
         --no-grad-checkpoint 2>&1 | tail -1 | tee "$OUT/h200_whole_run_mac_preset_nogc_compile_$c.txt"
     done
+    ;;
+  L)
+    timeout 60 python3 bench/optimizer_update.py 2>&1 | tail -1 | tee "$OUT/h200_optimizer_update.txt"
+    timeout 200 python3 bench/whole_run.py --size 7b --examples 300 --iters 6 --eval-every 3 2>&1 | tail -1 \
+      | tee "$OUT/h200_whole_run_mac_preset_layer_load.txt"
+    python3 -c "import sys; sys.path.insert(0, 'bench'); from quant_matmul import matmul_peak; \
+print(f'bf16 matmul 8192^3: {matmul_peak(8192):.0f} TFLOP/s')" | tee "$OUT/h200_bf16_b4_s512_all_auto_peak.txt"
+    row bf16_b4_s512_all_auto 200 --batch 4 --seq 512 --prompt-share 0 --steps 10 --warmup 4
+    row bf16_b4_s512_all_off 90 --batch 4 --seq 512 --prompt-share 0 --steps 10 --warmup 4 --only sft --compile off
+    ;;
+  M)
+    row q4_b2_s1024_gc_auto 330 --batch 2 --seq 1024 --quantize 4 --grad-checkpoint --steps 6 --warmup 3
+    row q4_b2_s1024_gc_off 120 --batch 2 --seq 1024 --quantize 4 --grad-checkpoint --steps 6 --warmup 3 \
+      --only sft --compile off
     ;;
 esac

@@ -45,13 +45,6 @@ _LOGITS_PHASE_GC_H = 6.0  # x h per token, with checkpointing, beside the logits
 # The KTO reference pass (before training, no gradient, micro-batch 2B): a forward working set of these
 # elements per token (see _reference_peak for the logits and for how many layers' sets are held).
 _REF_WORK = (4.3, 2.9, 1.2, 0.6)
-# Loading (core.model.load_base): mlx_lm.load materialises the whole checkpoint, then the cast to
-# the training dtype and/or the quantization run beside it; measured peaks were checkpoint + 0.58x
-# the cast copy and checkpoint + 0.62x the quantized weights.
-_LOAD_CAST = 0.6
-# core.model.load_base loads lazily before quantizing: measured at 7B 4-bit on an H100, the load peaked
-# at the quantized weights + 0.14x the bf16 checkpoint (6.25 GB; bench/results/h100_memory_probe.txt).
-_LOAD_LAZY_QUANT = 0.14
 OVERHEAD_GB = 0.002  # MLX's own small arrays (random state, step counter, causal masks)
 # Activations x this, per backend: 1.0 = the CPU-measured model above. Set from `measure_peak` runs on
 # that backend (Metal and CUDA are modelled, not yet measured, at the time of writing).
@@ -97,7 +90,6 @@ class _Geometry:
     tied: bool
     bias: bool
     quant: dict[str, int] | None  # pre-quantized checkpoint: {"bits", "group_size"}
-    ckpt_bytes: float | None
     ckpt_dtype: str
 
     @classmethod
@@ -116,7 +108,6 @@ class _Geometry:
             head_dim=int(g.get("head_dim") or h // heads), inter=int(g["intermediate_size"]),
             vocab=int(g["vocab_size"]), tied=bool(g.get("tie_word_embeddings", False)),
             bias=bool(g.get("attention_bias", False)), quant=quant,
-            ckpt_bytes=float(g["_checkpoint_bytes"]) if g.get("_checkpoint_bytes") else None,
             ckpt_dtype=str(g.get("torch_dtype") or g.get("dtype") or "bfloat16"),
         )
 
@@ -252,7 +243,8 @@ def _forecast(cfg, g: _Geometry, budget_gb: float, L: int, completion_len: int |
     elif phases["load"] > phases["train"]:
         parts["load"] = phases["load"] - phases["train"]
         what = "quantizing" if (bits and not g.quant) else "casting"
-        notes.append(f"the peak is loading: the {g.ckpt_dtype} checkpoint is held whole while {what} it")
+        notes.append(f"the peak is loading: one layer of the {g.ckpt_dtype} checkpoint at a time beside the "
+                     f"weights while {what} it")
     if completion_len is None:
         notes.append("logits assumed at every position (an upper bound): pass completion_len for the data's")
     verdict = "fits" if total <= FITS_FRACTION * budget_gb else "tight" if total <= budget_gb else "won't fit"
@@ -361,17 +353,16 @@ def _reference_peak(cfg, g: _Geometry, s: _Shape, weights: float, adapters: floa
 
 
 def _load_peak(g: _Geometry, w: int, weights: float, bits: int) -> float:
-    """Loading: the checkpoint as stored, then cast / quantized beside it."""
+    """Loading (core.model.load_base: lazy, one decoder layer evaluated at a time): the weights as trained,
+    plus, while a layer is cast or quantized, its checkpoint copy (the output head's, if that is larger)."""
     ckpt_w = DTYPE_BYTES.get(g.ckpt_dtype, 2)
-    if g.quant:
-        ckpt = g.ckpt_bytes or _weight_bytes(g, ckpt_w, g.quant["bits"], g.quant["group_size"], g.quant["bits"])
-        load_extra = _LOAD_CAST * weights if ckpt_w != w else 0.0
-    else:
-        ckpt = g.ckpt_bytes or _weight_bytes(g, ckpt_w, 0)
-        load_extra = _LOAD_CAST * _weight_bytes(g, w, 0) if ckpt_w != w else 0.0
-        if bits:  # lazy load: the full-precision checkpoint is never resident at once
-            ckpt, load_extra = weights, _LOAD_LAZY_QUANT * ckpt
-    return ckpt + load_extra + OVERHEAD_GB * GB
+    if ckpt_w == w and not bits:
+        return weights + OVERHEAD_GB * GB
+    stored_bits = g.quant["bits"] if g.quant else 0
+    group = g.quant["group_size"] if g.quant else GROUP_SIZE
+    layer = sum(_linear_bytes(i, o, ckpt_w, stored_bits, group) for i, o in g.modules().values())
+    head = 0 if g.tied else _linear_bytes(g.h, g.vocab, ckpt_w, stored_bits, group)
+    return weights + max(layer, head) + OVERHEAD_GB * GB
 
 
 #: a suggestion: its text, and the edit of a config and a [seq_len, geometry] state that it makes
@@ -405,7 +396,7 @@ def _changes(cfg, g: _Geometry, L: int) -> list[_Change]:
 
         def prequantized(c, st, bits=bits):
             c.model.quantize = bits
-            st[1] = replace(g, quant={"bits": bits, "group_size": GROUP_SIZE}, ckpt_bytes=None)
+            st[1] = replace(g, quant={"bits": bits, "group_size": GROUP_SIZE})
         steps.append((f"model.path = a pre-quantized {bits}-bit checkpoint (no full-precision load)", prequantized))
     n = g.layers if cfg.lora.num_layers < 0 else cfg.lora.num_layers
     for k in sorted({n // 2, n // 4, 1}, reverse=True):

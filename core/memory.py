@@ -69,8 +69,7 @@ def model_config_for(model_path: str) -> dict[str, Any] | None:
     """The config.json of a model without loading it: "demo", a local directory, or a known / cached HF id.
 
     "demo" gives `core.demo.model_config` of its shape (read from the built demo model when it exists, for
-    its exact vocabulary; never built here). A local directory gives its config.json, plus
-    `_checkpoint_bytes` (its *.safetensors sizes). A Hugging Face id gives the config of KNOWN_CONFIGS
+    its exact vocabulary; never built here). A local directory gives its config.json. A Hugging Face id gives the config of KNOWN_CONFIGS
     or, if the model was downloaded, the cached config.json. Anything else: None.
     """
     from .config import DEMO_MODEL
@@ -80,10 +79,10 @@ def model_config_for(model_path: str) -> dict[str, Any] | None:
 
         built = demo.default_dir() / "config.json"
         if built.is_file():
-            with_bytes = _read_dir_config(built.parent)
-            if with_bytes:
-                with_bytes.setdefault("torch_dtype", "float32")
-                return with_bytes
+            read = _read_dir_config(built.parent)
+            if read:
+                read.setdefault("torch_dtype", "float32")
+                return read
         return {**demo.model_config(demo.default_size()), "torch_dtype": "float32"}
     p = Path(model_path).expanduser()
     if p.is_dir():
@@ -108,12 +107,7 @@ def _read_dir_config(d: Path) -> dict[str, Any] | None:
         cfg = json.loads((d / "config.json").read_text(encoding="utf-8"))
     except (OSError, ValueError):
         return None
-    if not isinstance(cfg, dict):
-        return None
-    size = sum(f.stat().st_size for f in d.glob("*.safetensors") if f.is_file())
-    if size:
-        cfg["_checkpoint_bytes"] = size
-    return cfg
+    return cfg if isinstance(cfg, dict) else None
 
 
 # --- the machine ----------------------------------------------------------------------------------

@@ -206,6 +206,8 @@ def load_base(cfg: ModelConfig, dtype: str) -> tuple[nn.Module, Any, Path]:
     model.set_dtype(getattr(mx, dtype))
     if cfg.quantize and not is_quantized(model):
         quantize_linear(model, cfg.quantize)
+    for layer in getattr(model, "layers", []):  # one layer's full-precision weights resident at a time
+        mx.eval(layer.parameters())
     mx.eval(model.parameters())
     return model, tokenizer, model_dir
 

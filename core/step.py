@@ -3,7 +3,9 @@ train.grad_accumulation micro-batches and over the workers, clipping, and the Ad
 
 With train.compile = "on", as mlx-lm's tuner, the whole step (optimizer update included) is one `mx.compile`d
 function; with layer-by-layer checkpointing (core.layerwise) it is evaluated layer by layer instead, each layer's
-forward and backward compiled (core.layer_compile). By default it runs eagerly (`wants_compile`).
+forward and backward compiled (core.layer_compile). By default it runs eagerly (`wants_compile`), and on GPUs
+its optimizer update, whose shapes are the adapters' and never change, is one compiled function
+(`compiles_update`).
 """
 
 from __future__ import annotations
@@ -56,6 +58,13 @@ def wants_compile(cfg: Config) -> bool:
     return cfg.train.compile == "on"
 
 
+def compiles_update(cfg: Config, backend_kind: str) -> bool:
+    """Whether the update (all-reduce, clipping, AdamW) outside a compiled step is one compiled function, traced
+    once: "auto" on GPUs, where eagerly each adapter array costs ~15 kernel launches (bench/optimizer_update.py),
+    not on CPUs (the trace's kernels are built with the system's C++ compiler); "on" everywhere."""
+    return cfg.train.compile == "on" or (cfg.train.compile == "auto" and backend_kind != "cpu")
+
+
 def micro_batch_seed(seed: int, micro_batch: int, rank: int = 0, size: int = 1) -> int:
     """The random seed of a micro-batch (dropout noise): a function of its position, so a resume needs no RNG
     state; with several workers each its own (masks differ from one process's: see README)."""
@@ -77,8 +86,9 @@ class _Compute:
     def state(self) -> list[Any]:
         return [self.model.state, self.optimizer.state, mx.random.state]
 
-    def step(self, kl_type: type, seq: tuple[mx.array, ...], desirable: mx.array, ref: mx.array, kl: dict[str, Any],
-             weight: mx.array, prev_grad: Any, update: bool) -> tuple[mx.array, Any]:
+    def step(self, kl_type: type, apply: Callable[[Any], mx.array], seq: tuple[mx.array, ...], desirable: mx.array,
+             ref: mx.array, kl: dict[str, Any], weight: mx.array, prev_grad: Any,
+             update: bool) -> tuple[mx.array, Any]:
         batch = Batch(seq, desirable, ref, kl_type(**kl))
         (loss, values), grad = self.objective.value_and_grad(self.model, batch, weight, stepwise=self.stepwise,
                                                              eager=self.eager)
@@ -86,7 +96,7 @@ class _Compute:
             grad = tree_map(lambda x, y: x + y, grad, prev_grad)
         norm = mx.array(0.0)
         if update:
-            norm = self.update(grad)
+            norm = apply(grad)
             grad = None
         return metrics_row(loss=loss, grad_norm=norm, **values), grad
 
@@ -113,7 +123,7 @@ class TrainStep:
     """
 
     def __init__(self, objective: Objective, model: nn.Module, optimizer: optim.Optimizer, compiled: bool,
-                 group: mx.distributed.Group | None = None) -> None:
+                 group: mx.distributed.Group | None = None, compile_update: bool = False) -> None:
         t = objective.cfg.train
         self.objective, self.model, self.optimizer = objective, model, optimizer
         self.rank, self.size = (group.rank(), group.size()) if group is not None else (0, 1)
@@ -126,6 +136,11 @@ class TrainStep:
         self.compiled = compiled and not stepwise  # evaluated layer by layer: each layer's functions compiled
         layerwise.use_compiled(model, compiled and stepwise)
         self._compute = _Compute(objective, model, optimizer, group, stepwise, eager=not self.compiled)
+        self._update: Callable[[Any], mx.array] = self._compute.update
+        if compile_update and not self.compiled:  # (inside a compiled step it is compiled with the step)
+            optimizer.init(model.trainable_parameters())  # its state complete before the trace: traced once
+            state = self._compute.state()
+            self._update = mx.compile(self._compute.update, inputs=state, outputs=state)
         self._fns: dict[type, Callable[..., Any]] = {}
 
     def evaluating(self) -> AbstractContextManager[Any]:
@@ -174,7 +189,7 @@ class TrainStep:
 
     def _function(self, kl_type: type) -> Callable[..., Any]:
         """The step for batches of this KL variant (a compiled function of arrays only), made on first use."""
-        fn = partial(self._compute.step, kl_type)
+        fn = partial(self._compute.step, kl_type, self._update)
         if self.compiled:
             state = self._compute.state()
             fn = mx.compile(fn, inputs=state, outputs=state)
