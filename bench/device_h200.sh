@@ -24,6 +24,7 @@
 #           layer at a time), MLX's bf16 matmul peak and the bf16 4x512 every-token row as shipped (eager step,
 #           compiled update), tunedeck SFT with train.compile "off" (nothing compiled) in the same call
 #   PART=M  the 4-bit 2x1024 checkpointed row as shipped and tunedeck SFT with train.compile "off"
+#   PART=N  where a checkpointed 4-bit step's time goes, SFT against KTO (step_phases.py), then M
 # Raw outputs go to $OUT/h200_*.txt.
 set -uo pipefail
 OUT=${OUT:-/tmp/bench-out}
@@ -105,6 +106,9 @@ print(f'bf16 matmul 8192^3: {matmul_peak(8192):.0f} TFLOP/s')" | tee "$OUT/h200_
     row bf16_b4_s512_all_auto 200 --batch 4 --seq 512 --prompt-share 0 --steps 10 --warmup 4
     row bf16_b4_s512_all_off 90 --batch 4 --seq 512 --prompt-share 0 --steps 10 --warmup 4 --only sft --compile off
     ;;
+  N)
+    timeout 200 python3 bench/step_phases.py --size 7b --quantize 4 2>&1 | tail -1 | tee "$OUT/h200_step_phases_q4.txt"
+    ;&
   M)
     row q4_b2_s1024_gc_auto 330 --batch 2 --seq 1024 --quantize 4 --grad-checkpoint --steps 6 --warmup 3
     row q4_b2_s1024_gc_off 120 --batch 2 --seq 1024 --quantize 4 --grad-checkpoint --steps 6 --warmup 3 \

@@ -42,7 +42,7 @@ import mlx.core as mx
 import mlx.nn as nn
 import numpy as np
 
-from . import backend, checkpoint_files, data, layerwise, toolcalls
+from . import backend, checkpoint_files, data, dequantize, toolcalls
 from .config import Config, ConfigError
 from .config import load as load_config
 from .fsutil import atomic_write_text
@@ -169,7 +169,7 @@ def load_run_model(run_dir: Path, checkpoint: str | None = None, model: str | No
         raise EvalError(f"adapter {adir} does not fit model {mcfg.path}: {e}") from None
     base.eval()
     mx.eval(base.parameters())
-    layerwise.use_dequantized(base, layerwise.dequantizes(cfg.model.quantized_matmul, backend.detect().kind))
+    dequantize.use(base, dequantize.chosen(cfg.model.quantized_matmul, backend.detect().kind))
     return RunModel(base, tok, model_dir, cfg, adir, acfg, dtype)
 
 

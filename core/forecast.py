@@ -15,7 +15,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from typing import Any
 
-from .layerwise import HEAD_ELEMENTS, dequantizes
+from .dequantize import chosen as dequantizes
+from .layerwise import HEAD_ELEMENTS
 from .memory import GB, machine_budget_gb, model_config_for
 
 FITS_FRACTION = 0.85  # "fits" up to this fraction of the budget, "tight" up to all of it
@@ -326,7 +327,7 @@ def _activations(cfg, g: _Geometry, s: _Shape, keys: set[str], n_lora: int, bits
 
 def _dequantized_layer(cfg, g: _Geometry, s: _Shape, bits: int, notes: list[str]) -> float:
     """One layer's weights dequantized to the training dtype, the transient of each layer-by-layer evaluation
-    of a quantized base where model.quantized_matmul dequantizes (core.layerwise; measured +0.44 GB at 7B)."""
+    of a quantized base where model.quantized_matmul dequantizes (core.dequantize; measured +0.44 GB at 7B)."""
     if not (bits and cfg.train.grad_checkpoint and dequantizes(cfg.model.quantized_matmul, s.kind)):
         return 0.0
     notes.append("each layer's weights are dequantized for its evaluation (model.quantized_matmul)")

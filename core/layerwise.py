@@ -14,20 +14,14 @@ Used for models whose trainable parameters all sit in `model.model.layers` and w
 (hidden, mask, cache) with a plain causal mask (the llama/mistral/qwen family, without sliding
 windows). The result equals `nn.value_and_grad` on the whole model up to floating-point rounding.
 
-Quantized bases (QLoRA): with model.quantized_matmul = "dequantize" (`use_dequantized`), each layer's
-evaluation multiplies by its weights dequantized to the activations' dtype instead of through
-`quantized_matmul`: the dequantized copy is one layer's (a temporary of that evaluation), and the product is
-a plain matmul. Measured on an H200: a 7B layer's projections, forward and input gradient at 2,048 tokens,
-cost 1.27x bf16 this way against 4.17x through `quantized_matmul` (bench/results/h200_quant_matmul.txt), and
-4-bit 2 x 1,024 checkpointed SFT trains 2.56x faster (h200_q4_b2_s1024_gc*.txt); on a 2-core AMD EPYC CPU
-(float32, OpenBLAS) a 2,048 x 640 x 1,728 product is 40x faster. Metal's `quantized_matmul` is a tuned
-kernel, not measured here: "auto" keeps it there.
+Quantized bases (QLoRA): with model.quantized_matmul = "dequantize" (core.dequantize), each layer's
+evaluation multiplies by its weights dequantized inside it (one layer's copy at a time): 4-bit 2 x 1,024
+checkpointed SFT on an H200 trains 2.56x faster this way (h200_q4_b2_s1024_gc*.txt).
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -35,10 +29,10 @@ import mlx.core as mx
 import mlx.nn as nn
 from mlx.utils import tree_flatten
 
+from . import dequantize
 from .layer_compile import CompiledLayers, Recorder
 from .losses import LLAMA_BLOCK, PLAIN_HEAD, head, hidden_logps, last_block_at, token_logps
 
-_DEQUANTIZE = "tunedeck_dequantize"  # the model's attribute set by `use_dequantized`
 _COMPILED = "tunedeck_compiled_layers"  # the model's CompiledLayers, set by `use_compiled`
 HEAD_ELEMENTS = 1 << 27  # logits at once in `head_logps` (0.5 GB in float32): 2 rows of 2,048 x 32,768
 
@@ -56,88 +50,43 @@ def supported(model: nn.Module) -> bool:
         k.startswith("model.layers.") for k, _ in tree_flatten(model.trainable_parameters()))
 
 
-def dequantizes(choice: str, backend_kind: str) -> bool:
-    """model.quantized_matmul: "auto" dequantizes per layer on CUDA and CPUs (measured faster: module doc) and
-    keeps Metal's `quantized_matmul` kernel; "dequantize" and "kernel" force one."""
-    return choice == "dequantize" or (choice == "auto" and backend_kind != "metal")
-
-
-def use_dequantized(model: nn.Module, on: bool) -> None:
-    """Whether this model's layer-by-layer evaluations dequantize its quantized layers (module doc)."""
-    setattr(model, _DEQUANTIZE, on)
-
-
-class _DequantizedLinear(nn.QuantizedLinear):
-    """A QuantizedLinear multiplying by its weight dequantized to the input's dtype (same parameters)."""
-
-    def __call__(self, x: mx.array) -> mx.array:
-        w = mx.dequantize(self["weight"], self["scales"], self.get("biases"), group_size=self.group_size,
-                          bits=self.bits, mode=self.mode, dtype=x.dtype)
-        y = x @ w.T
-        return y + self["bias"] if "bias" in self else y
-
-
-@contextmanager
-def _retyped(pairs: list[tuple[nn.Module, type]]) -> Iterator[None]:
-    """Each module as an instance of its paired class (a subclass of its own, same parameters) for the block."""
-    old = [type(m) for m, _ in pairs]
-    for m, cls in pairs:
-        m.__class__ = cls
-    try:
-        yield
-    finally:
-        for (m, _), cls in zip(pairs, old):
-            m.__class__ = cls
-
-
-def dequantized(model: nn.Module, layer: nn.Module) -> Any:
-    """A context in which `layer`'s quantized linears multiply by dequantized weights, if the model asks for it
-    (`use_dequantized`); build and evaluate one layer's graph inside it."""
-    return _dequantizing(layer, getattr(model, _DEQUANTIZE, False))
-
-
-def _dequantizing(layer: nn.Module, on: bool) -> Any:
-    return _retyped([(m, _DequantizedLinear) for m in layer.modules() if type(m) is nn.QuantizedLinear] if on else [])
-
-
 def use_compiled(model: nn.Module, on: bool) -> None:
     """Whether this model's layer-by-layer forwards and backwards run compiled per-layer functions
     (core.layer_compile; train.compile under train.grad_checkpoint)."""
-    setattr(model, _COMPILED, CompiledLayers(_dequantizing) if on else None)
+    setattr(model, _COMPILED, CompiledLayers(dequantize.dequantizing) if on else None)
 
 
 def causal(model: nn.Module, layer: nn.Module, hidden: mx.array, cache: Any = None) -> mx.array:
     """layer(hidden, "causal", cache) for a cache that is None or a Recorder: compiled if the model asks for it."""
     compiled = getattr(model, _COMPILED, None)
     if compiled is not None:
-        return compiled.forward(layer, getattr(model, _DEQUANTIZE, False), hidden, cache)
-    with dequantized(model, layer):
+        return compiled.forward(layer, dequantize.wants(model), hidden, cache)
+    with dequantize.dequantized(model, layer):
         return layer(hidden, "causal", cache=cache)
 
 
 _EVALUATED: dict[tuple[type, bool], type] = {}
 
 
-def _evaluated(cls: type, dequantize: bool) -> type:
-    """A subclass of block class `cls` whose call evaluates its output (and dequantizes, if asked)."""
-    if (cls, dequantize) not in _EVALUATED:
+def _evaluated(cls: type, on: bool) -> type:
+    """A subclass of block class `cls` whose call evaluates its output (and dequantizes, if `on`)."""
+    if (cls, on) not in _EVALUATED:
         def __call__(self: nn.Module, *args: Any, **kwargs: Any) -> mx.array:
-            pairs = [(m, _DequantizedLinear) for m in self.modules() if type(m) is nn.QuantizedLinear]
-            with _retyped(pairs if dequantize else []):
+            with dequantize.dequantizing(self, on):
                 out = cls.__call__(self, *args, **kwargs)
                 mx.eval(out)
             return out
 
-        _EVALUATED[cls, dequantize] = type(f"Evaluated{cls.__name__}", (cls,), {"__call__": __call__})
-    return _EVALUATED[cls, dequantize]
+        _EVALUATED[cls, on] = type(f"Evaluated{cls.__name__}", (cls,), {"__call__": __call__})
+    return _EVALUATED[cls, on]
 
 
 def by_layer(model: nn.Module) -> Any:
     """A context for forwards without gradient (validation) in which every layer call is its own evaluation
     (and dequantizes, as `dequantized`): the whole-model code paths, bounded as `forward` is. The last block,
     which core.losses.hidden_at runs piece by piece, is evaluated with what follows it."""
-    on = getattr(model, _DEQUANTIZE, False)
-    return _retyped([(layer, _evaluated(type(layer), on)) for layer in model.model.layers])
+    on = dequantize.wants(model)
+    return dequantize.retyped([(layer, _evaluated(type(layer), on)) for layer in model.model.layers])
 
 
 def forward(model: nn.Module, inputs: mx.array, caches: list[Any] | None = None,
@@ -159,7 +108,7 @@ def forward(model: nn.Module, inputs: mx.array, caches: list[Any] | None = None,
         if plain:
             hidden = causal(model, layer, hidden, cache)
         else:
-            with dequantized(model, layer):
+            with dequantize.dequantized(model, layer):
                 hidden = layer(hidden, mask, cache=cache)
         mx.eval(hidden)
     return hidden, saved
@@ -177,7 +126,7 @@ def sequence_logps(model: nn.Module, tokens: mx.array, positions: mx.array, targ
     for layer in inner.layers[:-1]:
         hidden = causal(model, layer, hidden)
         mx.eval(hidden)
-    with dequantized(model, inner.layers[-1]):
+    with dequantize.dequantized(model, inner.layers[-1]):
         hidden = last_block_at(model, hidden, positions)
         mx.eval(hidden)
     return head_logps(model, hidden, targets, mask)
@@ -231,7 +180,7 @@ def backward(model: nn.Module, tape: Tape,
     for i in reversed(range(len(layers))):
         layer, params = layers[i], layers[i].trainable_parameters()
         if compiled is not None:
-            grads[i], cotangent = compiled.backward(layer, getattr(model, _DEQUANTIZE, False), saved[i], cotangent)
+            grads[i], cotangent = compiled.backward(layer, dequantize.wants(model), saved[i], cotangent)
             saved[i] = None
             mx.eval(grads[i], cotangent)
             continue
@@ -240,7 +189,7 @@ def backward(model: nn.Module, tape: Tape,
             layer.update(p)
             return (layer(x, "causal") * cot).astype(mx.float32).sum()  # its gradient is the layer's VJP
 
-        with dequantized(model, layer):
+        with dequantize.dequantized(model, layer):
             if tree_flatten(params):
                 grads[i], cotangent = mx.grad(projected, argnums=(0, 1))(params, saved[i])
             else:  # a layer without adapters (lora.num_layers < all): only the cotangent passes through

@@ -17,6 +17,8 @@ from typing import Any
 import mlx.core as mx
 import mlx.nn as nn
 
+from . import dequantize
+
 
 def token_logps(logits: mx.array, targets: mx.array) -> mx.array:
     """log p(target) per position, computed in float32: [B, L, V] × [B, L] → [B, L]."""
@@ -34,7 +36,8 @@ def head(model: nn.Module, hidden: mx.array) -> mx.array:
     """The vocabulary projection of final (normed) hidden states: lm_head or the tied embedding."""
     if getattr(model.args, "tie_word_embeddings", False):
         return model.model.embed_tokens.as_linear(hidden)
-    return model.lm_head(hidden)
+    with dequantize.dequantized(model, model.lm_head):  # a quantized head as the layers (core.dequantize)
+        return model.lm_head(hidden)
 
 
 # Architectures whose last block is mlx-lm's llama TransformerBlock, which `hidden_at` runs at the

@@ -12,7 +12,7 @@ import mlx.core as mx
 import mlx.nn as nn
 import numpy as np
 
-from . import backend, layerwise, objectives
+from . import backend, dequantize, objectives
 from .batching import Sequences
 from .memory import GB, model_config_for
 from .model import apply_adapters
@@ -44,7 +44,7 @@ def _random_model(cfg, mc: dict[str, Any], dtype: str) -> nn.Module:
             class_predicate=lambda _p, m: isinstance(m, nn.Linear) and m.weight.shape[-1] % 64 == 0,
         )
     mx.eval(model.parameters())
-    layerwise.use_dequantized(model, layerwise.dequantizes(cfg.model.quantized_matmul, backend.detect().kind))
+    dequantize.use(model, dequantize.chosen(cfg.model.quantized_matmul, backend.detect().kind))
     apply_adapters(model, cfg.lora, "random")
     return model
 

@@ -18,7 +18,7 @@ import mlx.core as mx
 import mlx.nn as nn
 from mlx.utils import tree_flatten, tree_unflatten
 
-from . import backend, block_attention, layerwise
+from . import backend, block_attention, dequantize
 from .config import DEMO_MODEL, LoraConfig, ModelConfig
 
 ADAPTER_FILE = "adapters.safetensors"
@@ -356,7 +356,7 @@ class Loaded:
 
 def load_for_training(mcfg: ModelConfig, lora: LoraConfig, dtype: str, seed: int | None = None) -> Loaded:
     model, tok, model_dir = load_base(mcfg, dtype)
-    layerwise.use_dequantized(model, layerwise.dequantizes(mcfg.quantized_matmul, backend.detect().kind))
+    dequantize.use(model, dequantize.chosen(mcfg.quantized_matmul, backend.detect().kind))
     block_attention.use(model, block_attention.chunk_for(backend.detect().kind) > 0)
     cfg = apply_adapters(model, lora, mcfg.path if mcfg.path != DEMO_MODEL else str(model_dir), mcfg.adapter, seed)
     trainable, total = parameter_counts(model)

@@ -22,7 +22,7 @@ import mlx.core as mx
 import mlx.nn as nn
 import numpy as np
 
-from . import layerwise
+from . import dequantize, layerwise
 from .layer_compile import Recorder
 from .losses import LLAMA_BLOCK, head, hidden_at, last_block_at, token_logps
 
@@ -146,11 +146,11 @@ def reference_logps(model: nn.Module, seq: tuple[mx.array, ...], kl: tuple[mx.ar
     for i, layer in enumerate(inner.layers):
         recorded = Recorder()
         if llama and i == len(inner.layers) - 1:  # as losses.hidden_at: the last block at the positions only
-            with layerwise.dequantized(model, layer):
+            with dequantize.dequantized(model, layer):
                 hidden = last_block_at(model, hidden, positions, recorded)
         else:
             hidden = layerwise.causal(model, layer, hidden, recorded)
-        with layerwise.dequantized(model, layer):
+        with dequantize.dequantized(model, layer):
             kl_hidden = layer(kl_hidden, kl_attn, cache=_Prefix(recorded, offsets, attn))
             mx.eval(hidden, kl_hidden)
     if not llama:

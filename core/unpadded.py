@@ -25,7 +25,7 @@ import mlx.core as mx
 import mlx.nn as nn
 import numpy as np
 
-from . import layerwise
+from . import dequantize, layerwise
 from .block_attention import causal
 from .losses import LLAMA_BLOCK, head, token_logps
 from .prefix_kl import prefix_mask
@@ -202,7 +202,7 @@ def logps(model: nn.Module, lay: Layout, chunk: int = 0) -> tuple[np.ndarray, np
     h = inner.embed_tokens(mx.array(lay.tokens))
     read = mx.array(lay.read.astype(np.int32))
     for i, layer in enumerate(inner.layers):
-        with layerwise.dequantized(model, layer):
+        with dequantize.dequantized(model, layer):
             h = _layer(layer, h, arrays, read if i == len(inner.layers) - 1 else None)
             mx.eval(h)
     h = inner.norm(h)

@@ -12,7 +12,7 @@ from mlx.utils import tree_flatten, tree_map
 
 from tests.conftest import F32_EPS, small_config
 from tunedeck.core import config as C
-from tunedeck.core import layerwise, runs
+from tunedeck.core import dequantize, layerwise, runs
 from tunedeck.core.batching import pack
 from tunedeck.core.losses import hidden_logps, packed_logps, packed_sft_loss
 from tunedeck.core.run_prep import prepare_run
@@ -131,7 +131,7 @@ def test_dequantized_products_equal_quantized_matmul(quantized_lora) -> None:
         if type(m) is not nn.QuantizedLinear or m.weight.shape[-1] * 32 // m.bits != x.shape[-1]:
             continue
         want = m(x)
-        with layerwise._retyped([(m, layerwise._DequantizedLinear)]):
+        with dequantize.retyped([(m, dequantize.DequantizedLinear)]):
             got = m(x)
         w = mx.dequantize(m.weight, m.scales, m.biases, group_size=m.group_size, bits=m.bits)
         # both sum K products in float32 in different orders (each within K·ε·Σ|x||w| of the exact sum), and a
@@ -139,6 +139,33 @@ def test_dequantized_products_equal_quantized_matmul(quantized_lora) -> None:
         bound = (2 * x.shape[-1] + 1) * F32_EPS * (mx.abs(x) @ mx.abs(w).T)
         assert bool(mx.all(mx.abs(got - want) <= bound)), name
         assert type(m) is nn.QuantizedLinear  # restored after the block
+
+
+def test_a_quantized_head_is_dequantized_when_asked(quantized_lora, monkeypatch) -> None:
+    """The output head (core.losses.head) multiplies through its dequantized weight where the model asks for it,
+    never through quantized_matmul (30-40x slower for these products on CPUs), within the same float32 bound as
+    the layers' products; without the ask it stays the kernel."""
+    from tunedeck.core.losses import head
+
+    model, _ = quantized_lora
+    assert type(model.lm_head) is nn.QuantizedLinear
+    x = mx.random.normal((3, 7, model.args.hidden_size))
+    kernel = head(model, x)
+    m = model.lm_head
+    w = mx.dequantize(m.weight, m.scales, m.biases, group_size=m.group_size, bits=m.bits)
+    calls = []
+    real = mx.quantized_matmul
+    monkeypatch.setattr(mx, "quantized_matmul", lambda *a, **k: calls.append(1) or real(*a, **k))
+    dequantize.use(model, True)
+    try:
+        got = head(model, x)
+    finally:
+        dequantize.use(model, False)
+    assert not calls and type(model.lm_head) is nn.QuantizedLinear
+    bound = (2 * x.shape[-1] + 1) * F32_EPS * (mx.abs(x) @ mx.abs(w).T)  # as for the layers' products, above
+    assert bool(mx.all(mx.abs(got - kernel) <= bound))
+    head(model, x)
+    assert calls  # not asked: the kernel
 
 
 def test_dequantized_layerwise_step_equals_the_kernel(quantized_lora) -> None:
@@ -153,9 +180,9 @@ def test_dequantized_layerwise_step_equals_the_kernel(quantized_lora) -> None:
 
     out = []
     for on in (False, True):
-        layerwise.use_dequantized(model, on)
+        dequantize.use(model, on)
         out.append((layerwise.sequence_logps(model, *seq), layerwise.value_and_grad(model, seq[0][:, :-1], on_hidden)))
-    layerwise.use_dequantized(model, False)
+    dequantize.use(model, False)
     (lp_k, ((loss_k, _), g_k)), (lp_d, ((loss_d, _), g_d)) = out
     # log-prob sums: as any two float32 evaluations of them (tests/conftest.py), at the longest completion (70)
     np.testing.assert_allclose(np.array(lp_d), np.array(lp_k), rtol=0, atol=logp_sum_atol(tokens=70))
@@ -167,9 +194,9 @@ def test_dequantized_layerwise_step_equals_the_kernel(quantized_lora) -> None:
 
 
 def test_dequantize_choice_per_backend() -> None:
-    assert layerwise.dequantizes("auto", "cuda") and layerwise.dequantizes("auto", "cpu")
-    assert not layerwise.dequantizes("auto", "metal") and layerwise.dequantizes("dequantize", "metal")
-    assert not layerwise.dequantizes("kernel", "cuda")
+    assert dequantize.chosen("auto", "cuda") and dequantize.chosen("auto", "cpu")
+    assert not dequantize.chosen("auto", "metal") and dequantize.chosen("dequantize", "metal")
+    assert not dequantize.chosen("kernel", "cuda")
 
 
 def test_compile_only_when_asked() -> None:
