@@ -47,7 +47,7 @@ class ModelConfig:
     dtype: str = "auto"  # auto | float32 | bfloat16 | float16
     adapter: str = ""  # warm-start from this adapter directory
     trust_remote_code: bool = False
-    quantized_matmul: str = "auto"  # auto | dequantize | kernel: quantized layers under train.grad_checkpoint
+    quantized_matmul: str = "auto"  # auto | dequantize | kernel: quantized layers under grad_checkpoint, the head
 
 
 @dataclass
@@ -87,7 +87,7 @@ class TrainConfig:
     optimizer: str = "adamw"  # adamw (bias-corrected, torch's) | adamw_mlx (mlx-lm's, uncorrected)
     max_grad_norm: float = 1.0  # 0 = no clipping
     grad_checkpoint: bool = True
-    compile: str = "auto"  # auto | on | off: mx.compile the step, or each layer under grad_checkpoint (auto: off)
+    compile: str = "auto"  # auto | on | off: mx.compile the step or each layer; auto: the update, on GPUs
     save_every: int = 100
     keep_checkpoints: int = 3  # 0 = keep all
     eval_every: int = 100

@@ -9,9 +9,9 @@ HELP: dict[str, str] = {
     "model.dtype": "auto = bfloat16 on Apple/CUDA GPUs, float32 on CPUs",
     "model.adapter": "warm-start from this adapter directory (empty = fresh LoRA)",
     "model.trust_remote_code": "allow custom code shipped with the model (off: such models are refused)",
-    "model.quantized_matmul": "quantized bases, layer by layer (train.grad_checkpoint): dequantize each layer's "
-                              "weights for its products (faster on CUDA and CPUs) or the quantized kernel; "
-                              "auto = kernel on Apple GPUs only",
+    "model.quantized_matmul": "quantized bases, layer by layer (train.grad_checkpoint), and the output head: "
+                              "dequantize each layer's weights for its products (faster on CUDA and CPUs) or the "
+                              "quantized kernel; auto = kernel on Apple GPUs only",
     "data.path": "JSONL dataset (relative paths are relative to this file)",
     "data.format": "the records' format (auto: detected per file)",
     "data.max_seq_len": "longer examples lose prompt tokens from the left; the completion is kept",
@@ -45,7 +45,7 @@ HELP: dict[str, str] = {
                        "its early steps are 3-6.5x larger at the same rate)",
     "train.max_grad_norm": "clip the global gradient norm (0 = off)",
     "train.grad_checkpoint": "recompute activations in the backward pass, one layer at a time: much less memory, ~30% slower",
-    "train.compile": "mx.compile the training step (with train.grad_checkpoint: each layer's forward and backward); each new batch shape costs a trace (seconds; tens of seconds on CUDA), so it pays only with fixed shapes; auto = off",
+    "train.compile": "mx.compile the training step (with train.grad_checkpoint: each layer's forward and backward); each new batch shape costs a trace (seconds; tens of seconds on CUDA), so it pays only with fixed shapes; auto = the step eager, its optimizer update (the adapters' fixed shapes: traced once) compiled on GPUs; off = nothing compiled",
     "train.save_every": "checkpoint every N steps",
     "train.keep_checkpoints": "keep the newest N checkpoints, deleting older ones once a new one verifies (0 = keep all)",
     "train.eval_every": "validation loss every N steps",

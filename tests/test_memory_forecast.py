@@ -218,6 +218,11 @@ def test_cuda_forecast_within_15_percent_of_the_h200_measurements() -> None:
         if m["reference_gb"]:
             assert abs(fc.phases["reference"] - m["reference_gb"]) / m["reference_gb"] <= 0.15, r
         assert abs(fc.total_gb - m["peak_gb"]) / m["peak_gb"] <= 0.15, r
+    # loading, a layer at a time: the Mac preset's whole run on the H200 (bench/whole_run.py, its last line)
+    run = (Path(__file__).resolve().parents[1] / "bench" / "results" / "h200_whole_run_mac_preset_head.txt")
+    load_gb = json.loads(run.read_text().splitlines()[-1])["load"]
+    fc = forecast(C.Config(), mc, 140.0, backend="cuda")
+    assert abs(fc.phases["load"] - load_gb) / load_gb <= 0.15, (fc.phases["load"], load_gb)
 
 
 def test_quantizing_on_load_holds_one_layer_of_full_precision_weights(demo_model: Path) -> None:
