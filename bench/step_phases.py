@@ -3,8 +3,8 @@
 Runs core.step.TrainStep as the trainer builds it (reference_pass.load: dtype, quantization, the per-layer
 matmul choice, a fresh r16 q,v adapter; the optimizer update compiled where the trainer compiles it) on
 synthetic batches (compare_mlx_lm.py's: --prompt-share of each sequence is prompt, KTO's KL pairs share it), and
-times each phase between `mx.synchronize()` calls: the recorded forward, KTO's KL pass, the backward, the
-update. The synchronizations cost a little, so the phases add up to slightly more than a step.
+times each phase between `mx.synchronize()` calls: the recorded forward (KTO's with its KL completions beside each
+layer, core.prefix_kl.record_with_kl), the KL completions' output head, the backward, the update. The synchronizations cost a little, so the phases add up to slightly more than a step.
 Prints one JSON object: seconds per step of each phase (median over --steps after --warmup).
 
     python bench/step_phases.py --size 7b --quantize 4              # on the device machine
@@ -62,10 +62,9 @@ def main() -> None:
             return out
         return run
 
-    layerwise.record = timed("forward", layerwise.record)
+    layerwise.record = timed("forward", layerwise.record)  # KTO: with the KL completions beside each layer
     layerwise.backward = timed("backward", layerwise.backward)
-    prefix_kl.kl_logps_at = timed("kl_pass", prefix_kl.kl_logps_at)
-    prefix_kl._completion_logps = timed("kl_head", prefix_kl._completion_logps)  # (part of kl_pass)
+    prefix_kl._completion_logps = timed("kl_head", prefix_kl._completion_logps)
     out: dict[str, Any] = {}
     for method in ("sft", "kto"):
         cfg = C.Config()

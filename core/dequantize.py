@@ -34,19 +34,29 @@ def wants(model: nn.Module) -> bool:
     return getattr(model, _ATTR, False)
 
 
+_WEIGHT = "_tunedeck_dequantized"  # a DequantizedLinear's dequantized weight, kept for its context
+
+
 class DequantizedLinear(nn.QuantizedLinear):
-    """A QuantizedLinear multiplying by its weight dequantized to the input's dtype (same parameters)."""
+    """A QuantizedLinear multiplying by its weight dequantized to the input's dtype (same parameters). The
+    dequantized weight is made once per context (`retyped`), so inputs multiplied by the module in one graph
+    (KTO's KL completions beside the examples) share it."""
 
     def __call__(self, x: mx.array) -> mx.array:
-        w = mx.dequantize(self["weight"], self["scales"], self.get("biases"), group_size=self.group_size,
-                          bits=self.bits, mode=self.mode, dtype=x.dtype)
+        w = self.__dict__.get(_WEIGHT)
+        if w is None or w.dtype != x.dtype:
+            w = mx.dequantize(self["weight"], self["scales"], self.get("biases"), group_size=self.group_size,
+                              bits=self.bits, mode=self.mode, dtype=x.dtype)
+            self.__dict__[_WEIGHT] = w
         y = x @ w.T
         return y + self["bias"] if "bias" in self else y
 
 
 @contextmanager
 def retyped(pairs: list[tuple[nn.Module, type]]) -> Iterator[None]:
-    """Each module as an instance of its paired class (a subclass of its own, same parameters) for the block."""
+    """Each module as an instance of its paired class (a subclass of its own, same parameters) for the block;
+    modules already of it (an enclosing context's) are left to that context."""
+    pairs = [(m, cls) for m, cls in pairs if type(m) is not cls]
     old = [type(m) for m, _ in pairs]
     for m, cls in pairs:
         m.__class__ = cls
@@ -54,6 +64,7 @@ def retyped(pairs: list[tuple[nn.Module, type]]) -> Iterator[None]:
         yield
     finally:
         for (m, _), cls in zip(pairs, old):
+            m.__dict__.pop(_WEIGHT, None)
             m.__class__ = cls
 
 

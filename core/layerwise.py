@@ -22,6 +22,7 @@ checkpointed SFT on an H200 trains 2.56x faster this way (h200_q4_b2_s1024_gc*.t
 from __future__ import annotations
 
 from collections.abc import Callable
+from contextlib import nullcontext
 from dataclasses import dataclass
 from typing import Any
 
@@ -89,11 +90,13 @@ def by_layer(model: nn.Module) -> Any:
     return dequantize.retyped([(layer, _evaluated(type(layer), on)) for layer in model.model.layers])
 
 
-def forward(model: nn.Module, inputs: mx.array, caches: list[Any] | None = None,
-            keep_inputs: bool = False) -> tuple[mx.array, list[mx.array]]:
+def forward(model: nn.Module, inputs: mx.array, caches: list[Any] | None = None, keep_inputs: bool = False,
+            beside: Callable[[int, nn.Module], mx.array] | None = None) -> tuple[mx.array, list[mx.array]]:
     """model.model's forward, evaluated one layer at a time: (final hidden states before the norm, the
     layers' inputs if `keep_inputs`). Evaluating per layer also bounds what the backend holds for the
-    duration of one evaluation (on CUDA, temporaries such as dequantized weights live until it ends)."""
+    duration of one evaluation (on CUDA, temporaries such as dequantized weights live until it ends).
+    `beside(i, layer)`, called after layer i, builds more of that layer's work (core.prefix_kl's KL completions),
+    evaluated with it: one evaluation, and (eagerly) one dequantized copy of its weights, for both."""
     from mlx_lm.models.base import create_attention_mask  # mlx_lm's package loads transformers: seconds
 
     inner = model.model
@@ -105,12 +108,14 @@ def forward(model: nn.Module, inputs: mx.array, caches: list[Any] | None = None,
         if keep_inputs:
             saved.append(hidden)
         cache = None if caches is None else caches[i]
-        if plain:
-            hidden = causal(model, layer, hidden, cache)
-        else:
-            with dequantize.dequantized(model, layer):
-                hidden = layer(hidden, mask, cache=cache)
-        mx.eval(hidden)
+        shared = beside is not None and getattr(model, _COMPILED, None) is None
+        with dequantize.dequantized(model, layer) if shared else nullcontext():
+            if plain:
+                hidden = causal(model, layer, hidden, cache)
+            else:
+                with dequantize.dequantized(model, layer):
+                    hidden = layer(hidden, mask, cache=cache)
+            mx.eval(hidden, beside(i, layer) if beside is not None else [])
     return hidden, saved
 
 
@@ -158,10 +163,12 @@ class Tape:
         return mx.stop_gradient(model.model.norm(self.hidden))
 
 
-def record(model: nn.Module, inputs: mx.array, caches: list[Any] | None = None) -> Tape:
+def record(model: nn.Module, inputs: mx.array, caches: list[Any] | None = None,
+           beside: Callable[[int, nn.Module], mx.array] | None = None) -> Tape:
     """The forward of `value_and_grad`, for a caller that runs something between it and `backward`.
-    `caches` are per-layer cache stand-ins passed to the forward only (core.prefix_kl's recorders)."""
-    return Tape(*forward(model, inputs, caches, keep_inputs=True))
+    `caches` are per-layer cache stand-ins passed to the forward only (core.prefix_kl's recorders); `beside`
+    as `forward`'s."""
+    return Tape(*forward(model, inputs, caches, keep_inputs=True, beside=beside))
 
 
 def backward(model: nn.Module, tape: Tape,

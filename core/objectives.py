@@ -205,12 +205,9 @@ class Objective(ABC):
         tokens, positions = batch.seq[0][:, :-1], batch.seq[1]
         if not isinstance(batch.kl, SharedKL):
             return layerwise.value_and_grad(model, tokens, self._on_hidden(model, batch, weight, z))
-        recorded = prefix_kl.recorders(model)
-        tape = layerwise.record(model, tokens, recorded)
-        z = self.baseline(prefix_kl.kl_logps_at(model, recorded, tape.normed(model), positions, batch.kl.arrays),
-                          batch.kl.ref)
+        tape, kl_logps = prefix_kl.record_with_kl(model, tokens, positions, batch.kl.arrays)
+        z = self.baseline(kl_logps, batch.kl.ref)
         mx.eval(z)
-        recorded.clear()  # the prompt keys/values are not needed any more
         return layerwise.backward(model, tape, self._on_hidden(model, batch, weight, z))
 
     def _on_hidden(self, model: nn.Module, batch: Batch, weight: mx.array,

@@ -91,17 +91,11 @@ def recorders(model: nn.Module) -> list[Any]:
     return [Recorder() for _ in model.model.layers]
 
 
-def kl_logps(model: nn.Module, recorded: list[Any], first_hidden: mx.array, kl: tuple[mx.array, ...],
-             stepwise: bool = False) -> mx.array:
+def kl_logps(model: nn.Module, recorded: list[Any], first_hidden: mx.array, kl: tuple[mx.array, ...]) -> mx.array:
     """Summed log-probs of the KL pairs' completions (no gradient), from the policy forward's recorded
-    keys/values and its final hidden state at each prompt's last position (`first_hidden`, [B, 1, H]).
-    `stepwise` evaluates the pass one layer at a time (core.layerwise.forward)."""
+    keys/values and its final hidden state at each prompt's last position (`first_hidden`, [B, 1, H])."""
     kl_tokens, offsets, attn = kl[:3]
-    prefixes = [_Prefix(r, offsets, attn) for r in recorded]
-    if stepwise:
-        kl_hidden = model.model.norm(layerwise.forward(model, kl_tokens, prefixes)[0])
-    else:
-        kl_hidden = model.model(kl_tokens, cache=prefixes)
+    kl_hidden = model.model(kl_tokens, cache=[_Prefix(r, offsets, attn) for r in recorded])
     return _completion_logps(model, first_hidden, kl_hidden, kl)
 
 
@@ -112,12 +106,32 @@ def _completion_logps(model: nn.Module, first_hidden: mx.array, kl_hidden: mx.ar
     return mx.stop_gradient((token_logps(head(model, kl_hidden), kl_targets) * kl_mask).sum(axis=-1))
 
 
-def kl_logps_at(model: nn.Module, recorded: list[Any], hidden: mx.array, positions: mx.array,
-                kl: tuple[mx.array, ...]) -> mx.array:
-    """`kl_logps` evaluated one layer at a time (core.layerwise), after a recorded forward whose final normed
-    hidden states are `hidden` [B, L, H] at the batch's trained `positions` (batching.pack's)."""
-    first = mx.take_along_axis(hidden, positions[:, :1, None], axis=1)
-    return kl_logps(model, recorded, first, kl, stepwise=True)
+def record_with_kl(model: nn.Module, tokens: mx.array, positions: mx.array,
+                   kl: tuple[mx.array, ...]) -> tuple[layerwise.Tape, mx.array]:
+    """The policy forward recorded for core.layerwise.backward, with the KL completions (no gradient) run
+    through each layer in that layer's evaluation, reading its just-recorded prompt keys/values (dropped once
+    read): (the tape, the KL completions' summed log-probs). `positions` are the batch's trained positions
+    (batching.pack's): the first KL token is predicted from the prompt's last."""
+    kl_tokens, offsets, attn = kl[:3]
+    recorded = recorders(model)
+    kl_attn = _fused_mask(offsets, attn)
+    kl_hidden = [model.model.embed_tokens(kl_tokens)]
+
+    def beside(i: int, layer: nn.Module) -> mx.array:
+        with dequantize.dequantized(model, layer):
+            kl_hidden[0] = layer(kl_hidden[0], kl_attn, cache=_Prefix(recorded[i], offsets, attn))
+        recorded[i] = Recorder()  # its keys/values read: freed with the evaluation
+        return kl_hidden[0]
+
+    tape = layerwise.record(model, tokens, recorded, beside)
+    first = mx.take_along_axis(tape.normed(model), positions[:, :1, None], axis=1)
+    return tape, _completion_logps(model, first, model.model.norm(kl_hidden[0]), kl)
+
+
+def _fused_mask(offsets: mx.array, attn: mx.array) -> mx.array | str:
+    """The KL completions' attention mask, or "causal" where every prompt has the prefix's whole width: MLX's
+    "causal" (aligned to the last key) is then that mask, and fused."""
+    return "causal" if (np.array(offsets) == attn.shape[-1] - attn.shape[-2]).all() else attn
 
 
 def policy_and_kl_logps(model: nn.Module, seq: tuple[mx.array, ...], kl: tuple[mx.array, ...]) -> tuple[mx.array, mx.array]:
@@ -140,8 +154,7 @@ def reference_logps(model: nn.Module, seq: tuple[mx.array, ...], kl: tuple[mx.ar
     kl_tokens, offsets, attn, kl_targets, kl_mask = kl
     inner = model.model
     hidden, kl_hidden = inner.embed_tokens(tokens[:, :-1]), inner.embed_tokens(kl_tokens)
-    # prompts all of the prefix's width: MLX's "causal" (aligned to the last key) is this mask, and fused
-    kl_attn = "causal" if (np.array(offsets) == attn.shape[-1] - attn.shape[-2]).all() else attn
+    kl_attn = _fused_mask(offsets, attn)
     llama = getattr(model, "model_type", None) in LLAMA_BLOCK
     for i, layer in enumerate(inner.layers):
         recorded = Recorder()

@@ -141,6 +141,29 @@ def test_dequantized_products_equal_quantized_matmul(quantized_lora) -> None:
         assert type(m) is nn.QuantizedLinear  # restored after the block
 
 
+def test_one_dequantized_weight_per_context(quantized_lora, monkeypatch) -> None:
+    """Inside one dequantizing context a projection called twice (the examples, then KTO's KL completions beside
+    them: core.prefix_kl.record_with_kl) dequantizes its weight once; a nested context leaves it to the outer
+    one; on leaving, the copy is dropped and the module is a plain QuantizedLinear again, its parameters as
+    before."""
+    model, _ = quantized_lora
+    m = model.model.layers[0].mlp.down_proj
+    before = {k for k, _ in tree_flatten(m.parameters())}
+    calls = []
+    real = mx.dequantize
+    monkeypatch.setattr(mx, "dequantize", lambda *a, **k: calls.append(1) or real(*a, **k))
+    x = mx.random.normal((2, 5, m.weight.shape[-1] * 32 // m.bits))
+    with dequantize.dequantizing(m, True):
+        a = m(x)
+        with dequantize.dequantizing(m, True):
+            b = m(x[:, :2])
+        c = m(x)
+    assert len(calls) == 1
+    assert bool(mx.array_equal(a, c)) and b.shape == (2, 2, a.shape[-1])  # the same product from the same copy
+    assert type(m) is nn.QuantizedLinear and {k for k, _ in tree_flatten(m.parameters())} == before
+    assert not [k for k in vars(m) if "dequantized" in k]
+
+
 def test_a_quantized_head_is_dequantized_when_asked(quantized_lora, monkeypatch) -> None:
     """The output head (core.losses.head) multiplies through its dequantized weight where the model asks for it,
     never through quantized_matmul (30-40x slower for these products on CPUs), within the same float32 bound as
