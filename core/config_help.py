@@ -9,16 +9,15 @@ HELP: dict[str, str] = {
     "model.dtype": "auto = bfloat16 on Apple/CUDA GPUs, float32 on CPUs",
     "model.adapter": "warm-start from this adapter directory (empty = fresh LoRA)",
     "model.trust_remote_code": "allow custom code shipped with the model (off: such models are refused)",
-    "model.quantized_matmul": "quantized bases, layer by layer (train.grad_checkpoint), and the output head: "
-                              "dequantize each layer's weights for its products (faster on CUDA and CPUs) or the "
-                              "quantized kernel; auto = kernel on Apple GPUs only",
+    "model.quantized_matmul": "quantized bases: dequantize the layers' and head's weights (faster on CUDA, CPUs) or "
+                              "use the kernel; auto = kernel on Apple GPUs",
     "data.path": "JSONL dataset (relative paths are relative to this file)",
     "data.format": "the records' format (auto: detected per file)",
     "data.max_seq_len": "longer examples lose prompt tokens from the left; the completion is kept",
     "data.valid_fraction": "share of examples held out for validation (stratified by label)",
     "data.strict": "true: refuse a file with bad lines; false: set them aside and report them",
-    "data.string_format": "plain-string {prompt, completion} records: raw (as TRL: the text itself, no chat template, "
-                          "EOS appended) or chat (the prompt as one user message through the chat template)",
+    "data.string_format": "plain-string {prompt, completion} records: raw (as TRL: the text, no chat template, EOS "
+                          "added) or chat (the prompt as a user message)",
     "data.train_on": "SFT trains every assistant turn (all_assistant, as TRL's assistant_only_loss) or the last one; "
                      "KTO always judges the last",
     "data.tools": "tool schemas (a JSON list) for native tool calls; relative to the dataset's directory "
@@ -41,18 +40,21 @@ HELP: dict[str, str] = {
     "train.warmup_steps": "steps of linear warmup from 0",
     "train.min_lr_ratio": "final learning rate as a fraction of the peak (cosine/linear)",
     "train.weight_decay": "AdamW weight decay",
-    "train.optimizer": "adamw (bias-corrected, as torch and TRL) or adamw_mlx (mlx-lm's AdamW, no bias correction: "
-                       "its early steps are 3-6.5x larger at the same rate)",
+    "train.optimizer": "adamw (bias-corrected, as torch and TRL) or adamw_mlx (mlx-lm's, uncorrected: early steps "
+                       "3-6.5x larger at the same rate)",
     "train.max_grad_norm": "clip the global gradient norm (0 = off)",
-    "train.grad_checkpoint": "recompute activations in the backward pass, one layer at a time: much less memory, ~30% slower",
-    "train.compile": "mx.compile the training step (with train.grad_checkpoint: each layer's forward and backward); each new batch shape costs a trace (seconds; tens of seconds on CUDA), so it pays only with fixed shapes; auto = the step eager, its optimizer update (the adapters' fixed shapes: traced once) compiled on GPUs; off = nothing compiled",
+    "train.grad_checkpoint": "recompute activations in the backward pass, one layer at a time: much less memory, ~30% "
+                             "slower",
+    "train.compile": "compile the step (each layer under grad_checkpoint): pays only at fixed shapes; auto = the "
+                     "optimizer update only, on GPUs; off = none",
     "train.save_every": "checkpoint every N steps",
-    "train.keep_checkpoints": "keep the newest N checkpoints, deleting older ones once a new one verifies (0 = keep all)",
+    "train.keep_checkpoints": "keep the newest N checkpoints, deleting older ones once a new one verifies (0 = keep "
+                              "all)",
     "train.eval_every": "validation loss every N steps",
     "train.eval_batches": "validation batches per evaluation (0 = all)",
     "train.report_every": "write a step event every N steps",
-    "train.sample_every": "every N steps (and at the last), the adapter's greedy answers to sample_prompts held-out "
-                          "prompts, shown on the Train screen (0 = off)",
+    "train.sample_every": "every N steps (and at the last), the adapter's greedy answers to held-out prompts, on the "
+                          "Train screen (0 = off)",
     "train.sample_prompts": "how many held-out prompts are sampled (the first of the validation split; 1 to 16)",
     "train.sample_tokens": "the longest sampled answer, in tokens (1 to 4096)",
     "train.seed": "seed for data order, dropout and initialisation (0 to 2**32 - 1)",
@@ -60,6 +62,6 @@ HELP: dict[str, str] = {
     "kto.desirable_weight": "lambda_D; with undesirable_weight keep (lD*nD)/(lU*nU) in [1, 4/3]",
     "kto.undesirable_weight": "lambda_U",
     "kto.loss_type": "kto (TRL's, with the KL baseline) or apo_zero_unpaired (no KL)",
-    "kto.kl_pairs": "batch (each example's prompt with the previous example's completion in its micro-batch, as TRL; "
-                    "a 1.4-3x steadier KL baseline, measured) or dataset (a fixed derangement over the split)",
+    "kto.kl_pairs": "batch (each prompt with the previous example's completion in its micro-batch, as TRL; a 1.4-3x "
+                    "steadier KL) or dataset (a fixed derangement)",
 }

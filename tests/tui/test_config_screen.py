@@ -231,3 +231,19 @@ async def test_forecast_follows_the_datasets_token_counts(tmp_path: Path) -> Non
         await settle(app, pilot)
         text = screen.query_one("#forecast").render().plain
         assert "tokens, 40 trained" in text and "upper bound" not in text  # (sequences padded as packed)
+
+
+async def test_every_fields_help_is_whole_at_80_columns(tmp_path: Path) -> None:
+    """Focusing each field shows its whole help (the key and every word of its text) in the form's two-line help
+    area of an 80 x 24 terminal: nothing of it cut off at the edge."""
+    from tunedeck.core.config_help import HELP
+
+    app = make_app(make_workspace(tmp_path / "ws"))
+    async with app.run_test(size=(80, 24)) as pilot:
+        screen = await open_config(app, pilot)
+        area = screen.query_one("#field-help")
+        for key in C.FIELD_TYPES:
+            screen.field(key).editor.focus()
+            await pilot.pause()
+            shown = " ".join(strip.text for strip in area.render_lines(area.region.reset_offset)).split()
+            assert shown == f"{key}  {HELP[key]}".split(), key
