@@ -248,6 +248,8 @@ class DataScreen(ListRows, AuditMarks, TunedeckScreen):
         table.set_rows([(str(i), partial(self._row, i)) for i in visible], self._widths(visible))
         if self.current in visible:
             table.move_cursor(row=visible.index(self.current), animate=False)
+            if self.state.current_example is not self.dataset.examples[self.current]:  # a (re)loaded file's object,
+                self.tapp.update_state(current_example=self.dataset.examples[self.current])  # not at the next highlight
         elif visible:
             self._select(visible[0])
         else:
