@@ -48,11 +48,12 @@ def test_quitting_while_the_token_view_loads_exits_cleanly(tmp_path: Path, demo_
     ("terminate called without an active exception", exit 134) during interpreter finalisation."""
     ws = tmp_path / "ws"
     ws.mkdir()
-    tmux = ["tmux", "-L", f"tunedeck-quit-{os.getpid()}", "-f", "/dev/null"]
     env = {"XDG_CACHE_HOME": os.environ["XDG_CACHE_HOME"], "XDG_CONFIG_HOME": tmp_path / "config",
            "TERM": "xterm-256color", "PATH": os.environ["PATH"], "HF_HUB_OFFLINE": "1", "TUNEDECK_DEMO_PRETRAINED": "0"}
     assignments = " ".join(f"{k}={shlex.quote(str(v))}" for k, v in env.items())
     for attempt in range(3):
+        # a server of its own each time: the last one's kill-server may still be shutting its socket down
+        tmux = ["tmux", "-L", f"tunedeck-quit-{os.getpid()}-{attempt}", "-f", "/dev/null"]
         status = tmp_path / f"status{attempt}"
         # Textual draws on stderr, so it stays on the terminal; the pane lingers after the exit for reading
         command = (f"cd {shlex.quote(str(ws))} && env -i HOME={shlex.quote(str(tmp_path))} {assignments} "
