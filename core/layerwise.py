@@ -104,11 +104,11 @@ def forward(model: nn.Module, inputs: mx.array, caches: list[Any] | None = None,
     mask = create_attention_mask(hidden, caches[0] if caches else None)
     saved = []
     plain = isinstance(mask, str) and mask == "causal" and all(c is None or type(c) is Recorder for c in caches or [])
+    shared = beside is not None and getattr(model, _COMPILED, None) is None  # one dequantized copy for both
     for i, layer in enumerate(inner.layers):
         if keep_inputs:
             saved.append(hidden)
         cache = None if caches is None else caches[i]
-        shared = beside is not None and getattr(model, _COMPILED, None) is None
         with dequantize.dequantized(model, layer) if shared else nullcontext():
             if plain:
                 hidden = causal(model, layer, hidden, cache)

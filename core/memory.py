@@ -69,8 +69,8 @@ def model_config_for(model_path: str) -> dict[str, Any] | None:
     """The config.json of a model without loading it: "demo", a local directory, or a known / cached HF id.
 
     "demo" gives `core.demo.model_config` of its shape (read from the built demo model when it exists, for
-    its exact vocabulary; never built here). A local directory gives its config.json. A Hugging Face id gives the config of KNOWN_CONFIGS
-    or, if the model was downloaded, the cached config.json. Anything else: None.
+    its exact vocabulary; never built here). A local directory gives its config.json. A Hugging Face id gives
+    the config of KNOWN_CONFIGS or, if the model was downloaded, the cached config.json. Anything else: None.
     """
     from .config import DEMO_MODEL
 
