@@ -21,24 +21,36 @@ from typing import Any
 SHAPES = {"tiny": (512, 1792, 8, 2), "7b": (4096, 14336, 32, 8)}  # hidden, intermediate, heads, kv heads
 
 
-def measure(args: argparse.Namespace, layers: int, compiled: bool) -> float:
-    """Peak bytes above the weights of the second of two identical steps."""
+def measure(args: argparse.Namespace, layers: int, compiled: bool, lean: bool, parts: str) -> float:
+    """Peak bytes above the weights of the second of two identical steps: the layers' SwiGLU plain or lean
+    and LoRA input (core.lean_backward), whole layers or only their attention or MLP (`parts`)."""
     import mlx.core as mx
+    import mlx.nn as nn
     from mlx_lm.models import llama
     from mlx_lm.tuner.utils import linear_to_lora_layers
 
-    from tunedeck.core import backend
+    from tunedeck.core import backend, lean_backward
 
     hidden, inter, heads, kv = SHAPES[args.size]
-    dtype = getattr(mx, backend.detect().dtype)
+    dtype = getattr(mx, args.dtype or backend.detect().dtype)
     margs = llama.ModelArgs(model_type="llama", hidden_size=hidden, num_hidden_layers=layers, intermediate_size=inter,
                             num_attention_heads=heads, num_key_value_heads=kv, rms_norm_eps=1e-5, vocab_size=256,
                             rope_theta=1e6, tie_word_embeddings=False)
     model = llama.Model(margs)
     model.set_dtype(dtype)
+    class Zero(nn.Module):  # a layer's attention or MLP left out: adds nothing to the residual
+        def __call__(self, x: mx.array, *rest: Any, **kw: Any) -> mx.array:
+            return mx.zeros_like(x)
+
+    for layer in model.model.layers:
+        if parts == "attention":
+            layer.mlp = Zero()
+        elif parts == "mlp":
+            layer.self_attn = Zero()
     model.freeze()
-    linear_to_lora_layers(model, layers, {"rank": 16, "scale": 2.0, "dropout": 0.0,
-                                          "keys": ["self_attn.q_proj", "self_attn.v_proj"]})
+    keys = ["self_attn.q_proj", "self_attn.v_proj"] if parts != "mlp" else ["mlp.gate_proj"]
+    linear_to_lora_layers(model, layers, {"rank": 16, "scale": 2.0, "dropout": 0.0, "keys": keys})
+    lean_backward.use(model, lean)
     mx.eval(model.parameters())
     x = mx.random.normal((args.batch, args.seq, hidden)).astype(dtype)
 
@@ -94,26 +106,31 @@ def main() -> None:
     p.add_argument("--size", default="tiny", choices=sorted(SHAPES))
     p.add_argument("--batch", type=int, default=4)
     p.add_argument("--seq", type=int, default=512)
+    p.add_argument("--dtype", default="", help="the activations' dtype (default: the backend's, core.backend)")
     p.add_argument("--variants", default="", help="comma-separated variants to run (default all)")
-    p.add_argument("--worker", nargs=3, type=int, help=argparse.SUPPRESS)
+    p.add_argument("--worker", nargs=5, help=argparse.SUPPRESS)
     args = p.parse_args()
     if args.worker:
-        n, torch, compiled = args.worker
-        print(torch_saved(args, n) if torch else measure(args, n, bool(compiled)))
+        n, torch, compiled, lean, parts = int(args.worker[0]), *map(int, args.worker[1:4]), args.worker[4]
+        print(torch_saved(args, n) if torch else measure(args, n, bool(compiled), bool(lean), parts))
         return
     import mlx.core as mx
 
     from tunedeck.core import backend
 
     hidden, inter, _, _ = SHAPES[args.size]
-    size = getattr(mx, backend.detect().dtype).size
-    out: dict[str, Any] = {"size": args.size, "batch": args.batch, "seq": args.seq, "dtype": backend.detect().dtype}
-    variants = {"eager": (0, 0), "compiled": (0, 1), "torch_peft_saved": (1, 0)}  # (torch, compiled)
+    dtype = args.dtype or backend.detect().dtype
+    size = getattr(mx, dtype).size
+    out: dict[str, Any] = {"size": args.size, "batch": args.batch, "seq": args.seq, "dtype": dtype}
+    variants = {  # (torch, compiled, lean SwiGLU, parts); the *_attention / *_mlp rows LoRA q,v / gate only
+        "eager": (0, 0, 0, "all"), "eager_lean": (0, 0, 1, "all"), "compiled": (0, 1, 0, "all"),
+        "compiled_lean": (0, 1, 1, "all"), "eager_attention": (0, 0, 0, "attention"),
+        "eager_mlp": (0, 0, 0, "mlp"), "eager_mlp_lean": (0, 0, 1, "mlp"), "torch_peft_saved": (1, 0, 0, "all")}
     chosen = args.variants.split(",") if args.variants else list(variants)
-    for name, (torch, compiled) in ((n, variants[n]) for n in chosen):
+    for name, (torch, compiled, lean, parts) in ((n, variants[n]) for n in chosen):
         peaks = [float(subprocess.run([sys.executable, str(Path(__file__).resolve()), "--size", args.size, "--batch",
-                                       str(args.batch), "--seq", str(args.seq), "--worker", str(n), str(torch),
-                                       str(compiled)], capture_output=True, text=True, check=True).stdout.split()[-1])
+                                       str(args.batch), "--seq", str(args.seq), "--dtype", dtype, "--worker", str(n), str(torch),
+                                       str(compiled), str(lean), parts], capture_output=True, text=True, check=True).stdout.split()[-1])
                  for n in (2, 6)]
         per_layer = (peaks[1] - peaks[0]) / 4 / (args.batch * args.seq * size)
         out[name] = {"elements_per_token_layer": round(per_layer), "hidden_units": round(per_layer / hidden, 2),

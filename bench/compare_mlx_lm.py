@@ -105,9 +105,12 @@ def worker_tunedeck(args: argparse.Namespace, method: str) -> dict[str, Any]:
     import mlx.core as mx
 
     from tunedeck.core import config as C
-    from tunedeck.core import run_prep, runs, trainer
+    from tunedeck.core import lean_backward, run_prep, runs, trainer
     from tunedeck.core.batching import Sequences, derangement
 
+    if args.lean_backward == "off":  # the A/B of core.lean_backward: mlx-lm's own SwiGLU and LoRA backwards
+        use = lean_backward.use
+        lean_backward.use = lambda model, on: use(model, False)
     kto = method == "kto"
     with tempfile.TemporaryDirectory() as tmp:
         tmp_path = Path(tmp)
@@ -205,6 +208,9 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--dtype", default="", help="default: float32 on CPUs, bfloat16 on GPUs")
     p.add_argument("--grad-checkpoint", action="store_true")
     p.add_argument("--compile", default="auto", choices=["auto", "on", "off"], help="tunedeck's train.compile")
+    p.add_argument("--lean-backward", default="auto", choices=["auto", "off"],
+                   help="off: tunedeck without core.lean_backward's SwiGLU and LoRA backwards (auto: where "
+                        "train.compile's parts are compiled, GPUs)")
     p.add_argument("--skip-kto", action="store_true")
     p.add_argument("--quantized-matmul", default="auto", choices=["auto", "dequantize", "kernel"],
                    help="tunedeck's model.quantized_matmul")
@@ -261,6 +267,7 @@ def main() -> None:
         "quantized_matmul": args.quantized_matmul, "device": f"{device.kind} ({device.note})", "dtype": args.dtype, "size": args.size, "batch": args.batch,
         "seq": args.seq, "data": args.data, "prompt_share": args.prompt_share if args.data == "synthetic" else None,
         "quantize": args.quantize, "grad_checkpoint": args.grad_checkpoint, "repeat": args.repeat,
+        "compile": args.compile, "lean_backward": args.lean_backward,
     }
     if "tunedeck_kto" in results and sft:
         kto = results["tunedeck_kto"]

@@ -25,6 +25,10 @@
 #           compiled update), tunedeck SFT with train.compile "off" (nothing compiled) in the same call
 #   PART=M  the 4-bit 2x1024 checkpointed row as shipped and tunedeck SFT with train.compile "off"
 #   PART=N  where a checkpointed 4-bit step's time goes, SFT against KTO (step_phases.py), then M
+#   PART=O  core.lean_backward: what a layer holds per token with and without it, whole layers and their attention
+#           or MLP alone (activation_memory.py), then forecast vs measured peaks (forecast_7b.py)
+#   PART=P  MLX's bf16 matmul peak, the bf16 4x512 every-token row as shipped, and tunedeck without lean_backward
+#   PART=Q  the optimizer update (optimizer_update.py) and the Mac preset's whole run (whole_run.py)
 # Raw outputs go to $OUT/h200_*.txt.
 set -uo pipefail
 OUT=${OUT:-/tmp/bench-out}
@@ -105,6 +109,23 @@ case "${PART:-A}" in
 print(f'bf16 matmul 8192^3: {matmul_peak(8192):.0f} TFLOP/s')" | tee "$OUT/h200_bf16_b4_s512_all_auto_peak.txt"
     row bf16_b4_s512_all_auto 200 --batch 4 --seq 512 --prompt-share 0 --steps 10 --warmup 4
     row bf16_b4_s512_all_off 90 --batch 4 --seq 512 --prompt-share 0 --steps 10 --warmup 4 --only sft --compile off
+    ;;
+  O)
+    timeout 300 python3 bench/activation_memory.py --size 7b --batch 4 --seq 512 \
+      --variants eager,eager_lean,eager_attention,eager_mlp,eager_mlp_lean 2>&1 | tee "$OUT/h200_activation_memory.txt"
+    timeout 280 python3 bench/forecast_7b.py 2>&1 | tail -20 | tee "$OUT/h200_forecast_7b.txt"
+    ;;
+  P)
+    python3 -c "import sys; sys.path.insert(0, 'bench'); from quant_matmul import matmul_peak; \
+print(f'bf16 matmul 8192^3: {matmul_peak(8192):.0f} TFLOP/s')" | tee "$OUT/h200_bf16_b4_s512_all_peak.txt"
+    row bf16_b4_s512_all 200 --batch 4 --seq 512 --prompt-share 0 --steps 10 --warmup 4
+    row bf16_b4_s512_all_plain_backward 130 --batch 4 --seq 512 --prompt-share 0 --steps 10 --warmup 4 \
+      --only sft,kto --lean-backward off
+    ;;
+  Q)
+    timeout 60 python3 bench/optimizer_update.py 2>&1 | tail -1 | tee "$OUT/h200_optimizer_update.txt"
+    timeout 200 python3 bench/whole_run.py --size 7b --examples 300 --iters 6 --eval-every 3 2>&1 | tail -1 \
+      | tee "$OUT/h200_whole_run_mac_preset.txt"
     ;;
   N)
     timeout 200 python3 bench/step_phases.py --size 7b --quantize 4 2>&1 | tail -1 | tee "$OUT/h200_step_phases_q4.txt"

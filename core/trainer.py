@@ -50,7 +50,7 @@ from .progress import redirect
 from .reference import Stopped as ReferenceStopped
 from .reference import model_files, model_identity, reference_pass
 from .run_prep import InputError
-from .step import TrainStep, compiles_update, micro_batch_seed, optimizer, wants_compile
+from .step import TrainStep, compiles_parts, micro_batch_seed, optimizer, wants_compile
 from .template import TemplateError
 
 Progress = Callable[[dict[str, Any]], None]
@@ -293,7 +293,7 @@ class Trainer:
                        "pass would draw different dropout masks")
         model.train(dropout)
         return TrainStep(self.objective, model, opt, wants_compile(self.cfg), self.world,
-                         compiles_update(self.cfg, backend.detect().kind))
+                         compiles_parts(self.cfg, backend.detect().kind))
 
     # --- the loop ----------------------------------------------------------------------------
 

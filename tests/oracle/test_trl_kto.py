@@ -243,10 +243,12 @@ def _sequence_logps(model, input_ids, attention_mask, completion_mask) -> np.nda
     return (lp * completion_mask[:, 1:]).sum(-1).numpy().astype(np.float64)
 
 
-@pytest.mark.parametrize("loss_type", ["kto", "apo_zero_unpaired"])
-def test_kto_one_batch_matches_trl(setup, demo_model, loss_type):
+@pytest.mark.parametrize("loss_type, lean", [("kto", False), ("apo_zero_unpaired", False), ("kto", True)],
+                         ids=["kto", "apo_zero_unpaired", "kto-lean"])
+def test_kto_one_batch_matches_trl(setup, demo_model, loss_type, lean):
     """Micro-batch 0 with policy A1 and reference A0 (rewards and z nonzero): per-example log-probs, z, rewards,
-    the loss and the LoRA gradient equal TRL's KTOTrainer (PEFT) on the same sequences and KL pairs."""
+    the loss and the LoRA gradient equal TRL's KTOTrainer (PEFT) on the same sequences and KL pairs; `lean`:
+    with the SwiGLU and LoRA backwards of core.lean_backward (what GPUs train with)."""
     import mlx.core as mx
     import mlx.optimizers as optim
     from mlx.utils import tree_flatten
@@ -273,7 +275,9 @@ def test_kto_one_batch_matches_trl(setup, demo_model, loss_type):
     model.eval()
     idx = np.arange(BATCH)
     zero = np.zeros(BATCH, dtype=np.float32)
-    step = TrainStep(objectives.for_config(cfg), model, optim.AdamW(learning_rate=LR), compiled=False)
+    step = TrainStep(objectives.for_config(cfg), model, optim.AdamW(learning_rate=LR), compiled=False,
+                     compile_parts=lean)
+    assert type(model.layers[0].mlp).__name__.startswith("Lean") == lean
     ref = np.array(packed_logps(model, *step.batch(seqs, idx, (zero, zero)).seq))
     kl_seq = map(mx.array, pack([seqs.kl_ids[i] for i in idx], seqs.kl_starts[idx]))
     ref_kl = np.array(packed_logps(model, *kl_seq)) if loss_type == "kto" else zero
@@ -403,9 +407,11 @@ def _sft_trainer(model, tok, examples, order: list[int], out: Path, steps: int, 
     return trainer, rec
 
 
-def test_sft_one_batch_matches_trl(setup, demo_model):
+@pytest.mark.parametrize("lean", [False, True], ids=["plain", "lean"])
+def test_sft_one_batch_matches_trl(setup, demo_model, lean):
     """Micro-batch 0 with adapter A1: the trained token positions, the loss (mean cross-entropy over every
-    assistant turn's tokens) and the LoRA gradient equal TRL's SFTTrainer with assistant_only_loss."""
+    assistant turn's tokens) and the LoRA gradient equal TRL's SFTTrainer with assistant_only_loss; `lean`:
+    with core.lean_backward's backwards."""
     import mlx.optimizers as optim
     from mlx.utils import tree_flatten
 
@@ -427,7 +433,9 @@ def test_sft_one_batch_matches_trl(setup, demo_model):
     batch_examples = [examples[i] for i in order[:BATCH]]
     seqs = tokenize(tok, batch_examples, 512, False, 0, train_on="all_assistant")
     idx = np.arange(BATCH)
-    step = TrainStep(objectives.for_config(cfg), model, optim.AdamW(learning_rate=LR), compiled=False)
+    step = TrainStep(objectives.for_config(cfg), model, optim.AdamW(learning_rate=LR), compiled=False,
+                     compile_parts=lean)
+    assert type(model.layers[0].mlp).__name__.startswith("Lean") == lean
     b = step.batch(seqs, idx, step_tokens=seqs.trained_tokens(idx))
     metrics, grad = step(b, None, update=False)
     ours_grad = {k: np.array(v) for k, v in tree_flatten(grad)}
