@@ -3,8 +3,8 @@
 SwiGLU (`silu(gate) * up`): mlx-lm's MLPs call a shapeless-compiled `swiglu`; differentiated, MLX keeps the sigmoid and the silu of the gate
 beside the gate and the up projection (4 intermediate-sized arrays a token and layer) and runs the backward as
 a chain of elementwise kernels. Here the forward is the same compiled expression (the same values) and the
-backward is a `mx.custom_function` VJP: one shapeless-compiled function of (gate, up, cotangent) that recomputes
-the sigmoid in float32, so only gate and up are kept and the backward reads and writes each array once.
+backward is a `mx.custom_function` VJP: two shapeless-compiled kernels of (gate, up, cotangent) that recompute
+the sigmoid in float32, so only gate and up are kept and the backward writes nothing but the two gradients.
 
 LoRA's input: mlx-lm's LoRALinear keeps its adapters in float32, so with bfloat16 activations `x @ lora_a`
 casts x to float32 and MLX keeps that float32 copy (2 activation-sized units) for lora_a's gradient, once per
@@ -30,11 +30,19 @@ def _forward(gate: mx.array, up: mx.array) -> mx.array:
     return nn.silu(gate) * up
 
 
+# Two single-output kernels: MLX's compile materialises the intermediates (the float32 sigmoid) that two
+# outputs of one compiled function share, and one kernel each recomputes them instead.
 @partial(mx.compile, shapeless=True)
-def _backward(gate: mx.array, up: mx.array, cotangent: mx.array) -> tuple[mx.array, mx.array]:
-    g, u, c = gate.astype(mx.float32), up.astype(mx.float32), cotangent.astype(mx.float32)
+def _gate_grad(gate: mx.array, up: mx.array, cotangent: mx.array) -> mx.array:
+    g = gate.astype(mx.float32)
     s = mx.sigmoid(g)
-    return (c * u * s * (1 + g * (1 - s))).astype(gate.dtype), (c * g * s).astype(up.dtype)
+    return (cotangent.astype(mx.float32) * up.astype(mx.float32) * s * (1 + g * (1 - s))).astype(gate.dtype)
+
+
+@partial(mx.compile, shapeless=True)
+def _up_grad(gate: mx.array, cotangent: mx.array) -> mx.array:
+    g = gate.astype(mx.float32)
+    return (cotangent.astype(mx.float32) * g * mx.sigmoid(g)).astype(gate.dtype)
 
 
 @mx.custom_function
@@ -45,7 +53,8 @@ def swiglu(gate: mx.array, up: mx.array) -> mx.array:
 
 @swiglu.vjp
 def _swiglu_vjp(primals: tuple[mx.array, mx.array], cotangent: mx.array, _output: mx.array) -> tuple[mx.array, ...]:
-    return _backward(*primals, cotangent)
+    gate, up = primals
+    return _gate_grad(gate, up, cotangent), _up_grad(gate, cotangent).astype(up.dtype)
 
 
 @mx.custom_function
