@@ -105,12 +105,9 @@ def worker_tunedeck(args: argparse.Namespace, method: str) -> dict[str, Any]:
     import mlx.core as mx
 
     from tunedeck.core import config as C
-    from tunedeck.core import lean_backward, run_prep, runs, trainer
+    from tunedeck.core import run_prep, runs, trainer
     from tunedeck.core.batching import Sequences, derangement
 
-    if args.lean_backward == "off":  # the A/B of core.lean_backward: mlx-lm's own SwiGLU and LoRA backwards
-        use = lean_backward.use
-        lean_backward.use = lambda model, on: use(model, False)
     kto = method == "kto"
     with tempfile.TemporaryDirectory() as tmp:
         tmp_path = Path(tmp)
@@ -125,7 +122,7 @@ def worker_tunedeck(args: argparse.Namespace, method: str) -> dict[str, Any]:
         t = cfg.train
         t.method, t.iters, t.batch_size, t.learning_rate = method, args.warmup + args.steps, args.batch, 1e-5
         t.warmup_steps, t.save_every, t.eval_every, t.grad_checkpoint = 0, 10**6, 10**6, args.grad_checkpoint
-        t.compile = args.compile
+        t.compile, t.lean_backward = args.compile, args.lean_backward
         cfg.model.quantized_matmul = args.quantized_matmul
         if kto:
             cfg.kto.undesirable_weight = 2.25
@@ -208,9 +205,7 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--dtype", default="", help="default: float32 on CPUs, bfloat16 on GPUs")
     p.add_argument("--grad-checkpoint", action="store_true")
     p.add_argument("--compile", default="auto", choices=["auto", "on", "off"], help="tunedeck's train.compile")
-    p.add_argument("--lean-backward", default="auto", choices=["auto", "off"],
-                   help="off: tunedeck without core.lean_backward's SwiGLU and LoRA backwards (auto: where "
-                        "train.compile's parts are compiled, GPUs)")
+    p.add_argument("--lean-backward", action="store_true", help="tunedeck's train.lean_backward")
     p.add_argument("--skip-kto", action="store_true")
     p.add_argument("--quantized-matmul", default="auto", choices=["auto", "dequantize", "kernel"],
                    help="tunedeck's model.quantized_matmul")

@@ -27,9 +27,10 @@
 #   PART=N  where a checkpointed 4-bit step's time goes, SFT against KTO (step_phases.py), then M
 #   PART=O  core.lean_backward: what a layer holds per token with and without it, whole layers and their attention
 #           or MLP alone (activation_memory.py), then forecast vs measured peaks (forecast_7b.py)
-#   PART=P  MLX's bf16 matmul peak, the bf16 4x512 every-token row as shipped, and tunedeck without lean_backward
-#   PART=R  MLX's CUDA graph limits against the whole step's peak: the bf16 4x512 every-token SFT row with
-#           MLX_MAX_MB_PER_BUFFER / MLX_MAX_OPS_PER_BUFFER lowered and CUDA graphs off, and without lean_backward
+#   PART=P  MLX's bf16 matmul peak, the bf16 4x512 every-token row as shipped, and tunedeck with train.lean_backward
+#   PART=R  MLX's CUDA graph limits against the whole step's peak: bf16 4x512 every-token SFT, with and without
+#           train.lean_backward, at MLX's limits and at core.backend.CUDA_GRAPH_LIMITS (set in the environment
+#           here: tunedeck sets them only where they are unset)
 #   PART=Q  the optimizer update (optimizer_update.py) and the Mac preset's whole run (whole_run.py)
 # Raw outputs go to $OUT/h200_*.txt.
 set -uo pipefail
@@ -121,16 +122,16 @@ print(f'bf16 matmul 8192^3: {matmul_peak(8192):.0f} TFLOP/s')" | tee "$OUT/h200_
     python3 -c "import sys; sys.path.insert(0, 'bench'); from quant_matmul import matmul_peak; \
 print(f'bf16 matmul 8192^3: {matmul_peak(8192):.0f} TFLOP/s')" | tee "$OUT/h200_bf16_b4_s512_all_peak.txt"
     row bf16_b4_s512_all 200 --batch 4 --seq 512 --prompt-share 0 --steps 10 --warmup 4
-    row bf16_b4_s512_all_plain_backward 130 --batch 4 --seq 512 --prompt-share 0 --steps 10 --warmup 4 \
-      --only sft,kto --lean-backward off
+    row bf16_b4_s512_all_lean_backward 130 --batch 4 --seq 512 --prompt-share 0 --steps 10 --warmup 4 \
+      --only sft,kto --lean-backward
     ;;
   R)
     S="--batch 4 --seq 512 --prompt-share 0 --steps 8 --warmup 3 --only sft"
-    row bf16_sft_default 100 $S
-    MLX_MAX_MB_PER_BUFFER=200 row bf16_sft_mb200 100 $S
-    MLX_MAX_OPS_PER_BUFFER=20 MLX_MAX_MB_PER_BUFFER=100 row bf16_sft_ops20_mb100 100 $S
-    MLX_USE_CUDA_GRAPHS=0 row bf16_sft_no_graphs 100 $S
-    row bf16_sft_plain_backward 100 $S --lean-backward off
+    for v in "MLX_MAX_OPS_PER_BUFFER=100 MLX_MAX_MB_PER_BUFFER=1000" "MLX_MAX_OPS_PER_BUFFER=20 MLX_MAX_MB_PER_BUFFER=100"; do
+      for lean in "" --lean-backward; do
+        echo "== $v $lean"; env $v timeout 100 $B $S $lean 2>&1 | grep '^{' | tee -a "$OUT/h200_bf16_sft_ab.txt"
+      done
+    done
     ;;
   Q)
     timeout 60 python3 bench/optimizer_update.py 2>&1 | tail -1 | tee "$OUT/h200_optimizer_update.txt"

@@ -44,7 +44,7 @@ def main() -> None:
 
     from tunedeck.core import backend, layerwise, objectives, prefix_kl
     from tunedeck.core import config as C
-    from tunedeck.core.step import TrainStep, compiles_parts, optimizer
+    from tunedeck.core.step import TrainStep, compiles_update, optimizer
 
     args.model_dir, args.examples, args.data = build_model(args.size), args.batch * (args.warmup + args.steps), "synthetic"
     model, tok = load(args)
@@ -70,7 +70,7 @@ def main() -> None:
         cfg = C.Config()
         cfg.train.method, cfg.train.grad_checkpoint, cfg.train.compile = method, True, args.compile
         step = TrainStep(objectives.for_config(cfg), model, optimizer(cfg, 100), False,
-                         compile_parts=compiles_parts(cfg, backend.detect().kind))
+                         compile_update=compiles_update(cfg, backend.detect().kind))
         step._update = timed("update", step._update)
         zeros = np.zeros(len(seqs), np.float32)
         rows: list[dict[str, float]] = []

@@ -18,7 +18,6 @@ from typing import Any
 from .dequantize import chosen as dequantizes
 from .layerwise import HEAD_ELEMENTS
 from .memory import GB, machine_budget_gb, model_config_for
-from .step import compiles_parts
 
 FITS_FRACTION = 0.85  # "fits" up to this fraction of the budget, "tight" up to all of it
 DTYPE_BYTES = {"float32": 4, "bfloat16": 2, "float16": 2}
@@ -31,7 +30,7 @@ GROUP_SIZE = 64  # core.model.load_base quantizes with group size 64
 # Kept for the backward by every layer from the lowest LoRA layer up, without checkpointing (MLX
 # keeps the arrays the VJPs read): the block input and the residual after attention (2h), q·scale,
 # k, v and the attention output (2q + 2kv), the MLP's gate, up and the two SwiGLU intermediates (4I; 2I
-# where core.lean_backward's SwiGLU backward is used: core.step.compiles_parts),
+# with train.lean_backward, core.lean_backward),
 # the attention probabilities (heads x T, where attention is not fused: CPU; Metal always trains
 # through the unfused graph; CUDA when T is not a multiple of 128), plus the input of each LoRA'd
 # projection (normed h for q/k/v, h for gate/up, I for down) and, with dropout (SFT), a dropped copy
@@ -294,7 +293,7 @@ def _layer_elements(cfg, g: _Geometry, s: _Shape, keys: set[str]) -> tuple[float
     drop = (not kto) and cfg.lora.dropout > 0
     n_qkv = len(keys & {"q_proj", "k_proj", "v_proj"})
     n_gu = len(keys & {"gate_proj", "up_proj"})
-    mlp = 2 if compiles_parts(cfg, s.kind) else 4
+    mlp = 2 if t.lean_backward else 4
     S = 2 * h + 2 * q + 2 * kv + mlp * inter + nhT + lq * h + lgu * h + ld * inter
     if drop:
         S += (2 * n_qkv * h - lq * h) + lo * q + (2 * n_gu * h - lgu * h) + ld * inter

@@ -17,7 +17,7 @@ from .batching import Sequences
 from .memory import GB, model_config_for
 from .model import apply_adapters
 from .reference import compute_set
-from .step import TrainStep, compiles_parts, micro_batch_seed, optimizer, wants_compile
+from .step import TrainStep, compiles_update, micro_batch_seed, optimizer, wants_compile
 
 
 def _unpatched_block_call(cls: type) -> Any:
@@ -88,6 +88,7 @@ def measure_peak(cfg, steps: int = 2, seq_len: int | None = None, model_config: 
     what the process held before the call. On a GPU it measures the same at 7B:
     `measure_peak(cfg, model_config=model_config_for(cfg.model.path))`.
     """
+    backend.limit_cuda_graphs()  # as the trainer runs
     from mlx_lm.models import llama
 
     mc = dict(model_config or model_config_for(cfg.model.path) or {})
@@ -118,7 +119,7 @@ def measure_peak(cfg, steps: int = 2, seq_len: int | None = None, model_config: 
             out["reference_gb"] = (mx.get_peak_memory() - base) / GB
             mx.clear_cache()
         step = TrainStep(objective, model, optimizer(cfg, max(steps, 1)), wants_compile(cfg),
-                         compile_parts=compiles_parts(cfg, backend.detect().kind))
+                         compile_update=compiles_update(cfg, backend.detect().kind))
         model.train(not objective.kto)
         mx.reset_peak_memory()
         _train(step, seqs, ref, steps, seed)

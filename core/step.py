@@ -4,8 +4,8 @@ train.grad_accumulation micro-batches and over the workers, clipping, and the Ad
 With train.compile = "on", as mlx-lm's tuner, the whole step (optimizer update included) is one `mx.compile`d
 function; with layer-by-layer checkpointing (core.layerwise) it is evaluated layer by layer instead, each layer's
 forward and backward compiled (core.layer_compile). By default it runs eagerly (`wants_compile`), and on GPUs
-two parts of it are compiled on their own (`compiles_parts`): the optimizer update, whose shapes are the
-adapters' and never change, and the leaner SwiGLU and LoRA backwards (core.lean_backward).
+two parts of it are compiled on their own (`compiles_update`): the optimizer update, whose shapes are the
+adapters' and never change. train.lean_backward swaps in backwards that keep less (core.lean_backward).
 """
 
 from __future__ import annotations
@@ -59,13 +59,11 @@ def wants_compile(cfg: Config) -> bool:
     return cfg.train.compile == "on"
 
 
-def compiles_parts(cfg: Config, backend_kind: str) -> bool:
-    """Whether, outside a compiled step, the update (all-reduce, clipping, AdamW) is one compiled function traced
-    once, and the SwiGLU and LoRA backwards keep less (core.lean_backward): "auto" on GPUs, where eagerly each
-    adapter array costs ~15 kernel launches (H200, 7B r16 q,v: 29.4 ms eager, 3.2 compiled,
-    bench/results/h200_optimizer_update.txt; 4-bit 2 x 1,024 checkpointed SFT 0.300 -> 0.272 s a step), not on
-    CPUs (compiled kernels are built with the system's C++ compiler, and the recomputed sigmoid costs there);
-    "on" everywhere."""
+def compiles_update(cfg: Config, backend_kind: str) -> bool:
+    """Whether the update (all-reduce, clipping, AdamW) outside a compiled step is one compiled function, traced
+    once: "auto" on GPUs, where eagerly each adapter array costs ~15 kernel launches (H200, 7B r16 q,v: 29.4 ms
+    eager, 3.2 compiled, bench/results/h200_optimizer_update.txt; 4-bit 2 x 1,024 checkpointed SFT 0.300 -> 0.272 s
+    a step), not on CPUs (the trace's kernels are built with the system's C++ compiler); "on" everywhere."""
     return cfg.train.compile == "on" or (cfg.train.compile == "auto" and backend_kind != "cpu")
 
 
@@ -127,7 +125,7 @@ class TrainStep:
     """
 
     def __init__(self, objective: Objective, model: nn.Module, optimizer: optim.Optimizer, compiled: bool,
-                 group: mx.distributed.Group | None = None, compile_parts: bool = False) -> None:
+                 group: mx.distributed.Group | None = None, compile_update: bool = False) -> None:
         t = objective.cfg.train
         self.objective, self.model, self.optimizer = objective, model, optimizer
         self.rank, self.size = (group.rank(), group.size()) if group is not None else (0, 1)
@@ -139,10 +137,10 @@ class TrainStep:
             grad_checkpoint(model.layers[0])
         self.compiled = compiled and not stepwise  # evaluated layer by layer: each layer's functions compiled
         layerwise.use_compiled(model, compiled and stepwise)
-        lean_backward.use(model, compile_parts)
+        lean_backward.use(model, t.lean_backward)
         self._compute = _Compute(objective, model, optimizer, group, stepwise, eager=not self.compiled)
         self._update: Callable[[Any], mx.array] = self._compute.update
-        if compile_parts and not self.compiled:  # (inside a compiled step it is compiled with the step)
+        if compile_update and not self.compiled:  # (inside a compiled step it is compiled with the step)
             optimizer.init(model.trainable_parameters())  # its state complete before the trace: traced once
             state = self._compute.state()
             self._update = mx.compile(self._compute.update, inputs=state, outputs=state)

@@ -50,7 +50,7 @@ from .progress import redirect
 from .reference import Stopped as ReferenceStopped
 from .reference import model_files, model_identity, reference_pass
 from .run_prep import InputError
-from .step import TrainStep, compiles_parts, micro_batch_seed, optimizer, wants_compile
+from .step import TrainStep, compiles_update, micro_batch_seed, optimizer, wants_compile
 from .template import TemplateError
 
 Progress = Callable[[dict[str, Any]], None]
@@ -150,6 +150,7 @@ class Trainer:
 
     def run(self) -> int:
         """Train to completion, stop, or failure. Returns the process exit status."""
+        backend.limit_cuda_graphs()
         lock = runlock.RunLock(self.run_dir) if self.rank == 0 else None
         try:
             if lock:
@@ -293,7 +294,7 @@ class Trainer:
                        "pass would draw different dropout masks")
         model.train(dropout)
         return TrainStep(self.objective, model, opt, wants_compile(self.cfg), self.world,
-                         compiles_parts(self.cfg, backend.detect().kind))
+                         compiles_update(self.cfg, backend.detect().kind))
 
     # --- the loop ----------------------------------------------------------------------------
 

@@ -226,15 +226,15 @@ def test_compile_only_when_asked() -> None:
     """train.compile "auto" compiles no step (core.step.wants_compile: on the H200 a real dataset's new batch
     shapes made compiled steps 36x slower than eager ones), only the optimizer update on GPUs; "on" compiles
     both everywhere, "off" neither."""
-    from tunedeck.core.step import compiles_parts, wants_compile
+    from tunedeck.core.step import compiles_update, wants_compile
 
     cfg = C.Config()
     assert cfg.train.compile == "auto" and not wants_compile(cfg)
-    assert compiles_parts(cfg, "cuda") and compiles_parts(cfg, "metal") and not compiles_parts(cfg, "cpu")
+    assert compiles_update(cfg, "cuda") and compiles_update(cfg, "metal") and not compiles_update(cfg, "cpu")
     cfg.train.compile = "on"
-    assert wants_compile(cfg) and compiles_parts(cfg, "cpu")
+    assert wants_compile(cfg) and compiles_update(cfg, "cpu")
     cfg.train.compile = "off"
-    assert not wants_compile(cfg) and not compiles_parts(cfg, "cuda")
+    assert not wants_compile(cfg) and not compiles_update(cfg, "cuda")
 
 
 @pytest.mark.parametrize("method", ["sft", "kto"])

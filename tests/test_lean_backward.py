@@ -48,7 +48,7 @@ def test_backward_matches_torch_autograd(dtype: str) -> None:
 
 
 def test_training_step_keeps_two_fewer_intermediate_arrays(demo_model: Path) -> None:
-    """The demo model's SFT step (no checkpointing) with compile_parts: every MLP swapped, the same loss and
+    """The demo model's SFT step (no checkpointing) with train.lean_backward: every MLP swapped, the same loss and
     gradient as the plain step, and a peak lower by at least one intermediate-sized array per token and layer:
     it no longer keeps two (the sigmoid and silu of the gate); the peak also holds the top layer's backward
     working set, which differs between the two (measured: 1.25 of the 2; the plain step saves nothing)."""
@@ -69,7 +69,8 @@ def test_training_step_keeps_two_fewer_intermediate_arrays(demo_model: Path) -> 
     idx = np.arange(4)
     results = {}
     for lean in (False, True):
-        step = TrainStep(objectives.for_config(cfg), model, optimizer(cfg, 1), compiled=False, compile_parts=lean)
+        cfg.train.lean_backward = lean
+        step = TrainStep(objectives.for_config(cfg), model, optimizer(cfg, 1), compiled=False)
         assert all(type(layer.mlp).__name__.startswith("Lean") == lean for layer in model.layers)
         batch = step.batch(seqs, idx, step_tokens=seqs.trained_tokens(idx))
         step(batch, None, update=False)  # warm: compiled kernels built

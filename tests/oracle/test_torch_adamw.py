@@ -1,5 +1,5 @@
 """torch as the oracle of the optimizer update: tunedeck's step (core.step.TrainStep: clipping, bias-corrected
-AdamW with weight decay), eager and compiled (`compile_parts`, what "auto" does on GPUs), against
+AdamW with weight decay), eager and compiled (`compile_update`, what "auto" does on GPUs), against
 `torch.nn.utils.clip_grad_norm_` + `torch.optim.AdamW` given the same gradients, over three steps.
 
 Tolerance, from float32 arithmetic (ε = 2^-23): the gradient norm is a sum of N ≈ 1.3e4 squares, relative error
@@ -22,8 +22,8 @@ from tests.conftest import F32_EPS  # noqa: E402
 LR, WD, MAX_NORM, STEPS = 1e-3, 0.01, 1e-3, 3
 
 
-@pytest.mark.parametrize("compile_parts", [False, True], ids=["eager", "compiled"])
-def test_update_matches_torch_adamw(demo_model: Path, compile_parts: bool) -> None:
+@pytest.mark.parametrize("compile_update", [False, True], ids=["eager", "compiled"])
+def test_update_matches_torch_adamw(demo_model: Path, compile_update: bool) -> None:
     from mlx.utils import tree_flatten
 
     from tunedeck.core import config as C
@@ -43,7 +43,7 @@ def test_update_matches_torch_adamw(demo_model: Path, compile_parts: bool) -> No
     model.eval()
     seqs = tokenize(loaded.tokenizer, data.load(demo.sample_dataset()).examples[:12], 512, kto=False, seed=0)
     step = TrainStep(objectives.for_config(cfg), model, optimizer(cfg, STEPS), compiled=False,
-                     compile_parts=compile_parts)
+                     compile_update=compile_update)
 
     names = [k for k, _ in tree_flatten(model.trainable_parameters())]
     theirs = [torch.tensor(np.array(v), requires_grad=True) for _, v in tree_flatten(model.trainable_parameters())]

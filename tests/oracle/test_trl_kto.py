@@ -248,7 +248,7 @@ def _sequence_logps(model, input_ids, attention_mask, completion_mask) -> np.nda
 def test_kto_one_batch_matches_trl(setup, demo_model, loss_type, lean):
     """Micro-batch 0 with policy A1 and reference A0 (rewards and z nonzero): per-example log-probs, z, rewards,
     the loss and the LoRA gradient equal TRL's KTOTrainer (PEFT) on the same sequences and KL pairs; `lean`:
-    with the SwiGLU and LoRA backwards of core.lean_backward (what GPUs train with)."""
+    with train.lean_backward (core.lean_backward's SwiGLU and LoRA backwards)."""
     import mlx.core as mx
     import mlx.optimizers as optim
     from mlx.utils import tree_flatten
@@ -275,8 +275,8 @@ def test_kto_one_batch_matches_trl(setup, demo_model, loss_type, lean):
     model.eval()
     idx = np.arange(BATCH)
     zero = np.zeros(BATCH, dtype=np.float32)
-    step = TrainStep(objectives.for_config(cfg), model, optim.AdamW(learning_rate=LR), compiled=False,
-                     compile_parts=lean)
+    cfg.train.lean_backward = lean
+    step = TrainStep(objectives.for_config(cfg), model, optim.AdamW(learning_rate=LR), compiled=False)
     assert type(model.layers[0].mlp).__name__.startswith("Lean") == lean
     ref = np.array(packed_logps(model, *step.batch(seqs, idx, (zero, zero)).seq))
     kl_seq = map(mx.array, pack([seqs.kl_ids[i] for i in idx], seqs.kl_starts[idx]))
@@ -411,7 +411,7 @@ def _sft_trainer(model, tok, examples, order: list[int], out: Path, steps: int, 
 def test_sft_one_batch_matches_trl(setup, demo_model, lean):
     """Micro-batch 0 with adapter A1: the trained token positions, the loss (mean cross-entropy over every
     assistant turn's tokens) and the LoRA gradient equal TRL's SFTTrainer with assistant_only_loss; `lean`:
-    with core.lean_backward's backwards."""
+    with train.lean_backward."""
     import mlx.optimizers as optim
     from mlx.utils import tree_flatten
 
@@ -433,8 +433,8 @@ def test_sft_one_batch_matches_trl(setup, demo_model, lean):
     batch_examples = [examples[i] for i in order[:BATCH]]
     seqs = tokenize(tok, batch_examples, 512, False, 0, train_on="all_assistant")
     idx = np.arange(BATCH)
-    step = TrainStep(objectives.for_config(cfg), model, optim.AdamW(learning_rate=LR), compiled=False,
-                     compile_parts=lean)
+    cfg.train.lean_backward = lean
+    step = TrainStep(objectives.for_config(cfg), model, optim.AdamW(learning_rate=LR), compiled=False)
     assert type(model.layers[0].mlp).__name__.startswith("Lean") == lean
     b = step.batch(seqs, idx, step_tokens=seqs.trained_tokens(idx))
     metrics, grad = step(b, None, update=False)
