@@ -51,16 +51,10 @@ OVERHEAD_GB = 0.002  # MLX's own small arrays (random state, step counter, causa
 # Activations x this, per backend: 1.0 = the CPU-measured model above. Set from `measure_peak` runs on
 # that backend (Metal and CUDA are modelled, not yet measured, at the time of writing).
 ACTIVATION_SCALE: dict[str, float] = {"cpu": 1.0, "metal": 1.0, "cuda": 1.0}
-# MLX 0.32.4's CUDA backend running the whole step (no train.grad_checkpoint) holds this fraction of the base
-# weights' bytes beyond the model above, whatever the tokens: H200, 7B bf16, compiled, +7.8, +6.4 and +6.9 GB at
-# SFT 4 x 512, KTO 4 x 512 and SFT 4 x 2048 (bench/results/h200_forecast_7b.txt); eager (train.compile off) 1.0
-# and 1.0 GB more still at SFT and KTO 4 x 512 (h200_trl_peer_eager.txt), within this model's error; 4-bit
-# without checkpointing is not measured. Layer by layer it holds nothing beyond: the model is within 8% of the
-# 7B checkpointed steps there.
-CUDA_WHOLE_STEP_EXTRA = 0.48
-# The layer-by-layer reference pass on CUDA holds this many times the CPU-measured forward working set
-# (_REF_WORK): fitted to the 7B 4-bit KTO passes at 2 x 1024 (7.30 GB) and 4 x 2048 (13.37 GB) on an H200.
-CUDA_REF_LAYER_SCALE = 2.15
+# CUDA needs no terms of its own: with MLX's CUDA graph limits lowered (core.backend.CUDA_GRAPH_LIMITS) this model
+# is within 1% of the whole 7B steps measured on an H200 and within 3% of their reference passes, +3 to +11% over
+# the checkpointed ones (bench/results/h200_forecast_7b.txt). At MLX's own limits the whole step held up to 0.48x
+# the weights more, and the whole-model reference pass every layer's working set.
 OVERHEAD_FRACTION = 0.02  # of the dynamic parts: allocator rounding, what the fits miss
 
 
@@ -228,8 +222,6 @@ def _forecast(cfg, g: _Geometry, budget_gb: float, L: int, completion_len: int |
     dynamic = activations + logits + kl + gradients + optimizer
     deq = _dequantized_layer(cfg, g, s, bits, notes)
     overhead = OVERHEAD_GB * GB + OVERHEAD_FRACTION * dynamic + deq
-    if kind == "cuda" and not cfg.train.grad_checkpoint:
-        overhead += CUDA_WHOLE_STEP_EXTRA * weights
     train_total = weights + adapters + optimizer + gradients + activations + logits + kl + overhead
 
     phases = {"load": _load_peak(g, s.w, weights, bits) / GB, "train": train_total / GB}
@@ -294,7 +286,11 @@ def _layer_elements(cfg, g: _Geometry, s: _Shape, keys: set[str]) -> tuple[float
     n_qkv = len(keys & {"q_proj", "k_proj", "v_proj"})
     n_gu = len(keys & {"gate_proj", "up_proj"})
     mlp = 2 if t.lean_backward else 4
-    S = 2 * h + 2 * q + 2 * kv + mlp * inter + nhT + lq * h + lgu * h + ld * inter
+    if s.w == 2 and not t.lean_backward:  # float32 adapters on 2-byte activations: a float32 copy of the input
+        lora_in = 2 * (n_qkv * h + lo * q + n_gu * h + ld * inter)  # per adapted projection (core.lean_backward)
+    else:
+        lora_in = lq * h + lgu * h + ld * inter
+    S = 2 * h + 2 * q + 2 * kv + mlp * inter + nhT + lora_in
     if drop:
         S += (2 * n_qkv * h - lq * h) + lo * q + (2 * n_gu * h - lgu * h) + ld * inter
     if t.grad_checkpoint:
@@ -340,18 +336,16 @@ def _reference_peak(cfg, g: _Geometry, s: _Shape, weights: float, adapters: floa
     """The KTO reference pass (core.reference.compute_set): micro-batches of 2B with their KL pairs, no gradient,
     before the optimizer state exists. Layer by layer (train.grad_checkpoint): one layer's forward working set
     for the examples and their KL completions together, and the logits a few rows at a time
-    (core.layerwise.head_logps). Whole model: the batch's logits; on CUDA every layer's working set lives
-    until the evaluation ends (measured at 7B bf16 4 x 512: 27.2 GB)."""
+    (core.layerwise.head_logps). Whole model: the batch's logits and one layer's working set."""
     B2 = 2 * s.B
     a, b, c, d = _REF_WORK
     ref_nhT = g.heads * s.T if s.kind == "cpu" else 0  # inference attention is fused on GPUs
     per_token = (a * g.h + b * (g.q + 2 * g.kv) + c * g.inter + d * ref_nhT) * s.w
     logits_row = s.K * g.vocab * (4.0 + (2.0 if s.w == 2 else 0.0))  # float32 (+ the bf16 they are cast from)
     if cfg.train.grad_checkpoint:
-        per_token *= CUDA_REF_LAYER_SCALE if s.kind == "cuda" else 1.0
         ref = min(B2, max(1, HEAD_ELEMENTS // (s.K * g.vocab))) * logits_row + per_token * B2 * (s.T + s.K)
     else:
-        ref = B2 * logits_row + per_token * B2 * s.T * (g.layers if s.kind == "cuda" else 1)
+        ref = B2 * logits_row + per_token * B2 * s.T
     return weights + adapters + ref + OVERHEAD_GB * GB + OVERHEAD_FRACTION * ref
 
 
