@@ -1,12 +1,16 @@
 """What one transformer layer's training step holds, per token, in MLX: value_and_grad over the LoRA adapters of a
-stack of N random-weight llama layers (Mistral-7B's shape with --size 7b), N = 2 and 6, whole or compiled. The peak above the weights grows by
-the per-layer slope; it is printed in elements of the activations' dtype per token and layer (and in units of the
+stack of N random-weight llama layers (Mistral-7B's shape with --size 7b), N = 2 and 6, eager or compiled, with
+mlx-lm's backwards or train.lean_backward's (core.lean_backward), whole layers or only their attention or MLP (the
+*_attention / *_mlp variants). The peak above the weights grows by the per-layer slope; it is printed in elements of the activations' dtype per token and layer (and in units of the
 hidden and intermediate sizes), each variant in its own process. Beside them, torch+PEFT's count for the same
 layers (transformers' Mistral decoder layers, sdpa attention, LoRA r16 on q,v): the bytes autograd saves for the
 backward (saved-tensor hooks, each storage once), its slope the same way. The last line is JSON.
 
     python bench/activation_memory.py --size tiny             # CPU, float32, seconds
     python bench/activation_memory.py --size 7b --seq 512     # GPU, bf16
+    python bench/activation_memory.py --dtype bfloat16        # CPU, bf16 (mlx-lm's float32 adapters cast their input)
+
+On CUDA the slopes depend on MLX's CUDA graph limits (bench/results/h200_activation_memory_parts.txt).
 """
 
 from __future__ import annotations

@@ -27,7 +27,8 @@
 #   PART=N  where a checkpointed 4-bit step's time goes, SFT against KTO (step_phases.py), then M
 #   PART=O  core.lean_backward: what a layer holds per token with and without it, whole layers and their attention
 #           or MLP alone (activation_memory.py), then forecast vs measured peaks (forecast_7b.py)
-#   PART=P  MLX's bf16 matmul peak, the bf16 4x512 every-token row as shipped, and tunedeck with train.lean_backward
+#   PART=P  forecast vs measured peaks (forecast_7b.py), MLX's bf16 matmul peak and the bf16 4x512 every-token row
+#   PART=T  the 4-bit 2x1024 checkpointed row (5 timed steps after 2 warm-up ones)
 #   PART=R  MLX's CUDA graph limits against the whole step's peak: bf16 4x512 every-token SFT, with and without
 #           train.lean_backward, at MLX's limits and at core.backend.CUDA_GRAPH_LIMITS (set in the environment
 #           here: tunedeck sets them only where they are unset)
@@ -115,15 +116,14 @@ print(f'bf16 matmul 8192^3: {matmul_peak(8192):.0f} TFLOP/s')" | tee "$OUT/h200_
     ;;
   O)
     timeout 300 python3 bench/activation_memory.py --size 7b --batch 4 --seq 512 \
-      --variants eager,eager_lean,eager_attention,eager_mlp,eager_mlp_lean 2>&1 | tee "$OUT/h200_activation_memory.txt"
-    timeout 280 python3 bench/forecast_7b.py 2>&1 | tail -20 | tee "$OUT/h200_forecast_7b.txt"
+      --variants eager,eager_lean,eager_attention,eager_mlp,eager_mlp_lean 2>&1 | tee "$OUT/h200_activation_memory_parts.txt"
+    timeout 280 python3 bench/forecast_7b.py 2>&1 | tail -20 | tee "$OUT/h200_forecast_7b_lean_one_kernel.txt"
     ;;
   P)
+    timeout 230 python3 bench/forecast_7b.py 2>&1 | tail -16 | tee "$OUT/h200_forecast_7b.txt"
     python3 -c "import sys; sys.path.insert(0, 'bench'); from quant_matmul import matmul_peak; \
 print(f'bf16 matmul 8192^3: {matmul_peak(8192):.0f} TFLOP/s')" | tee "$OUT/h200_bf16_b4_s512_all_peak.txt"
-    row bf16_b4_s512_all 200 --batch 4 --seq 512 --prompt-share 0 --steps 10 --warmup 4
-    row bf16_b4_s512_all_lean_backward 130 --batch 4 --seq 512 --prompt-share 0 --steps 10 --warmup 4 \
-      --only sft,kto --lean-backward
+    row bf16_b4_s512_all 250 --batch 4 --seq 512 --prompt-share 0 --steps 10 --warmup 4
     ;;
   R)
     S="--batch 4 --seq 512 --prompt-share 0 --steps 8 --warmup 3 --only sft"
@@ -132,6 +132,9 @@ print(f'bf16 matmul 8192^3: {matmul_peak(8192):.0f} TFLOP/s')" | tee "$OUT/h200_
         echo "== $v $lean"; env $v timeout 100 $B $S $lean 2>&1 | grep '^{' | tee -a "$OUT/h200_bf16_sft_ab.txt"
       done
     done
+    ;;
+  T)
+    row q4_b2_s1024_gc 330 --batch 2 --seq 1024 --quantize 4 --grad-checkpoint --steps 5 --warmup 2
     ;;
   Q)
     timeout 60 python3 bench/optimizer_update.py 2>&1 | tail -1 | tee "$OUT/h200_optimizer_update.txt"
