@@ -40,6 +40,20 @@ def test_config_init_and_check(tmp_path: Path) -> None:
     assert r.returncode == 0 and '"iters": 7' in r.stdout
 
 
+def test_a_config_without_its_data_says_so_at_init_and_check(tmp_path: Path) -> None:
+    """`config init` without --data writes a placeholder data.path: init notes it, check warns (training would
+    refuse to start), and both stop once the file exists beside the config."""
+    path = tmp_path / "c.toml"
+    r = run_cli("config", "init", str(path), "--preset", "demo")
+    assert r.returncode == 0 and "data.path = data.jsonl is a placeholder" in r.stderr
+    r = run_cli("config", "check", str(path))
+    assert r.returncode == 0 and f"data.path data.jsonl: no such file ({tmp_path / 'data.jsonl'}" in r.stderr
+    (tmp_path / "data.jsonl").write_text('{"prompt": "a", "completion": "b", "label": true}\n')
+    assert "no such file" not in run_cli("config", "check", str(path)).stderr
+    r = run_cli("config", "init", str(tmp_path / "d.toml"), "--preset", "demo")
+    assert r.returncode == 0 and "placeholder" not in r.stderr
+
+
 def test_wrong_config_prints_every_problem(tmp_path: Path) -> None:
     path = tmp_path / "bad.toml"
     path.write_text('[train]\nbatch_size = "x"\niters = 0\nfoo = 1\n[lora]\nrank = -3\n')
