@@ -1,8 +1,8 @@
 """Backward passes that keep less for the training step: the MLPs' SwiGLU and the LoRA adapters' input.
 
-SwiGLU (`silu(gate) * up`): mlx-lm's MLPs call a shapeless-compiled `swiglu`; differentiated, MLX keeps the sigmoid and the silu of the gate
-beside the gate and the up projection (4 intermediate-sized arrays a token and layer) and runs the backward as
-a chain of elementwise kernels. Here the forward is the same compiled expression (the same values) and the
+SwiGLU (`silu(gate) * up`): mlx-lm's MLPs call a shapeless-compiled `swiglu`; differentiated, MLX keeps the
+sigmoid and the silu of the gate beside the gate and the up projection (4 intermediate-sized arrays a token and
+layer) and runs the backward as a chain of elementwise kernels. Here the forward is the same compiled expression (the same values) and the
 backward is a `mx.custom_function` VJP: two shapeless-compiled kernels of (gate, up, cotangent) that recompute
 the sigmoid in float32, so only gate and up are kept and the backward writes nothing but the two gradients.
 
@@ -105,8 +105,9 @@ def use(model: nn.Module, on: bool) -> int:
         plain = next((p for p, lean in _LEAN.items() if lean is cls), None)
         if plain is None and (cls is LoRALinear or _is_plain(module)):
             plain = cls
-            call = _lean_lora_call if cls is LoRALinear else _lean_mlp_call
-            _LEAN[cls] = type("Lean" + cls.__name__, (cls,), {"__call__": call})
+            if cls not in _LEAN:  # one subclass per class, so that `use(..., False)` finds every swapped module
+                call = _lean_lora_call if cls is LoRALinear else _lean_mlp_call
+                _LEAN[cls] = type("Lean" + cls.__name__, (cls,), {"__call__": call})
         if plain is not None:
             module.__class__ = _LEAN[plain] if on else plain
             n += 1

@@ -171,3 +171,24 @@ def test_lora_input_keeps_bfloat16_activations_as_they_are() -> None:
     for a, b in zip(lean, plain):
         np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-6 * float(np.abs(b).max()))
     assert plain_slope - lean_slope >= 0.5 * int(np.prod(shape)) * 2, (plain_slope, lean_slope)
+
+
+def test_switching_off_restores_every_model_it_was_switched_on_for() -> None:
+    """`use` swaps classes both ways, for models switched on earlier too (one subclass per class)."""
+    import mlx.nn as nn
+    from mlx_lm.models import llama
+    from mlx_lm.tuner.lora import LoRALinear
+
+    from tunedeck.core import lean_backward
+
+    def model() -> nn.Module:
+        return nn.Sequential(llama.MLP(llama.ModelArgs(model_type="llama", hidden_size=8, num_hidden_layers=1,
+                                                    intermediate_size=16, num_attention_heads=1, rms_norm_eps=1e-5,
+                                                    vocab_size=8)), LoRALinear.from_base(nn.Linear(8, 8), r=2))
+
+    first, second = model(), model()
+    assert lean_backward.use(first, True) == 2 and lean_backward.use(second, True) == 2
+    assert type(first.layers[0]) is type(second.layers[0]) is not llama.MLP
+    assert lean_backward.use(first, False) == 2 and lean_backward.use(second, False) == 2
+    assert type(first.layers[0]) is llama.MLP and type(second.layers[1]) is LoRALinear
+    assert lean_backward.use(nn.Sequential(nn.Linear(8, 8)), True) == 0  # nothing else is touched
