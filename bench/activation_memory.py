@@ -1,8 +1,8 @@
 """What one transformer layer's training step holds, per token, in MLX: value_and_grad over the LoRA adapters of a
 stack of N random-weight llama layers (Mistral-7B's shape with --size 7b), N = 2 and 6, eager or compiled, with
 mlx-lm's backwards or train.lean_backward's (core.lean_backward), whole layers or only their attention or MLP (the
-*_attention / *_mlp variants). The peak above the weights grows by the per-layer slope; it is printed in elements of the activations' dtype per token and layer (and in units of the
-hidden and intermediate sizes), each variant in its own process. Beside them, torch+PEFT's count for the same
+*_attention / *_mlp variants). The peak above the weights grows by the per-layer slope; it is printed in elements
+of the activations' dtype per token and layer (and in units of the hidden and intermediate sizes), each variant in its own process. Beside them, torch+PEFT's count for the same
 layers (transformers' Mistral decoder layers, sdpa attention, LoRA r16 on q,v): the bytes autograd saves for the
 backward (saved-tensor hooks, each storage once), its slope the same way. The last line is JSON.
 
@@ -42,6 +42,7 @@ def measure(args: argparse.Namespace, layers: int, compiled: bool, lean: bool, p
                             rope_theta=1e6, tie_word_embeddings=False)
     model = llama.Model(margs)
     model.set_dtype(dtype)
+
     class Zero(nn.Module):  # a layer's attention or MLP left out: adds nothing to the residual
         def __call__(self, x: mx.array, *rest: Any, **kw: Any) -> mx.array:
             return mx.zeros_like(x)

@@ -205,6 +205,12 @@ class ConfigError(Exception):
         super().__init__("\n".join(head + str(p) for p in problems))
 
 
+def beside(path: str, base: Path) -> Path:
+    """A path from a config: `~` expanded, a relative one taken from `base` (the config file's directory)."""
+    p = Path(path).expanduser()
+    return p if p.is_absolute() else base / p
+
+
 def field_types() -> dict[str, Any]:
     """Map every dotted key ("train.iters") to its Python type."""
     out: dict[str, Any] = {}

@@ -2,9 +2,10 @@
 
 SwiGLU (`silu(gate) * up`): mlx-lm's MLPs call a shapeless-compiled `swiglu`; differentiated, MLX keeps the
 sigmoid and the silu of the gate beside the gate and the up projection (4 intermediate-sized arrays a token and
-layer) and runs the backward as a chain of elementwise kernels. Here the forward is the same compiled expression (the same values) and the
-backward is a `mx.custom_function` VJP: two shapeless-compiled kernels of (gate, up, cotangent) that recompute
-the sigmoid in float32, so only gate and up are kept and the backward writes nothing but the two gradients.
+layer) and runs the backward as a chain of elementwise kernels. Here the forward is the same compiled expression
+(the same values) and the backward is a `mx.custom_function` VJP: two shapeless-compiled kernels of (gate, up,
+cotangent) that recompute the sigmoid in float32, so only gate and up are kept and the backward writes nothing but
+the two gradients.
 
 LoRA's input: mlx-lm's LoRALinear keeps its adapters in float32, so with bfloat16 activations `x @ lora_a`
 casts x to float32 and MLX keeps that float32 copy (2 activation-sized units) for lora_a's gradient, once per

@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from . import data, runlock, runs
-from .config import DEMO_MODEL, Config, save
+from .config import DEMO_MODEL, Config, beside, save
 from .model import ModelError, check_remote_code, resolve_path
 from .objectives import for_config
 
@@ -22,9 +22,7 @@ def frozen(cfg: Config, config_path: Path | None) -> Config:
     """A copy of `cfg` whose data.path, model.adapter and (when it exists there) a relative model.path are
     absolute, taken from the config file's directory (else the working directory). `cfg` is left as it is."""
     base = config_path.parent if config_path else Path.cwd()
-    data_path = Path(cfg.data.path).expanduser()
-    if not data_path.is_absolute():
-        data_path = (base / data_path).resolve()
+    data_path = beside(cfg.data.path, base).resolve()
     model = cfg.model
     if model.adapter and not Path(model.adapter).is_absolute():
         model = replace(model, adapter=str((base / model.adapter).resolve()))

@@ -4,8 +4,8 @@ train.grad_accumulation micro-batches and over the workers, clipping, and the Ad
 With train.compile = "on", as mlx-lm's tuner, the whole step (optimizer update included) is one `mx.compile`d
 function; with layer-by-layer checkpointing (core.layerwise) it is evaluated layer by layer instead, each layer's
 forward and backward compiled (core.layer_compile). By default it runs eagerly (`wants_compile`), and on GPUs
-two parts of it are compiled on their own (`compiles_update`): the optimizer update, whose shapes are the
-adapters' and never change. train.lean_backward swaps in backwards that keep less (core.lean_backward).
+its optimizer update, whose shapes are the adapters' and never change, is one compiled function
+(`compiles_update`). train.lean_backward swaps in backwards that keep less (core.lean_backward).
 """
 
 from __future__ import annotations

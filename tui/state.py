@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from tunedeck.core.config import Config
+from tunedeck.core.config import Config, beside
 from tunedeck.core.data import Dataset, Example
 
 CONFIG_NAME = "tunedeck.toml"
@@ -38,8 +38,7 @@ class AppState:
 
     def resolve_data_path(self, path: str) -> Path:
         """A config's data.path as a file path (relative paths are relative to the config file)."""
-        p = Path(path).expanduser()
-        return p if p.is_absolute() else (self.config_path.parent / p).resolve()
+        return beside(path, self.config_path.parent).resolve()
 
 
 @dataclass(frozen=True)

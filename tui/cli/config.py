@@ -8,7 +8,7 @@ import os
 import sys
 from pathlib import Path
 
-from tunedeck.core.config import PRESETS, Config, ConfigError, load, preset, save
+from tunedeck.core.config import PRESETS, Config, ConfigError, beside, load, preset, save
 from tunedeck.core.data import DataError, check_kto_weights, suggest_kto_weights
 from tunedeck.core.data import load as load_dataset
 from tunedeck.core.text import visible
@@ -55,16 +55,10 @@ def cmd_init(args: argparse.Namespace) -> int:
     path.parent.mkdir(parents=True, exist_ok=True)
     save(cfg, path, comments=True)
     print(f"wrote {visible(str(path))} (preset {args.preset}{note})")
-    if not args.data and not _data_file(cfg, path).is_file():
+    if not args.data and not beside(cfg.data.path, path.parent).is_file():
         print(f"tunedeck: note: data.path = {visible(cfg.data.path)} is a placeholder (no such file beside the config): "
               f"set it to your JSONL, or write the config with --data FILE", file=sys.stderr)
     return 0
-
-
-def _data_file(cfg: Config, config_path: Path) -> Path:
-    """The config's dataset: data.path, relative to the config file's directory."""
-    data_path = Path(cfg.data.path).expanduser()
-    return data_path if data_path.is_absolute() else config_path.parent / data_path
 
 
 def _label_counts(path: Path) -> tuple[int, int] | None:
@@ -83,7 +77,7 @@ def _kto_weight_warning(cfg: Config, config_path: Path) -> str | None:
     """The KTO paper's weight rule checked against the config's dataset (when it can be read)."""
     if cfg.train.method != "kto" or cfg.kto.loss_type != "kto":
         return None
-    data_path = _data_file(cfg, config_path)
+    data_path = beside(cfg.data.path, config_path.parent)
     if not data_path.is_file():
         return None
     counts = _label_counts(data_path)
@@ -104,7 +98,7 @@ def cmd_check(args: argparse.Namespace) -> int:
         return 1
     if w := _kto_weight_warning(cfg, Path(args.path)):
         warnings = [*warnings, w]
-    data_path = _data_file(cfg, Path(args.path))
+    data_path = beside(cfg.data.path, Path(args.path).parent)
     if not data_path.is_file():
         warnings = [*warnings, f"data.path {cfg.data.path}: no such file ({data_path}; relative paths are relative to "
                                "the config's directory): training will not start until it exists"]
