@@ -33,6 +33,10 @@
 #           train.lean_backward, at MLX's limits and at core.backend.CUDA_GRAPH_LIMITS (set in the environment
 #           here: tunedeck sets them only where they are unset)
 #   PART=Q  the optimizer update (optimizer_update.py) and the Mac preset's whole run (whole_run.py)
+#   PART=U  the bf16 4x512 step's matmul floor (matmul_floor.py: its base-model matmuls and attention alone, MLX's
+#           square-matmul peak), then bf16 4x512 every-token SFT with train.lean_backward off and on
+#   PART=V  the same SFT with each part of train.lean_backward alone (LoRA's input; the SwiGLU backward, its
+#           kernels compiled or not), then Q
 # Raw outputs go to $OUT/h200_*.txt.
 set -uo pipefail
 OUT=${OUT:-/tmp/bench-out}
@@ -132,6 +136,22 @@ print(f'bf16 matmul 8192^3: {matmul_peak(8192):.0f} TFLOP/s')" | tee "$OUT/h200_
         echo "== $v $lean"; env $v timeout 100 $B $S $lean 2>&1 | grep '^{' | tee -a "$OUT/h200_bf16_sft_ab.txt"
       done
     done
+    ;;
+  U)
+    timeout 150 python3 bench/matmul_floor.py 2>&1 | tail -1 | tee "$OUT/h200_matmul_floor.txt"
+    S="--batch 4 --seq 512 --prompt-share 0 --steps 8 --warmup 3 --only sft"
+    for lean in off on; do
+      echo "== lean_backward $lean"; timeout 220 $B $S --lean-backward $lean 2>&1 | grep '^{' | tee -a "$OUT/h200_lean_parts.txt"
+    done
+    ;;
+  V)
+    S="--batch 4 --seq 512 --prompt-share 0 --steps 8 --warmup 3 --only sft"
+    for lean in lora swiglu swiglu_eager; do
+      echo "== lean_backward $lean"; timeout 100 $B $S --lean-backward $lean 2>&1 | grep '^{' | tee -a "$OUT/h200_lean_parts.txt"
+    done
+    timeout 60 python3 bench/optimizer_update.py 2>&1 | tail -1 | tee "$OUT/h200_optimizer_update.txt"
+    timeout 200 python3 bench/whole_run.py --size 7b --examples 300 --iters 6 --eval-every 3 2>&1 | tail -1 \
+      | tee "$OUT/h200_whole_run_mac_preset.txt"
     ;;
   T)
     row q4_b2_s1024_gc 330 --batch 2 --seq 1024 --quantize 4 --grad-checkpoint --steps 5 --warmup 2
