@@ -37,6 +37,8 @@
 #           square-matmul peak), then bf16 4x512 every-token SFT with train.lean_backward off and on
 #   PART=V  the same SFT with each part of train.lean_backward alone (LoRA's input; the SwiGLU backward, its
 #           kernels compiled or not), then Q
+#   PART=W  SwiGLU's backward alone (swiglu_backward.py: 32 frozen 7B MLPs, plain, lean, custom_function-wrapped),
+#           then the KTO reference pass over the bundled data's first 300 examples (4-bit, layer by layer)
 # Raw outputs go to $OUT/h200_*.txt.
 set -uo pipefail
 OUT=${OUT:-/tmp/bench-out}
@@ -152,6 +154,11 @@ print(f'bf16 matmul 8192^3: {matmul_peak(8192):.0f} TFLOP/s')" | tee "$OUT/h200_
     timeout 60 python3 bench/optimizer_update.py 2>&1 | tail -1 | tee "$OUT/h200_optimizer_update.txt"
     timeout 200 python3 bench/whole_run.py --size 7b --examples 300 --iters 6 --eval-every 3 2>&1 | tail -1 \
       | tee "$OUT/h200_whole_run_mac_preset.txt"
+    ;;
+  W)
+    timeout 120 python3 bench/swiglu_backward.py 2>&1 | tail -1 | tee "$OUT/h200_swiglu_backward.txt"
+    timeout 300 python3 bench/reference_pass.py --size 7b --data sample --examples 300 --batch 4 --quantize 4 \
+      --grad-checkpoint --repeat 2 2>&1 | tail -9 | tee "$OUT/h200_reference_pass_sample.txt"
     ;;
   T)
     row q4_b2_s1024_gc 330 --batch 2 --seq 1024 --quantize 4 --grad-checkpoint --steps 5 --warmup 2
