@@ -39,6 +39,8 @@
 #           kernels compiled or not), then Q
 #   PART=W  SwiGLU's backward alone (swiglu_backward.py: 32 frozen 7B MLPs, plain, lean, custom_function-wrapped),
 #           then the KTO reference pass over the bundled data's first 300 examples (4-bit, layer by layer)
+#   PART=X  swiglu_backward.py again (core.lean_backward's SwiGLU now MLX's VJP redone), then bf16 4x512
+#           every-token SFT with train.lean_backward off, on, and its LoRA part alone
 # Raw outputs go to $OUT/h200_*.txt.
 set -uo pipefail
 OUT=${OUT:-/tmp/bench-out}
@@ -159,6 +161,13 @@ print(f'bf16 matmul 8192^3: {matmul_peak(8192):.0f} TFLOP/s')" | tee "$OUT/h200_
     timeout 120 python3 bench/swiglu_backward.py 2>&1 | tail -1 | tee "$OUT/h200_swiglu_backward.txt"
     timeout 300 python3 bench/reference_pass.py --size 7b --data sample --examples 300 --batch 4 --quantize 4 \
       --grad-checkpoint --repeat 2 2>&1 | tail -9 | tee "$OUT/h200_reference_pass_sample.txt"
+    ;;
+  X)
+    timeout 120 python3 bench/swiglu_backward.py 2>&1 | tail -1 | tee "$OUT/h200_swiglu_backward.txt"
+    S="--batch 4 --seq 512 --prompt-share 0 --steps 8 --warmup 3 --only sft"
+    for lean in off on lora; do
+      echo "== lean_backward $lean"; timeout 220 $B $S --lean-backward $lean 2>&1 | grep '^{' | tee -a "$OUT/h200_lean_parts.txt"
+    done
     ;;
   T)
     row q4_b2_s1024_gc 330 --batch 2 --seq 1024 --quantize 4 --grad-checkpoint --steps 5 --warmup 2

@@ -2,20 +2,18 @@
 
 SwiGLU (`silu(gate) * up`): mlx-lm's MLPs call a shapeless-compiled `swiglu`; differentiated, MLX keeps the
 sigmoid and the silu of the gate beside the gate and the up projection (4 intermediate-sized arrays a token and
-layer) and runs the backward as a chain of elementwise kernels. Here the forward is the same compiled expression
-(the same values) and the backward is a `mx.custom_function` VJP: two shapeless-compiled kernels of (gate, up,
-cotangent) that recompute the sigmoid in float32, so only gate and up are kept and the backward writes nothing but
-the two gradients.
+layer). Here the forward is the same compiled expression and the backward a `mx.custom_function` VJP that redoes
+that forward inside MLX's own VJP of it: only gate, up and the output are kept, and the gradients are MLX's
+(the same kernels, the same values). A backward of two fused kernels recomputing the sigmoid in float32 kept as
+little but was slower (H200, 32 frozen 7B MLPs at 2,048 tokens: 1.34x the plain backward's time against 1.07x for
+MLX's VJP, uncompiled; bench/swiglu_backward.py).
 
 LoRA's input: mlx-lm's LoRALinear keeps its adapters in float32, so with bfloat16 activations `x @ lora_a`
 casts x to float32 and MLX keeps that float32 copy (2 activation-sized units) for lora_a's gradient, once per
 adapted projection (q and v each their own). `lora_input` keeps x as it is and casts it again in the backward
 (exact: every bfloat16 is a float32), the same values both ways.
 
-The training step uses them with train.lean_backward (off by default): they keep less but are slower, measured
-on an H200 at 7B bf16 4 x 512 without checkpointing 28.5 -> 24.0 GB and 0.142 -> 0.176 s a step
-(bench/results/h200_bf16_sft_ab.txt), and on this project's CPU no faster (the recomputed sigmoid; in float32
-LoRA's input has no cast to save).
+The training step uses them with train.lean_backward (README: Performance has what each costs and saves).
 """
 
 from __future__ import annotations
@@ -32,21 +30,6 @@ def _forward(gate: mx.array, up: mx.array) -> mx.array:
     return nn.silu(gate) * up
 
 
-# Two single-output kernels: MLX's compile materialises the intermediates (the float32 sigmoid) that two
-# outputs of one compiled function share, and one kernel each recomputes them instead.
-@partial(mx.compile, shapeless=True)
-def _gate_grad(gate: mx.array, up: mx.array, cotangent: mx.array) -> mx.array:
-    g = gate.astype(mx.float32)
-    s = mx.sigmoid(g)
-    return (cotangent.astype(mx.float32) * up.astype(mx.float32) * s * (1 + g * (1 - s))).astype(gate.dtype)
-
-
-@partial(mx.compile, shapeless=True)
-def _up_grad(gate: mx.array, cotangent: mx.array) -> mx.array:
-    g = gate.astype(mx.float32)
-    return (cotangent.astype(mx.float32) * g * mx.sigmoid(g)).astype(gate.dtype)
-
-
 @mx.custom_function
 def swiglu(gate: mx.array, up: mx.array) -> mx.array:
     """`silu(gate) * up`, differentiated from gate and up alone."""
@@ -54,9 +37,8 @@ def swiglu(gate: mx.array, up: mx.array) -> mx.array:
 
 
 @swiglu.vjp
-def _swiglu_vjp(primals: tuple[mx.array, mx.array], cotangent: mx.array, _output: mx.array) -> tuple[mx.array, ...]:
-    gate, up = primals
-    return _gate_grad(gate, up, cotangent), _up_grad(gate, cotangent).astype(up.dtype)
+def _swiglu_vjp(primals: tuple[mx.array, mx.array], cotangent: mx.array, _output: mx.array) -> list[mx.array]:
+    return mx.vjp(_forward, list(primals), [cotangent])[1]  # MLX's own backward, its forward redone
 
 
 @mx.custom_function
