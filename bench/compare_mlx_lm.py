@@ -122,7 +122,7 @@ def worker_tunedeck(args: argparse.Namespace, method: str) -> dict[str, Any]:
         t = cfg.train
         t.method, t.iters, t.batch_size, t.learning_rate = method, args.warmup + args.steps, args.batch, 1e-5
         t.warmup_steps, t.save_every, t.eval_every, t.grad_checkpoint = 0, 10**6, 10**6, args.grad_checkpoint
-        t.compile, t.lean_backward = args.compile, args.lean_backward != "off"
+        t.compile, t.lean_backward = args.compile, "on" if args.lean_backward in ("lora", "swiglu") else args.lean_backward
         lean_part(args.lean_backward)
         cfg.model.quantized_matmul = args.quantized_matmul
         if kto:
@@ -154,13 +154,10 @@ def worker_tunedeck(args: argparse.Namespace, method: str) -> dict[str, Any]:
 
 def lean_part(which: str) -> None:
     """Bench-only splits of train.lean_backward, to time its parts on their own: "lora" (LoRA's input alone),
-    "swiglu" (the SwiGLU backward alone), "swiglu_eager" (the SwiGLU backward's kernels not compiled)."""
+    "swiglu" (the SwiGLU backward alone)."""
     from tunedeck.core import lean_backward
 
-    if which == "swiglu_eager":
-        lean_backward._gate_grad = _eager_gate_grad
-        lean_backward._up_grad = _eager_up_grad
-    if which not in ("lora", "swiglu", "swiglu_eager"):
+    if which not in ("lora", "swiglu"):
         return
     use = lean_backward.use
 
@@ -173,21 +170,6 @@ def lean_part(which: str) -> None:
         return n
 
     lean_backward.use = part_use
-
-
-def _eager_gate_grad(gate: Any, up: Any, cotangent: Any) -> Any:
-    import mlx.core as mx
-
-    g = gate.astype(mx.float32)
-    s = mx.sigmoid(g)
-    return (cotangent.astype(mx.float32) * up.astype(mx.float32) * s * (1 + g * (1 - s))).astype(gate.dtype)
-
-
-def _eager_up_grad(gate: Any, cotangent: Any) -> Any:
-    import mlx.core as mx
-
-    g = gate.astype(mx.float32)
-    return (cotangent.astype(mx.float32) * g * mx.sigmoid(g)).astype(gate.dtype)
 
 
 # --- driver --------------------------------------------------------------------------------------
@@ -244,8 +226,7 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--dtype", default="", help="default: float32 on CPUs, bfloat16 on GPUs")
     p.add_argument("--grad-checkpoint", action="store_true")
     p.add_argument("--compile", default="auto", choices=["auto", "on", "off"], help="tunedeck's train.compile")
-    p.add_argument("--lean-backward", nargs="?", const="on", default="off",
-                   choices=["off", "on", "lora", "swiglu", "swiglu_eager"],
+    p.add_argument("--lean-backward", nargs="?", const="on", default="auto", choices=["auto", "off", "on", "lora", "swiglu"],
                    help="tunedeck's train.lean_backward (alone: on), or one of its parts alone (bench only)")
     p.add_argument("--skip-kto", action="store_true")
     p.add_argument("--quantized-matmul", default="auto", choices=["auto", "dequantize", "kernel"],

@@ -35,8 +35,7 @@
 #   PART=Q  the optimizer update (optimizer_update.py) and the Mac preset's whole run (whole_run.py)
 #   PART=U  the bf16 4x512 step's matmul floor (matmul_floor.py: its base-model matmuls and attention alone, MLX's
 #           square-matmul peak), then bf16 4x512 every-token SFT with train.lean_backward off and on
-#   PART=V  the same SFT with each part of train.lean_backward alone (LoRA's input; the SwiGLU backward, its
-#           kernels compiled or not), then Q
+#   PART=V  the same SFT with each part of train.lean_backward alone (LoRA's input; the SwiGLU backward), then Q
 #   PART=W  SwiGLU's backward alone (swiglu_backward.py: 32 frozen 7B MLPs, plain, lean, custom_function-wrapped),
 #           then the KTO reference pass over the bundled data's first 300 examples (4-bit, layer by layer)
 #   PART=X  swiglu_backward.py again (core.lean_backward's SwiGLU now MLX's VJP redone), then bf16 4x512
@@ -150,7 +149,7 @@ print(f'bf16 matmul 8192^3: {matmul_peak(8192):.0f} TFLOP/s')" | tee "$OUT/h200_
     ;;
   V)
     S="--batch 4 --seq 512 --prompt-share 0 --steps 8 --warmup 3 --only sft"
-    for lean in lora swiglu swiglu_eager; do
+    for lean in lora swiglu; do  # (swiglu_eager, the float32 kernels uncompiled, before 2026-12-02's fourth session)
       echo "== lean_backward $lean"; timeout 100 $B $S --lean-backward $lean 2>&1 | grep '^{' | tee -a "$OUT/h200_lean_parts.txt"
     done
     timeout 60 python3 bench/optimizer_update.py 2>&1 | tail -1 | tee "$OUT/h200_optimizer_update.txt"

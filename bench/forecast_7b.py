@@ -37,6 +37,7 @@ def main() -> None:
         measured = measure_peak(cfg, steps=2, seq_len=s, model_config=mc)
         fc = forecast(cfg, mc, 80.0, seq_len=s, backend="cuda")
         row = {"quantize": q, "batch": b, "seq": s, "grad_checkpoint": gc, "method": method, "keys": keys,
+               "lean_backward": cfg.train.lean_backward,
                "measured": {k: round(v, 2) for k, v in measured.items()}, "forecast_gb": round(fc.total_gb, 2),
                "parts": {k: round(v, 2) for k, v in fc.parts.items()}}
         print(json.dumps(row), flush=True)

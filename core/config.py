@@ -88,7 +88,7 @@ class TrainConfig:
     max_grad_norm: float = 1.0  # 0 = no clipping
     grad_checkpoint: bool = True
     compile: str = "auto"  # auto | on | off: mx.compile the step or each layer; auto: the update, on GPUs
-    lean_backward: bool = False  # SwiGLU and LoRA backwards keeping less (core.lean_backward)
+    lean_backward: str = "auto"  # auto | on | off: backwards keeping less (core.lean_backward); auto: on GPUs
     save_every: int = 100
     keep_checkpoints: int = 3  # 0 = keep all
     eval_every: int = 100
@@ -144,6 +144,7 @@ CHOICES: dict[str, tuple[Any, ...]] = {
     "train.lr_schedule": ("cosine", "linear", "constant"),
     "train.optimizer": ("adamw", "adamw_mlx"),
     "train.compile": ("auto", "on", "off"),
+    "train.lean_backward": ("auto", "on", "off"),
     "kto.loss_type": ("kto", "apo_zero_unpaired"),
     "kto.kl_pairs": ("batch", "dataset"),
 }
@@ -250,13 +251,21 @@ def from_dict(raw: dict[str, Any]) -> tuple[Config, list[ConfigProblem]]:
                 known = ", ".join(f.name for f in dataclasses.fields(target))
                 problems.append(ConfigProblem(key, f"unknown key; [{section}] accepts {known}"))
                 continue
-            coerced, err = coerce(key, value, FIELD_TYPES[key])
+            coerced, err = coerce(key, on_off(key, value), FIELD_TYPES[key])
             if err:
                 problems.append(ConfigProblem(key, err))
             else:
                 setattr(target, name, coerced)
     problems += validate(cfg)
     return cfg, problems
+
+
+def on_off(key: str, value: Any) -> Any:
+    """A boolean for a key whose choices are "auto" | "on" | "off" reads as "on" / "off" (TOML's true/false;
+    train.lean_backward was a boolean before it had "auto")."""
+    if isinstance(value, bool) and {"on", "off"} <= set(CHOICES.get(key, ())):
+        return "on" if value else "off"
+    return value
 
 
 def validate(cfg: Config) -> list[ConfigProblem]:
@@ -410,6 +419,7 @@ def apply_overrides(cfg: Config, items: list[str]) -> list[ConfigProblem]:
         if typing.get_origin(tp) is list and isinstance(value, str):
             value = [v.strip() for v in value.split(",") if v.strip()]
         elif tp is str and not isinstance(value, str):
+            value = on_off(key, value)
             value = str(value).lower() if isinstance(value, bool) else str(value)
         coerced, err = coerce(key, value, tp)
         if err:

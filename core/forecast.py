@@ -15,6 +15,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from typing import Any
 
+from . import lean_backward
 from .dequantize import chosen as dequantizes
 from .layerwise import HEAD_ELEMENTS
 from .memory import GB, machine_budget_gb, model_config_for
@@ -285,8 +286,9 @@ def _layer_elements(cfg, g: _Geometry, s: _Shape, keys: set[str]) -> tuple[float
     drop = (not kto) and cfg.lora.dropout > 0
     n_qkv = len(keys & {"q_proj", "k_proj", "v_proj"})
     n_gu = len(keys & {"gate_proj", "up_proj"})
-    mlp = 2 if t.lean_backward else 4
-    if s.w == 2 and not t.lean_backward:  # float32 adapters on 2-byte activations: a float32 copy of the input
+    lean = lean_backward.wanted(t.lean_backward, s.kind)
+    mlp = 2 if lean else 4
+    if s.w == 2 and not lean:  # float32 adapters on 2-byte activations: a float32 copy of the input
         lora_in = 2 * (n_qkv * h + lo * q + n_gu * h + ld * inter)  # per adapted projection (core.lean_backward)
     else:
         lora_in = lq * h + lgu * h + ld * inter

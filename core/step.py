@@ -22,7 +22,7 @@ import mlx.optimizers as optim
 import numpy as np
 from mlx.utils import tree_map
 
-from . import layerwise, lean_backward, prefix_kl
+from . import backend, layerwise, lean_backward, prefix_kl
 from .batching import Sequences, pack
 from .config import Config
 from .objectives import Batch, KLPairs, NoKL, Objective, SeparateKL, SharedKL, kl_arrays, metrics_row
@@ -137,7 +137,7 @@ class TrainStep:
             grad_checkpoint(model.layers[0])
         self.compiled = compiled and not stepwise  # evaluated layer by layer: each layer's functions compiled
         layerwise.use_compiled(model, compiled and stepwise)
-        lean_backward.use(model, t.lean_backward)
+        lean_backward.use(model, lean_backward.wanted(t.lean_backward, backend.detect().kind))
         self._compute = _Compute(objective, model, optimizer, group, stepwise, eager=not self.compiled)
         self._update: Callable[[Any], mx.array] = self._compute.update
         if compile_update and not self.compiled:  # (inside a compiled step it is compiled with the step)

@@ -101,6 +101,18 @@ def test_a_compiled_step_is_a_warning() -> None:
     assert C.loads("[train]\ncompile = 'auto'\n")[1] == []
 
 
+def test_on_off_keys_read_booleans() -> None:
+    """A config written when train.lean_backward was a boolean still loads; other string keys keep refusing
+    booleans, and a bad choice names the three."""
+    cfg, problems = C.loads("[train]\nlean_backward = true\ncompile = false\n")
+    assert problems == [] and (cfg.train.lean_backward, cfg.train.compile) == ("on", "off")
+    assert C.loads("[train]\nlean_backward = false\n")[0].train.lean_backward == "off"
+    _, problems = C.loads("[train]\nlean_backward = 'maybe'\nmethod = true\n")
+    assert {p.key: p.message for p in problems} == {
+        "train.lean_backward": "got 'maybe'; expected one of 'auto', 'on', 'off'",
+        "train.method": "expected a string, got boolean True"}
+
+
 def test_invalid_toml_reports_line_and_column() -> None:
     cfg, problems = C.loads("[train]\niters = 5\nbatch_size = = 2\n")
     assert cfg is None
@@ -134,6 +146,10 @@ def test_load_raises_with_all_errors(tmp_path: Path) -> None:
         ("lora.keys=q_proj, v_proj", "lora.keys", ["q_proj", "v_proj"]),
         ('lora.keys=["k_proj"]', "lora.keys", ["k_proj"]),
         ("train.method=sft", "train.method", "sft"),
+        ("train.lean_backward=true", "train.lean_backward", "on"),  # it was a boolean before "auto"
+        ("train.lean_backward=false", "train.lean_backward", "off"),
+        ("train.lean_backward=auto", "train.lean_backward", "auto"),
+        ("train.compile=true", "train.compile", "on"),
     ],
 )
 def test_set_overrides_are_typed(item: str, key: str, value: object) -> None:

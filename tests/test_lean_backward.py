@@ -74,7 +74,7 @@ def test_training_step_is_the_same_with_it(demo_model: Path) -> None:
     idx = np.arange(4)
     results = {}
     for lean in (False, True):
-        cfg.train.lean_backward = lean
+        cfg.train.lean_backward = "on" if lean else "off"
         step = TrainStep(objectives.for_config(cfg), model, optimizer(cfg, 1), compiled=False)
         assert all(type(layer.mlp).__name__.startswith("Lean") == lean for layer in model.layers)
         batch = step.batch(seqs, idx, step_tokens=seqs.trained_tokens(idx))

@@ -212,12 +212,24 @@ def test_cuda_forecast_within_15_percent_of_the_h200_measurements() -> None:
         cfg.lora.keys, cfg.lora.rank, cfg.lora.dropout = r["keys"], 16, 0.0
         cfg.train.batch_size, cfg.train.grad_checkpoint, cfg.train.method = r["batch"], r["grad_checkpoint"], r["method"]
         cfg.data.max_seq_len = r["seq"]
+        cfg.train.lean_backward = r.get("lean_backward", "off")  # rows without it were measured before "auto"
         fc = forecast(cfg, mc, 140.0, seq_len=r["seq"], backend="cuda")
         m = r["measured"]
         assert abs(fc.phases["train"] - m["step_gb"]) / m["step_gb"] <= 0.15, r
         if m["reference_gb"]:
             assert abs(fc.phases["reference"] - m["reference_gb"]) / m["reference_gb"] <= 0.15, r
         assert abs(fc.total_gb - m["peak_gb"]) / m["peak_gb"] <= 0.15, r
+    # train.lean_backward on and off, and its LoRA part alone (which the forecast does not model: off), bf16 SFT
+    # 4 x 512 every token, the peak of bench/compare_mlx_lm.py's timed steps (bench/results/h200_lean_parts.txt)
+    lines = (Path(__file__).resolve().parents[1] / "bench" / "results" / "h200_lean_parts.txt").read_text().splitlines()
+    for r in (json.loads(line) for line in lines if line.startswith("{")):
+        cfg = mistral_cfg(quantize=0, batch=4, seq=512, method="sft")
+        cfg.model.dtype, cfg.train.grad_checkpoint = "bfloat16", False
+        cfg.lora.keys, cfg.lora.rank, cfg.lora.dropout = ["q_proj", "v_proj"], 16, 0.0
+        cfg.train.lean_backward = "off" if r["lean_backward"] == "lora" else r["lean_backward"]
+        measured = r["tunedeck_sft"]["peak_memory_gb"]
+        got = forecast(cfg, mc, 140.0, seq_len=512, backend="cuda").phases["train"]
+        assert abs(got - measured) / measured <= 0.15, (r["lean_backward"], got, measured)
     # loading, a layer at a time: the Mac preset's whole run on the H200 (bench/whole_run.py, its last line)
     run = (Path(__file__).resolve().parents[1] / "bench" / "results" / "h200_whole_run_mac_preset_head.txt")
     load_gb = json.loads(run.read_text().splitlines()[-1])["load"]

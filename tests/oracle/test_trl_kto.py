@@ -275,7 +275,7 @@ def test_kto_one_batch_matches_trl(setup, demo_model, loss_type, lean):
     model.eval()
     idx = np.arange(BATCH)
     zero = np.zeros(BATCH, dtype=np.float32)
-    cfg.train.lean_backward = lean
+    cfg.train.lean_backward = "on" if lean else "off"
     step = TrainStep(objectives.for_config(cfg), model, optim.AdamW(learning_rate=LR), compiled=False)
     assert type(model.layers[0].mlp).__name__.startswith("Lean") == lean
     ref = np.array(packed_logps(model, *step.batch(seqs, idx, (zero, zero)).seq))
@@ -433,7 +433,7 @@ def test_sft_one_batch_matches_trl(setup, demo_model, lean):
     batch_examples = [examples[i] for i in order[:BATCH]]
     seqs = tokenize(tok, batch_examples, 512, False, 0, train_on="all_assistant")
     idx = np.arange(BATCH)
-    cfg.train.lean_backward = lean
+    cfg.train.lean_backward = "on" if lean else "off"
     step = TrainStep(objectives.for_config(cfg), model, optim.AdamW(learning_rate=LR), compiled=False)
     assert type(model.layers[0].mlp).__name__.startswith("Lean") == lean
     b = step.batch(seqs, idx, step_tokens=seqs.trained_tokens(idx))
