@@ -88,7 +88,7 @@ class TrainConfig:
     max_grad_norm: float = 1.0  # 0 = no clipping
     grad_checkpoint: bool = True
     compile: str = "auto"  # auto | on | off: mx.compile the step or each layer; auto: the update, on GPUs
-    lean_backward: str = "auto"  # auto | on | off: backwards keeping less (core.lean_backward); auto: on GPUs
+    lean_backward: str = "auto"  # auto | on | off: backwards keeping less (core.lean_backward); auto: GPUs, no grad_checkpoint
     save_every: int = 100
     keep_checkpoints: int = 3  # 0 = keep all
     eval_every: int = 100

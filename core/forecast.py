@@ -286,7 +286,7 @@ def _layer_elements(cfg, g: _Geometry, s: _Shape, keys: set[str]) -> tuple[float
     drop = (not kto) and cfg.lora.dropout > 0
     n_qkv = len(keys & {"q_proj", "k_proj", "v_proj"})
     n_gu = len(keys & {"gate_proj", "up_proj"})
-    lean = lean_backward.wanted(t.lean_backward, s.kind)
+    lean = lean_backward.wanted(t.lean_backward, s.kind, t.grad_checkpoint)
     mlp = 2 if lean else 4
     if s.w == 2 and not lean:  # float32 adapters on 2-byte activations: a float32 copy of the input
         lora_in = 2 * (n_qkv * h + lo * q + n_gu * h + ld * inter)  # per adapted projection (core.lean_backward)

@@ -62,7 +62,7 @@ def wants_compile(cfg: Config) -> bool:
 def compiles_update(cfg: Config, backend_kind: str) -> bool:
     """Whether the update (all-reduce, clipping, AdamW) outside a compiled step is one compiled function, traced
     once: "auto" on GPUs, where eagerly each adapter array costs ~15 kernel launches (H200, 7B r16 q,v: 29.4 ms
-    eager, 3.2 compiled, bench/results/h200_optimizer_update.txt; 4-bit 2 x 1,024 checkpointed SFT 0.300 -> 0.272 s
+    eager, 3.2 compiled, bench/results/h200_optimizer_update_2026-12-02b.txt; 4-bit 2 x 1,024 checkpointed SFT 0.300 -> 0.272 s
     a step), not on CPUs (the trace's kernels are built with the system's C++ compiler); "on" everywhere."""
     return cfg.train.compile == "on" or (cfg.train.compile == "auto" and backend_kind != "cpu")
 
@@ -137,7 +137,7 @@ class TrainStep:
             grad_checkpoint(model.layers[0])
         self.compiled = compiled and not stepwise  # evaluated layer by layer: each layer's functions compiled
         layerwise.use_compiled(model, compiled and stepwise)
-        lean_backward.use(model, lean_backward.wanted(t.lean_backward, backend.detect().kind))
+        lean_backward.use(model, lean_backward.wanted(t.lean_backward, backend.detect().kind, t.grad_checkpoint))
         self._compute = _Compute(objective, model, optimizer, group, stepwise, eager=not self.compiled)
         self._update: Callable[[Any], mx.array] = self._compute.update
         if compile_update and not self.compiled:  # (inside a compiled step it is compiled with the step)

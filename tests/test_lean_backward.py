@@ -200,3 +200,14 @@ def test_switching_off_restores_every_model_it_was_switched_on_for() -> None:
     assert lean_backward.use(first, False) == 2 and lean_backward.use(second, False) == 2
     assert type(first.layers[0]) is llama.MLP and type(second.layers[1]) is LoRALinear
     assert lean_backward.use(nn.Sequential(nn.Linear(8, 8)), True) == 0  # nothing else is touched
+
+
+def test_auto_is_on_for_gpu_steps_without_checkpointing() -> None:
+    """"auto" where it was measured to pay (README: Performance): GPUs without train.grad_checkpoint only; the
+    others keep mlx-lm's backwards."""
+    from tunedeck.core.lean_backward import wanted
+
+    assert [wanted("auto", kind, False) for kind in ("cuda", "metal", "cpu")] == [True, True, False]
+    assert not any(wanted("auto", kind, True) for kind in ("cuda", "metal", "cpu"))
+    assert all(wanted("on", kind, gc) for kind in ("cuda", "cpu") for gc in (False, True))
+    assert not any(wanted("off", kind, gc) for kind in ("cuda", "cpu") for gc in (False, True))
