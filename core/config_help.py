@@ -47,8 +47,8 @@ HELP: dict[str, str] = {
                              "slower",
     "train.compile": "compile the step (each layer under grad_checkpoint): pays only at fixed shapes; auto = the "
                      "optimizer update only, on GPUs; off = none",
-    "train.lean_backward": "keep less for the backward (SwiGLU, LoRA input): 7B bf16 4x512 on an H200 28.5 -> "
-                           "23.2 GB for 4% more time; auto = on GPUs without grad_checkpoint (CPUs: 11-15% slower)",
+    "train.lean_backward": "keep less for the backward (H200, 7B bf16 4x512: 28.5 -> 23.2 GB, 4% slower); auto = on "
+                           "GPUs without grad_checkpoint",
     "train.save_every": "checkpoint every N steps",
     "train.keep_checkpoints": "keep the newest N checkpoints, deleting older ones once a new one verifies (0 = keep "
                               "all)",
