@@ -5,8 +5,8 @@ sigmoid and the silu of the gate beside the gate and the up projection (4 interm
 layer). Here the forward is the same compiled expression and the backward a `mx.custom_function` VJP that redoes
 that forward inside MLX's own VJP of it: only gate, up and the output are kept, and the gradients are MLX's
 (the same kernels, the same values). A backward of two fused kernels recomputing the sigmoid in float32 kept as
-little but was slower (H200, 32 frozen 7B MLPs at 2,048 tokens: 1.34x the plain backward's time against 1.07x for
-MLX's VJP, uncompiled; bench/swiglu_backward.py).
+little but was slower (H200, 32 frozen 7B MLPs at 2,048 tokens: 1.27x the plain backward's time, this one 1.00x;
+bench/results/h200_swiglu_backward.txt).
 
 LoRA's input: mlx-lm's LoRALinear keeps its adapters in float32, so with bfloat16 activations `x @ lora_a`
 casts x to float32 and MLX keeps that float32 copy (2 activation-sized units) for lora_a's gradient, once per
@@ -32,7 +32,7 @@ def _forward(gate: mx.array, up: mx.array) -> mx.array:
 
 @mx.custom_function
 def swiglu(gate: mx.array, up: mx.array) -> mx.array:
-    """`silu(gate) * up`, differentiated from gate and up alone."""
+    """`silu(gate) * up`, its backward redoing the forward from gate and up."""
     return _forward(gate, up)
 
 
