@@ -122,8 +122,7 @@ def worker_tunedeck(args: argparse.Namespace, method: str) -> dict[str, Any]:
         t = cfg.train
         t.method, t.iters, t.batch_size, t.learning_rate = method, args.warmup + args.steps, args.batch, 1e-5
         t.warmup_steps, t.save_every, t.eval_every, t.grad_checkpoint = 0, 10**6, 10**6, args.grad_checkpoint
-        t.compile, t.lean_backward = args.compile, "on" if args.lean_backward in ("lora", "swiglu") else args.lean_backward
-        lean_part(args.lean_backward)
+        t.compile, t.lean_backward = args.compile, lean_part(args.lean_backward)
         cfg.model.quantized_matmul = args.quantized_matmul
         if kto:
             cfg.kto.undesirable_weight = 2.25
@@ -152,13 +151,14 @@ def worker_tunedeck(args: argparse.Namespace, method: str) -> dict[str, Any]:
             "reference_seconds": start.get("reference_seconds")}
 
 
-def lean_part(which: str) -> None:
-    """Bench-only splits of train.lean_backward, to time its parts on their own: "lora" (LoRA's input alone),
-    "swiglu" (the SwiGLU backward alone)."""
+def lean_part(which: str) -> str:
+    """train.lean_backward for --lean-backward: its own values as they are, or one of its parts alone, timed on
+    its own (bench only): "lora" (LoRA's input), "swiglu" (the SwiGLU backward), as "on" with the other part
+    switched back."""
     from tunedeck.core import lean_backward
 
     if which not in ("lora", "swiglu"):
-        return
+        return which
     use = lean_backward.use
 
     def part_use(model: Any, on: bool) -> int:
@@ -170,6 +170,7 @@ def lean_part(which: str) -> None:
         return n
 
     lean_backward.use = part_use
+    return "on"
 
 
 # --- driver --------------------------------------------------------------------------------------
