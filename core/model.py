@@ -184,10 +184,12 @@ def check_template(tokenizer: Any) -> None:
 
 
 def load_base(cfg: ModelConfig, dtype: str) -> tuple[nn.Module, Any, Path]:
-    """Load the base model and tokenizer, cast floating weights to `dtype`, quantize if asked."""
+    """Load the base model and tokenizer, cast floating weights to `dtype`, quantize if asked (CUDA graph limits
+    set first: training, evaluation and the audit's scoring all load through here)."""
     import mlx_lm
     from mlx_lm.utils import _download
 
+    backend.limit_cuda_graphs()
     path = resolve_path(cfg.path)
     try:
         model_dir = Path(_download(path))
@@ -303,12 +305,11 @@ def write_adapters(model: nn.Module, cfg: dict[str, Any], dest: Path) -> None:
 
 
 def load_for_inference(base: str, adapter: str | Path | None = None, dtype: str | None = None) -> tuple[nn.Module, Any]:
-    """Base model (+ adapter) for generation or evaluation, in eval mode."""
+    """Base model (+ adapter) for generation or evaluation, in eval mode (CUDA graph limits set first)."""
     import mlx_lm
     from mlx_lm.utils import _download
 
-    from . import backend
-
+    backend.limit_cuda_graphs()
     path = resolve_path(base)
     if not Path(path).is_dir():  # a Hugging Face id: check the downloaded (or cached) snapshot, not just local dirs
         try:

@@ -58,3 +58,25 @@ def test_this_machine_detects_cpu_and_subprocess_env_preloads() -> None:
         assert int(out.stdout) > 0
     else:
         assert "LD_PRELOAD" not in env or env["LD_PRELOAD"] == os.environ.get("LD_PRELOAD")
+
+
+def test_every_model_load_lowers_cuda_graph_limits_unless_the_user_set_them(monkeypatch, demo_model) -> None:
+    """Training, evaluation, the audit (core.model.load_base) and chat (load_for_inference) each load a model
+    before their first GPU operation: on CUDA that is where MLX's graph limits must be set (they set the
+    7B peak: bench/results/h200_bf16_sft_ab.txt). Here on a CPU the backend is made to read as CUDA."""
+    from tunedeck.core import model
+    from tunedeck.core.config import ModelConfig
+
+    cuda = B.decide("Linux", False, True, None, "")
+    for load in (lambda: model.load_base(ModelConfig(path=str(demo_model)), "float32"),
+                 lambda: model.load_for_inference(str(demo_model), dtype="float32")):
+        for key in B.CUDA_GRAPH_LIMITS:
+            monkeypatch.delenv(key, raising=False)
+        monkeypatch.setattr(B, "detect", lambda: B.decide("Linux", False, False, BLAS, ""))
+        load()
+        assert not any(key in os.environ for key in B.CUDA_GRAPH_LIMITS)  # a CPU: nothing set
+        monkeypatch.setattr(B, "detect", lambda: cuda)
+        monkeypatch.setenv("MLX_MAX_OPS_PER_BUFFER", "7")
+        load()
+        assert os.environ["MLX_MAX_OPS_PER_BUFFER"] == "7"  # the user's own value stands
+        assert os.environ["MLX_MAX_MB_PER_BUFFER"] == "100"
