@@ -40,6 +40,9 @@
 #           then the KTO reference pass over the bundled data's first 300 examples (4-bit, layer by layer)
 #   PART=X  swiglu_backward.py again (core.lean_backward's SwiGLU now MLX's VJP redone), then bf16 4x512
 #           every-token SFT with train.lean_backward off, on, and its LoRA part alone
+#   PART=Y  MLX's bf16 matmul peak, then the bf16 4x512 every-token row as shipped (mlx-lm, SFT and KTO in one call,
+#           train.compile and train.lean_backward "auto")
+#   PART=Z  the same row's SFT and KTO with the whole step compiled (train.compile "on"), lean_backward on and off
 # Raw outputs go to $OUT/h200_*.txt.
 set -uo pipefail
 OUT=${OUT:-/tmp/bench-out}
@@ -166,6 +169,18 @@ print(f'bf16 matmul 8192^3: {matmul_peak(8192):.0f} TFLOP/s')" | tee "$OUT/h200_
     S="--batch 4 --seq 512 --prompt-share 0 --steps 8 --warmup 3 --only sft"
     for lean in off on lora; do
       echo "== lean_backward $lean"; timeout 220 $B $S --lean-backward $lean 2>&1 | grep '^{' | tee -a "$OUT/h200_lean_parts.txt"
+    done
+    ;;
+  Y)
+    python3 -c "import sys; sys.path.insert(0, 'bench'); from quant_matmul import matmul_peak; \
+print(f'bf16 matmul 8192^3: {matmul_peak(8192):.0f} TFLOP/s')" | tee "$OUT/h200_bf16_b4_s512_all_peak.txt"
+    row bf16_b4_s512_all 400 --batch 4 --seq 512 --prompt-share 0 --steps 10 --warmup 4
+    ;;
+  Z)
+    S="--batch 4 --seq 512 --prompt-share 0 --steps 10 --warmup 4 --compile on"
+    for lean in on off; do
+      echo "== compile on, lean_backward $lean"
+      timeout 280 $B $S --only sft,kto --lean-backward $lean 2>&1 | grep '^{' | tee -a "$OUT/h200_bf16_b4_s512_compiled.txt"
     done
     ;;
   T)
