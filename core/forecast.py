@@ -15,7 +15,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from typing import Any
 
-from . import lean_backward
+from . import fast_exp, lean_backward
 from .dequantize import chosen as dequantizes
 from .layerwise import HEAD_ELEMENTS
 from .memory import GB, machine_budget_gb, model_config_for
@@ -31,7 +31,7 @@ GROUP_SIZE = 64  # core.model.load_base quantizes with group size 64
 # Kept for the backward by every layer from the lowest LoRA layer up, without checkpointing (MLX
 # keeps the arrays the VJPs read): the block input and the residual after attention (2h), q·scale,
 # k, v and the attention output (2q + 2kv), the MLP's gate, up and the two SwiGLU intermediates (4I; 2I
-# with train.lean_backward, core.lean_backward),
+# with train.lean_backward, core.lean_backward, and on CPUs, core.fast_exp),
 # the attention probabilities (heads x T, where attention is not fused: CPU; Metal always trains
 # through the unfused graph; CUDA when T is not a multiple of 128), plus the input of each LoRA'd
 # projection (normed h for q/k/v, h for gate/up, I for down) and, with dropout (SFT), a dropped copy
@@ -287,7 +287,7 @@ def _layer_elements(cfg, g: _Geometry, s: _Shape, keys: set[str]) -> tuple[float
     n_qkv = len(keys & {"q_proj", "k_proj", "v_proj"})
     n_gu = len(keys & {"gate_proj", "up_proj"})
     lean = lean_backward.wanted(t.lean_backward, s.kind, t.grad_checkpoint)
-    mlp = 2 if lean else 4
+    mlp = 2 if lean or fast_exp.wanted(s.kind) else 4  # both SwiGLU backwards keep gate and up only  # both SwiGLU backwards keep gate and up only
     if s.w == 2 and not lean:  # float32 adapters on 2-byte activations: a float32 copy of the input
         lora_in = 2 * (n_qkv * h + lo * q + n_gu * h + ld * inter)  # per adapted projection (core.lean_backward)
     else:

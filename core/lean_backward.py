@@ -71,7 +71,8 @@ def _lean_lora_call(self: Any, x: mx.array) -> mx.array:  # mlx-lm's LoRALinear.
     return y + (self.scale * z).astype(x.dtype)
 
 
-def _is_plain(module: nn.Module) -> bool:
+def is_plain_mlp(module: nn.Module) -> bool:
+    """Whether `module`'s __call__ is exactly a plain SwiGLU MLP's (`_PLAIN_NAMES`)."""
     call = getattr(type(module), "__call__", None)
     code = getattr(call, "__code__", None)
     return code is not None and set(code.co_names) == _PLAIN_NAMES and code.co_argcount == 2
@@ -94,7 +95,7 @@ def use(model: nn.Module, on: bool) -> int:
     for _, module in model.named_modules():
         cls = type(module)
         plain = next((p for p, lean in _LEAN.items() if lean is cls), None)
-        if plain is None and (cls is LoRALinear or _is_plain(module)):
+        if plain is None and (cls is LoRALinear or is_plain_mlp(module)):
             plain = cls
             if cls not in _LEAN:  # one subclass per class, so that `use(..., False)` finds every swapped module
                 call = _lean_lora_call if cls is LoRALinear else _lean_mlp_call

@@ -17,7 +17,7 @@ from typing import Any
 import mlx.core as mx
 import mlx.nn as nn
 
-from . import dequantize
+from . import block_attention, dequantize
 
 
 def token_logps(logits: mx.array, targets: mx.array) -> mx.array:
@@ -84,7 +84,7 @@ def last_block_at(model: nn.Module, hidden: mx.array, positions: mx.array, cache
     if cache is not None:
         k, v = cache.update_and_fetch(k, v)
     allowed = (mx.arange(L)[None, None, :] <= positions[:, :, None])[:, None]  # causal, at each query's position
-    out = mx.fast.scaled_dot_product_attention(q, k, v, scale=attn.scale, mask=allowed)
+    out = block_attention.attention(q, k, v, attn.scale, allowed)
     h = mx.take_along_axis(hidden, idx, axis=1) + attn.o_proj(out.transpose(0, 2, 1, 3).reshape(B, K, -1))
     return inner.norm(h + last.mlp(last.post_attention_layernorm(h)))
 

@@ -12,10 +12,10 @@ import mlx.core as mx
 import mlx.nn as nn
 import numpy as np
 
-from . import backend, dequantize, objectives
+from . import backend, objectives
 from .batching import Sequences
 from .memory import GB, model_config_for
-from .model import apply_adapters
+from .model import apply_adapters, use_training_kernels
 from .reference import compute_set
 from .step import TrainStep, compiles_update, micro_batch_seed, optimizer, wants_compile
 
@@ -44,7 +44,7 @@ def _random_model(cfg, mc: dict[str, Any], dtype: str) -> nn.Module:
             class_predicate=lambda _p, m: isinstance(m, nn.Linear) and m.weight.shape[-1] % 64 == 0,
         )
     mx.eval(model.parameters())
-    dequantize.use(model, dequantize.chosen(cfg.model.quantized_matmul, backend.detect().kind))
+    use_training_kernels(model, cfg.model.quantized_matmul)
     apply_adapters(model, cfg.lora, "random")
     return model
 

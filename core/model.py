@@ -18,7 +18,7 @@ import mlx.core as mx
 import mlx.nn as nn
 from mlx.utils import tree_flatten, tree_unflatten
 
-from . import backend, block_attention, dequantize
+from . import backend, block_attention, dequantize, fast_exp
 from .config import DEMO_MODEL, LoraConfig, ModelConfig
 
 ADAPTER_FILE = "adapters.safetensors"
@@ -355,10 +355,18 @@ class Loaded:
     total: int
 
 
+def use_training_kernels(model: nn.Module, quantized_matmul: str) -> None:
+    """This backend's choices for a model's training forward and backward: per-layer dequantization
+    (core.dequantize), and on CPUs attention in query blocks (core.block_attention) and core.fast_exp's SwiGLU."""
+    kind = backend.detect().kind
+    dequantize.use(model, dequantize.chosen(quantized_matmul, kind))
+    block_attention.use(model, block_attention.chunk_for(kind) > 0)
+    fast_exp.use(model, fast_exp.wanted(kind))
+
+
 def load_for_training(mcfg: ModelConfig, lora: LoraConfig, dtype: str, seed: int | None = None) -> Loaded:
     model, tok, model_dir = load_base(mcfg, dtype)
-    dequantize.use(model, dequantize.chosen(mcfg.quantized_matmul, backend.detect().kind))
-    block_attention.use(model, block_attention.chunk_for(backend.detect().kind) > 0)
+    use_training_kernels(model, mcfg.quantized_matmul)
     cfg = apply_adapters(model, lora, mcfg.path if mcfg.path != DEMO_MODEL else str(model_dir), mcfg.adapter, seed)
     trainable, total = parameter_counts(model)
     return Loaded(model, tok, model_dir, cfg, trainable, total)

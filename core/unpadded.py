@@ -26,7 +26,7 @@ import mlx.nn as nn
 import numpy as np
 
 from . import dequantize, layerwise
-from .block_attention import causal
+from .block_attention import attention, causal
 from .losses import LLAMA_BLOCK, head, token_logps
 from .prefix_kl import prefix_mask
 
@@ -169,8 +169,7 @@ def _layer(layer: nn.Module, h: mx.array, arrays: dict[str, Any], keep: mx.array
     for members, group_rows, prefix, mask in arrays["groups"]:
         keys = mx.concatenate([ex_k[members, :, :prefix], _heads(k, group_rows, attn.n_kv_heads)], axis=2)
         values = mx.concatenate([ex_v[members, :, :prefix], _heads(v, group_rows, attn.n_kv_heads)], axis=2)
-        outs.append(_flat(mx.fast.scaled_dot_product_attention(_heads(q, group_rows, attn.n_heads), keys, values,
-                                                               scale=attn.scale, mask=mask)))
+        outs.append(_flat(attention(_heads(q, group_rows, attn.n_heads), keys, values, attn.scale, mask)))
     o = mx.concatenate(outs)[arrays["from_rows"]]
     if keep is not None:
         h, o = h[keep], o[keep]
