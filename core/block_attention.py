@@ -37,7 +37,7 @@ def attention(q: mx.array, k: mx.array, v: mx.array, scale: float, mask: Any = N
     """Attention of q [B, h, Lq, d] over k, v [B, kv, Lk, d] (kv divides h) with a mask as MLX's
     `scaled_dot_product_attention` takes it: None, "causal" (the last query aligned with the last key), a boolean
     array (True: attends) or an additive one, broadcastable to [B, h, Lq, Lk]."""
-    if mx.default_device() != mx.cpu:
+    if not fast_exp.here():
         return mx.fast.scaled_dot_product_attention(q, k, v, scale=scale, mask=mask)
     return _grouped(q, k, v, scale, _bias(mask, q.shape[1], k.shape[1], q.shape[2], k.shape[2], q.dtype))
 

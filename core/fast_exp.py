@@ -8,11 +8,13 @@ elements). Attention's softmax and the MLPs' sigmoid are most of a small model's
 
 - `softmax`: max, the shifted power and its sum, the normalisation; its backward `p * (dp - sum(dp * p))`
   reads the output only (MLX's own softmax VJP does the same).
+- `logsumexp` (the float32 log-softmax of the output head): its backward `exp(x - lse) * g`, as MLX's.
 - `swiglu`: `silu(gate) * up` in one compiled kernel; its backward recomputes the sigmoid from gate inside one
   compiled kernel, so only gate and up are kept (as core.lean_backward's).
 
 `use(model, on)` swaps every plain mlx-lm SwiGLU MLP of a model (core.lean_backward's test of "plain") to
-`swiglu`; core.block_attention's CPU attention uses `softmax`. GPUs keep MLX's fused kernels (`wanted`).
+`swiglu`; core.block_attention's CPU attention uses `softmax`, core.losses' log-probs `logsumexp`, both where
+`here()`. GPUs keep MLX's fused kernels.
 """
 
 from __future__ import annotations
@@ -27,8 +29,14 @@ LOG2E = 1.4426950408889634
 
 
 def wanted(backend_kind: str) -> bool:
-    """Whether this backend's training uses these: CPUs only."""
+    """Whether this backend's training uses these (its MLPs are swapped at load): CPUs only."""
     return backend_kind == "cpu"
+
+
+def here() -> bool:
+    """Whether arrays are computed on the CPU (MLX's default device): where attention and the log-softmax take
+    these instead of MLX's kernels."""
+    return mx.default_device() == mx.cpu
 
 
 @partial(mx.compile, shapeless=True)
@@ -59,8 +67,25 @@ def softmax(s: mx.array) -> mx.array:
 
 
 @softmax.vjp
-def _softmax_vjp(_primals: tuple[mx.array], cotangent: mx.array, output: mx.array) -> tuple[mx.array]:
-    return (softmax_backward(output, cotangent),)
+def _softmax_vjp(_s: mx.array, cotangent: mx.array, output: mx.array) -> mx.array:
+    return softmax_backward(output, cotangent)
+
+
+@partial(mx.compile, shapeless=True)
+def _logsumexp_grad(x: mx.array, lse: mx.array, cotangent: mx.array) -> mx.array:
+    return mx.power(2.0, (x - lse) * LOG2E) * cotangent
+
+
+@mx.custom_function
+def logsumexp(x: mx.array) -> mx.array:
+    """log(sum(exp(x))) over the last axis (finite x)."""
+    m = mx.stop_gradient(mx.max(x, axis=-1, keepdims=True))
+    return (mx.log(_shifted_exp(x, m).sum(axis=-1, keepdims=True)) + m).squeeze(-1)
+
+
+@logsumexp.vjp
+def _logsumexp_vjp(x: mx.array, cotangent: mx.array, output: mx.array) -> mx.array:
+    return _logsumexp_grad(x, output[..., None], cotangent[..., None])  # (one argument: MLX passes it as is)
 
 
 @partial(mx.compile, shapeless=True)

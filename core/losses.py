@@ -17,14 +17,14 @@ from typing import Any
 import mlx.core as mx
 import mlx.nn as nn
 
-from . import block_attention, dequantize
+from . import block_attention, dequantize, fast_exp
 
 
 def token_logps(logits: mx.array, targets: mx.array) -> mx.array:
     """log p(target) per position, computed in float32: [B, L, V] × [B, L] → [B, L]."""
     logits = logits.astype(mx.float32)
     picked = mx.take_along_axis(logits, targets[..., None], axis=-1).squeeze(-1)
-    return picked - mx.logsumexp(logits, axis=-1)
+    return picked - (fast_exp.logsumexp(logits) if fast_exp.here() else mx.logsumexp(logits, axis=-1))
 
 
 # Architectures whose logits are exactly `lm_head(model.model(x))` (or the tied embedding), so the

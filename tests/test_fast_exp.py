@@ -1,4 +1,4 @@
-"""core.fast_exp (softmax and SwiGLU through power(2, x·log2e)) and core.block_attention's CPU attention, against
+"""core.fast_exp (softmax, logsumexp and SwiGLU through power(2, x·log2e)) and core.block_attention's CPU attention, against
 float64 references computed outside MLX: numpy for the softmax, torch autograd for SwiGLU and attention.
 
 Bounds come from the arithmetic: exp(x) as 2^(x·log2e) rounds its exponent three times (x itself as a difference,
@@ -47,6 +47,30 @@ def test_softmax_and_its_gradient_match_float64() -> None:
     scale = p * (np.abs(w) + np.abs(w * p).sum(-1, keepdims=True))
     g_bound = scale * (1.5 * shifted * F32_EPS + z_err + 40 * F32_EPS) + 1e-30
     assert np.all(np.abs(grad - ref) <= g_bound), float(np.max(np.abs(grad - ref) / g_bound))
+
+
+def test_logsumexp_and_its_gradient_match_float64() -> None:
+    import mlx.core as mx
+
+    from tunedeck.core import fast_exp
+
+    rng = np.random.default_rng(4)
+    x = (rng.normal(size=(5, 11, 2000)) * 4).astype(np.float32)
+    c = rng.normal(size=(5, 11)).astype(np.float32)
+    d = x.astype(np.float64)
+    m = d.max(-1, keepdims=True)
+    lse = np.log(np.exp(d - m).sum(-1)) + m[..., 0]
+    p = np.exp(d - lse[..., None])
+    got = np.array(fast_exp.logsumexp(mx.array(x)))
+    # the sum's relative error (each term's exponent roundings weighted by p, ~sqrt(2000) = 45 ulps of summing)
+    # is log's absolute error; the result rounds once more at |lse|
+    sum_err = 1.5 * F32_EPS * (p * (m - d)).sum(-1) + 46 * F32_EPS
+    assert np.all(np.abs(got - lse) <= sum_err + F32_EPS * np.abs(lse))
+    grad = np.array(mx.grad(lambda a: (fast_exp.logsumexp(a) * mx.array(c)).sum())(mx.array(x)))
+    # exp(x - lse): the exponent's roundings at |x - lse| and lse's own error, times |c|
+    bound = p * np.abs(c)[..., None] * (1.5 * F32_EPS * np.abs(d - lse[..., None]) + (sum_err + 4 * F32_EPS *
+                                                                                     np.abs(lse))[..., None])
+    assert np.all(np.abs(grad - p * c[..., None]) <= bound + 1e-37)
 
 
 def test_swiglu_and_its_gradient_match_torch_float64() -> None:
