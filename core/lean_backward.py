@@ -18,6 +18,7 @@ The training step uses them with train.lean_backward (README: Performance has wh
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from functools import partial
 from typing import Any
 
@@ -86,21 +87,32 @@ def wanted(setting: str, backend_kind: str, grad_checkpoint: bool) -> bool:
     return setting == "on" or (setting == "auto" and backend_kind != "cpu" and not grad_checkpoint)
 
 
+def swap_classes(model: nn.Module, on: bool, swapped: dict[type, type], prefix: str,
+                 call_for: Callable[[nn.Module], Callable[..., Any] | None]) -> int:
+    """Swap each module of `model` for which `call_for` gives a __call__ to a subclass with it (on), or back to
+    its class (off); one subclass per class, kept in `swapped`, so that turning it off finds every swapped
+    module. The number of modules it applies to."""
+    n = 0
+    for _, module in model.named_modules():
+        cls = type(module)
+        plain = next((p for p, sub in swapped.items() if sub is cls), None)
+        if plain is None and (call := call_for(module)) is not None:
+            plain = cls
+            swapped.setdefault(cls, type(prefix + cls.__name__, (cls,), {"__call__": call}))
+        if plain is not None:
+            module.__class__ = swapped[plain] if on else plain
+            n += 1
+    return n
+
+
 def use(model: nn.Module, on: bool) -> int:
     """Whether every plain SwiGLU MLP and every LoRALinear of `model` has these backwards (its class swapped for
     a subclass; weights, names and forward values unchanged); the number of modules it applies to."""
     from mlx_lm.tuner.lora import LoRALinear
 
-    n = 0
-    for _, module in model.named_modules():
-        cls = type(module)
-        plain = next((p for p, lean in _LEAN.items() if lean is cls), None)
-        if plain is None and (cls is LoRALinear or is_plain_mlp(module)):
-            plain = cls
-            if cls not in _LEAN:  # one subclass per class, so that `use(..., False)` finds every swapped module
-                call = _lean_lora_call if cls is LoRALinear else _lean_mlp_call
-                _LEAN[cls] = type("Lean" + cls.__name__, (cls,), {"__call__": call})
-        if plain is not None:
-            module.__class__ = _LEAN[plain] if on else plain
-            n += 1
-    return n
+    def call_for(module: nn.Module) -> Callable[..., Any] | None:
+        if type(module) is LoRALinear:
+            return _lean_lora_call
+        return _lean_mlp_call if is_plain_mlp(module) else None
+
+    return swap_classes(model, on, _LEAN, "Lean", call_for)
